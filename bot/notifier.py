@@ -5,8 +5,19 @@ and handlers/ talks to slack_sdk, so the domains stay testable and the Slack API
 """
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
+
+import aiohttp
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncRateLimitErrorRetryHandler,
+    AsyncServerErrorRetryHandler,
+)
+from slack_sdk.web.async_client import AsyncSlackResponse, AsyncWebClient
+from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 
 @dataclass(frozen=True)
@@ -15,3 +26,101 @@ class Message:
 
     text: str
     blocks: list[dict[str, Any]] = field(default_factory=list)
+
+
+MAX_BLOCKS = 50
+
+
+class SlackError(Exception):
+    """A Slack Web API call that failed even after the client's retries; `error` is Slack's code."""
+
+    def __init__(self, method: str, error: str):
+        super().__init__(f"Slack {method} failed: {error}")
+        self.method = method
+        self.error = error
+
+
+def web_client(token: str, *, base_url: str | None = None) -> AsyncWebClient:
+    """The bot's Web API client: waits out 429s (Retry-After) and retries dropped connections and 5xx."""
+    handlers = [
+        AsyncRateLimitErrorRetryHandler(max_retry_count=20),
+        AsyncConnectionErrorRetryHandler(max_retry_count=3),
+        AsyncServerErrorRetryHandler(max_retry_count=2),
+    ]
+    kwargs = {"base_url": base_url} if base_url else {}
+    return AsyncWebClient(token=token, retry_handlers=handlers, timeout=15, **kwargs)
+
+
+def chunks(blocks: list[dict[str, Any]], size: int = MAX_BLOCKS) -> list[list[dict[str, Any]]]:
+    return [blocks[i : i + size] for i in range(0, len(blocks), size)] or [[]]
+
+
+class Notifier:
+    def __init__(self, client: AsyncWebClient):
+        self.client = client
+
+    async def _call(self, method: str, **kwargs: Any) -> AsyncSlackResponse:
+        try:
+            # The SDK's named methods know each endpoint's encoding (JSON or form), so use them.
+            return await getattr(self.client, method.replace(".", "_"))(**kwargs)
+        except SlackApiError as exc:
+            raise SlackError(method, str(exc.response.get("error", exc.response.status_code))) from exc
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise SlackError(method, f"{type(exc).__name__}: {exc}") from exc
+
+    async def post(self, channel: str, msg: Message, *, thread_ts: str | None = None) -> str:
+        """Post a message; one longer than Slack's 50 blocks continues in its own thread, never rejected."""
+        first, *rest = chunks(msg.blocks)
+        resp = await self._call("chat.postMessage", channel=channel, text=msg.text, blocks=first, thread_ts=thread_ts)
+        ts = resp["ts"]
+        for part in rest:
+            await self._call("chat.postMessage", channel=resp["channel"], text=msg.text, blocks=part, thread_ts=thread_ts or ts)
+        return ts
+
+    async def reply(self, channel: str, thread_ts: str, msg: Message) -> str:
+        return await self.post(channel, msg, thread_ts=thread_ts)
+
+    async def update(self, channel: str, ts: str, msg: Message) -> None:
+        await self._call("chat.update", channel=channel, ts=ts, text=msg.text, blocks=chunks(msg.blocks)[0])
+
+    async def ephemeral(self, channel: str, user: str, msg: Message) -> None:
+        await self._call("chat.postEphemeral", channel=channel, user=user, text=msg.text, blocks=msg.blocks)
+
+    async def respond(self, response_url: str, msg: Message, *, replace_original: bool = False) -> None:
+        """Answer through a command's or button's response_url (ephemeral unless replacing the card)."""
+        webhook = AsyncWebhookClient(response_url, timeout=15, retry_handlers=self.client.retry_handlers)
+        resp = await webhook.send(
+            text=msg.text, blocks=msg.blocks, response_type="ephemeral", replace_original=replace_original
+        )
+        if resp.status_code != 200:
+            raise SlackError("response_url", f"HTTP {resp.status_code}: {resp.body}")
+
+    async def dm(self, user: str, msg: Message) -> str:
+        opened = await self._call("conversations.open", users=user)
+        return await self.post(opened["channel"]["id"], msg)
+
+    async def upload(self, channel: str, filename: str, content: bytes, *, title: str, thread_ts: str | None = None) -> None:
+        try:
+            await self.client.files_upload_v2(
+                channel=channel, filename=filename, content=content, title=title, thread_ts=thread_ts
+            )
+        except SlackApiError as exc:
+            raise SlackError("files.upload", str(exc.response.get("error"))) from exc
+
+    async def set_topic(self, channel: str, topic: str) -> None:
+        await self._call("conversations.setTopic", channel=channel, topic=topic)
+
+    async def usergroup_members(self, group: str) -> list[str]:
+        resp = await self._call("usergroups.users.list", usergroup=group)
+        return list(resp["users"])
+
+    async def set_usergroup(self, group: str, users: list[str]) -> None:
+        if not users:  # Slack refuses it, and an empty @oncall would page nobody
+            raise ValueError("refusing to empty a user group")
+        await self._call("usergroups.users.update", usergroup=group, users=",".join(users))
+
+    async def open_view(self, trigger_id: str, view: dict[str, Any]) -> None:
+        await self._call("views.open", trigger_id=trigger_id, view=view)
+
+    async def publish_home(self, user: str, view: dict[str, Any]) -> None:
+        await self._call("views.publish", user_id=user, view=view)

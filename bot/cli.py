@@ -1,0 +1,142 @@
+"""mlops-bot: serve, check-config, audit, sandbox.
+
+Exit codes: 0 ok, 1 a check failed (audit verify, a sandbox script error), 2 a bad config or bad usage.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import logging
+import os
+import sys
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+from bot.config import Config, ConfigError, Secrets, load_config
+
+DEFAULT_CONFIG = "mlops-bot.yaml"
+
+
+def _config_path(args: argparse.Namespace) -> str:
+    return getattr(args, "file", None) or args.config or os.environ.get("MLOPS_BOT_CONFIG") or DEFAULT_CONFIG
+
+
+def _load(args: argparse.Namespace) -> Config:
+    try:
+        return load_config(_config_path(args))
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _load(args)
+    print(f"{_config_path(args)}: ok ({len(config.models)} models, {len(config.datagen.jobs)} datagen jobs, "
+          f"{len(config.oncall.rotations)} rotations)")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from bot.runtime import Runtime, serve
+
+    config = _load(args)
+    secrets = Secrets.from_env()
+    missing = [name for name, value in (("SLACK_BOT_TOKEN", secrets.slack_bot_token),
+                                        ("SLACK_SIGNING_SECRET", secrets.slack_signing_secret)) if not value]
+    if missing:
+        print(f"mlops-bot serve: set {' and '.join(missing)} in the environment (see README: Slack app)", file=sys.stderr)
+        return 2
+    asyncio.run(serve(Runtime(config, secrets), host=args.host, port=args.port))
+    return 0
+
+
+def _store(args: argparse.Namespace):
+    from bot.store import Store
+
+    return Store(_load(args).store)
+
+
+def cmd_audit_tail(args: argparse.Namespace) -> int:
+    for row in _store(args).actions(limit=args.n, model=args.model):
+        where = "/".join(x for x in (row["model"], row["env"], row["version"]) if x)
+        print(f"{row['id']:>6} {row['ts'][:19]} {row['actor']:<10} {row['verb']:<22} {row['status']:<10} {where} "
+              f"{json.dumps(row['detail'], sort_keys=True)}")
+    return 0
+
+
+def cmd_audit_export(args: argparse.Namespace) -> int:
+    since = datetime.combine(args.since, datetime.min.time(), tzinfo=timezone.utc)
+    rows = _store(args).actions(since=since)
+    if args.format == "json":
+        json.dump(rows, sys.stdout, indent=1)
+        print()
+    else:
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]) if rows else ["id"])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, "detail": json.dumps(row["detail"], sort_keys=True)})
+    return 0
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    store = _store(args)
+    broken = store.verify_chain()
+    if broken:
+        print(f"audit log broken at row {broken.row_id}: {broken.reason}")
+        return 1
+    count = store.conn.execute("SELECT count(*) FROM actions").fetchone()[0]
+    print(f"audit log intact: {count} rows, hash chain verified")
+    return 0
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    from bot.sandbox.shell import run_sandbox
+
+    return asyncio.run(run_sandbox(_config_path(args), script=args.script, state_dir=args.state_dir))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mlops-bot", description="The Slack bot an ML team runs its production loop from.")
+    p.add_argument("--config", help=f"config file (default: $MLOPS_BOT_CONFIG or {DEFAULT_CONFIG})")
+    p.add_argument("--log-level", default=os.environ.get("MLOPS_LOG_LEVEL", "INFO"))
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the bot (Socket Mode if SLACK_APP_TOKEN is set, else HTTP)")
+    s.add_argument("--host", default="0.0.0.0")
+    s.add_argument("--port", type=int, default=int(os.environ.get("PORT", "3000")))
+    s.set_defaults(func=cmd_serve)
+
+    c = sub.add_parser("check-config", help="validate a config file; exit 2 with one line per problem")
+    c.add_argument("file", nargs="?")
+    c.set_defaults(func=cmd_check_config)
+
+    a = sub.add_parser("audit", help="read and verify the audit log").add_subparsers(dest="audit", required=True)
+    t = a.add_parser("tail", help="the newest audit rows")
+    t.add_argument("-n", type=int, default=20)
+    t.add_argument("--model")
+    t.set_defaults(func=cmd_audit_tail)
+    e = a.add_parser("export", help="audit rows since a date as CSV or JSON")
+    e.add_argument("--since", type=date.fromisoformat, required=True, help="YYYY-MM-DD (UTC)")
+    e.add_argument("--format", choices=["csv", "json"], default="csv")
+    e.set_defaults(func=cmd_audit_export)
+    v = a.add_parser("verify", help="check the hash chain; exit 1 at the first bad row")
+    v.set_defaults(func=cmd_audit_verify)
+
+    b = sub.add_parser("sandbox", help="the whole bot against a local Slack stand-in, in this terminal")
+    b.add_argument("--script", type=Path, help="run the inputs in FILE instead of reading the terminal")
+    b.add_argument("--state-dir", type=Path, help="where the sandbox keeps its store and repositories")
+    b.set_defaults(func=cmd_sandbox)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

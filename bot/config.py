@@ -1,0 +1,336 @@
+"""pydantic models of mlops-bot.yaml and `load_config()` with one precise line per problem.
+
+Secrets never live in this file: tokens and passwords come from the environment (see `Secrets`).
+Domain sections whose rules are pure logic (datagen rules, on-call rotations) are defined next to that
+logic and composed here, so the YAML shape and the code that interprets it cannot drift apart.
+"""
+from __future__ import annotations
+
+import os
+import re
+from datetime import time
+from pathlib import Path
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from bot.datagen.rules import RuleSet, default_rules
+from bot.oncall.schedule import WEEKDAYS, Rotation, Weekday
+
+
+def _pattern(regex: str, what: str):
+    compiled = re.compile(regex)
+
+    def check(value: str) -> str:
+        if not compiled.fullmatch(value):
+            raise ValueError(f"expected {what}, got {value!r}")
+        return value
+
+    return AfterValidator(check)
+
+
+UserId = Annotated[str, _pattern(r"[UW][A-Z0-9]{2,}", "a Slack user id like U012ABCDEF")]
+GroupId = Annotated[str, _pattern(r"S[A-Z0-9]{2,}", "a Slack user-group id like S012ABCDEF")]
+ChannelId = Annotated[str, _pattern(r"[CGD][A-Z0-9]{2,}", "a Slack channel id like C012ABCDEF")]
+ModelName = Annotated[str, _pattern(r"[a-z][a-z0-9_-]{0,62}", "a lower-case model name (a-z, 0-9, _ and -)")]
+EnvName = Literal["staging", "prod"]
+
+
+def _zone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"expected an IANA time zone like America/Los_Angeles, got {name!r}") from None
+    return name
+
+
+TimeZone = Annotated[str, AfterValidator(_zone)]
+
+
+def _wall_clock(value: object) -> object:
+    # YAML 1.1 reads an unquoted 09:00 as the sexagesimal integer 540, which pydantic would take as seconds.
+    if isinstance(value, int):
+        raise ValueError(f'expected a quoted local time "HH:MM" (e.g. "09:00"), got {value!r}')
+    return value
+
+
+LocalTime = Annotated[time, BeforeValidator(_wall_clock)]
+
+
+def _relative_to_config(value: str, info: ValidationInfo) -> str:
+    """Local paths are relative to the config file, so the bot runs the same from any directory."""
+    base = (info.context or {}).get("base")
+    if base is None or "://" in value or Path(value).is_absolute():
+        return value
+    return str(Path(base) / value)
+
+
+Location = Annotated[str, AfterValidator(_relative_to_config)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Channels(Strict):
+    main: ChannelId
+    alerts_info: ChannelId | None = None
+    alerts_error: ChannelId | None = None
+
+    @property
+    def info(self) -> str:
+        return self.alerts_info or self.main
+
+    @property
+    def error(self) -> str:
+        return self.alerts_error or self.info
+
+
+class Members(Strict):
+    users: list[UserId] = []
+    groups: list[GroupId] = []
+
+
+Role = Literal["deployers", "approvers", "admins"]
+
+
+class Roles(Strict):
+    """Who may do what. Admins hold every role."""
+
+    deployers: Members = Members()
+    approvers: Members = Members()
+    admins: Members = Members()
+
+
+class EnvironmentConfig(Strict):
+    repository: Location = Field(description="Triton model repository: s3://bucket/prefix or a local directory")
+    endpoints: list[Annotated[str, _pattern(r"https?://[^\s/]+(:\d+)?/?", "an http(s)://host:port URL")]] = (
+        Field(min_length=1)
+    )
+
+
+class RetrainConfig(Strict):
+    backend: Literal["command", "airflow"] = "command"
+    command: list[str] = Field(default=[], description="argv; a relative program path is relative to the config file")
+
+    @field_validator("command")
+    @classmethod
+    def _program(cls, argv: list[str], info: ValidationInfo) -> list[str]:
+        if argv and "/" in argv[0]:
+            return [_relative_to_config(argv[0], info), *argv[1:]]
+        return argv
+    dag_id: str | None = None
+    conf: dict[str, str | int | float | bool] = {}
+    timeout_minutes: int = Field(default=720, gt=0)
+
+    @model_validator(mode="after")
+    def _backend_fields(self) -> RetrainConfig:
+        if self.backend == "command" and not self.command:
+            raise ValueError("backend 'command' needs `command`: the program and its arguments as a list")
+        if self.backend == "airflow" and not self.dag_id:
+            raise ValueError("backend 'airflow' needs `dag_id`")
+        return self
+
+
+class ModelConfig(Strict):
+    registry: Location = Field(description="where versions live: s3://bucket/prefix or a local directory")
+    owner: UserId | None = None
+    staging_only: bool = False
+    slo_p99_ms: float = Field(default=100.0, gt=0)
+    verify_requests: int = Field(default=20, ge=1, le=10_000)
+    environments: dict[EnvName, EnvironmentConfig]
+    retrain: RetrainConfig | None = None
+
+    @model_validator(mode="after")
+    def _has_staging(self) -> ModelConfig:
+        if "staging" not in self.environments:
+            raise ValueError("every model needs a `staging` environment")
+        if "prod" not in self.environments and not self.staging_only:
+            raise ValueError("a model without a `prod` environment must set staging_only: true")
+        return self
+
+
+class DeployWindow(Strict):
+    days: list[Weekday] = list(WEEKDAYS[:5])
+    start: LocalTime = time(9, 0)
+    end: LocalTime = time(16, 0)
+    tz: TimeZone = "America/Los_Angeles"
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DeployWindow:
+        if self.end <= self.start:
+            raise ValueError("`end` must be after `start` (windows do not cross midnight; use two windows)")
+        return self
+
+
+class DeployPolicy(Strict):
+    windows: list[DeployWindow] = [DeployWindow()]
+    four_eyes: bool = True
+    approval_ttl_hours: float = Field(default=24, gt=0)
+    lock_ttl_hours: float = Field(default=4, gt=0)
+    endpoint_concurrency: int = Field(default=8, ge=1, le=256)
+    load_timeout_s: float = Field(default=120, gt=0)
+
+
+class S3Config(Strict):
+    endpoint_url: str | None = None
+    region: str | None = None
+
+
+class AirflowConfig(Strict):
+    base_url: str
+    api_version: Literal[1, 2] = 2
+    auth: Literal["token", "bearer", "basic", "none"] = "token"
+    ui_url: str | None = None
+    unpause: bool = False
+    poll_seconds: float = Field(default=5, gt=0)
+
+
+class DatagenJob(Strict):
+    source: Location = Field(description="URI template of the monitoring record, with {date} (YYYY-MM-DD)")
+    expected_at: LocalTime = time(8, 30)
+    tz: TimeZone = "Asia/Kolkata"
+    typical_runtime_minutes: int = Field(default=200, ge=0)
+    grace_hours: float = Field(default=3, ge=0)
+    poll_minutes: float = Field(default=10, gt=0)
+    rules: RuleSet = Field(default_factory=default_rules)
+
+    @field_validator("source")
+    @classmethod
+    def _has_date(cls, value: str) -> str:
+        if "{date}" not in value:
+            raise ValueError("expected a template containing {date}, e.g. s3://bucket/monitoring/{date}.json")
+        return value
+
+
+class Datagen(Strict):
+    jobs: dict[str, DatagenJob] = {}
+
+
+class OnCall(Strict):
+    rotations: list[Rotation] = []
+
+    @model_validator(mode="after")
+    def _unique(self) -> OnCall:
+        names = [r.name for r in self.rotations]
+        if len(names) != len(set(names)):
+            raise ValueError("rotation names must be unique")
+        return self
+
+
+class DigestSchedule(Strict):
+    at: LocalTime = time(9, 0)
+    tz: TimeZone = "America/Los_Angeles"
+    weekday: Weekday | None = Field(default=None, description="set for a weekly digest")
+    channel: ChannelId | None = None
+
+
+class Digests(Strict):
+    daily: DigestSchedule | None = DigestSchedule()
+    weekly: DigestSchedule | None = DigestSchedule(weekday="monday")
+    unverified_staging_hours: float = Field(default=12, gt=0)
+
+
+class Alertmanager(Strict):
+    channel: ChannelId | None = None
+    model_label: str = "model"
+    env_label: str = "env"
+
+
+class Config(Strict):
+    channels: Channels
+    roles: Roles = Roles()
+    store: Location = Field(default="mlops-bot.db", validate_default=True, description="the SQLite file")
+    models: dict[ModelName, ModelConfig] = {}
+    deploy: DeployPolicy = DeployPolicy()
+    s3: S3Config = S3Config()
+    airflow: AirflowConfig | None = None
+    datagen: Datagen = Datagen()
+    oncall: OnCall = OnCall()
+    digests: Digests = Digests()
+    alertmanager: Alertmanager = Alertmanager()
+
+    @model_validator(mode="after")
+    def _cross_refs(self) -> Config:
+        for name, model in self.models.items():
+            if model.retrain and model.retrain.backend == "airflow" and self.airflow is None:
+                raise ValueError(f"models.{name}.retrain uses airflow but there is no `airflow` section")
+        return self
+
+
+class Secrets(BaseModel):
+    """What comes only from the environment, never from the YAML file."""
+
+    slack_bot_token: str | None = None
+    slack_signing_secret: str | None = None
+    slack_app_token: str | None = None
+    slack_api_url: str | None = None  # the sandbox and tests point this at the Slack emulator
+    airflow_username: str | None = None
+    airflow_password: str | None = None
+    airflow_token: str | None = None
+    datagen_hook_secret: str | None = None
+    alertmanager_token: str | None = None
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Secrets:
+        env = dict(os.environ if env is None else env)
+        return cls(
+            slack_bot_token=env.get("SLACK_BOT_TOKEN"),
+            slack_signing_secret=env.get("SLACK_SIGNING_SECRET"),
+            slack_app_token=env.get("SLACK_APP_TOKEN"),
+            slack_api_url=env.get("SLACK_API_URL"),
+            airflow_username=env.get("AIRFLOW_USERNAME"),
+            airflow_password=env.get("AIRFLOW_PASSWORD"),
+            airflow_token=env.get("AIRFLOW_TOKEN"),
+            datagen_hook_secret=env.get("MLOPS_DATAGEN_HOOK_SECRET"),
+            alertmanager_token=env.get("MLOPS_ALERTMANAGER_TOKEN"),
+        )
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; `problems` holds one `file: key.path: expected` line each."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def _key_path(loc: tuple[str | int, ...]) -> str:
+    # pydantic puts validator names (e.g. "function-after[...]") in loc for Annotated types; drop them.
+    parts = [str(p) for p in loc if not (isinstance(p, str) and "[" in p)]
+    return ".".join(parts) or "(top level)"
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: file not found (pass --config FILE or set MLOPS_BOT_CONFIG)"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(yaml)"
+        raise ConfigError([f"{path}: {where}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{path}: (top level): expected a mapping of sections, got {type(raw).__name__}"])
+    try:
+        config = Config.model_validate(raw, context={"base": path.parent.resolve()})
+    except ValidationError as exc:
+        raise ConfigError(
+            [f"{path}: {_key_path(err['loc'])}: {err['msg'].removeprefix('Value error, ')}" for err in exc.errors()]
+        ) from None
+    return config

@@ -1,0 +1,259 @@
+"""Builds the bot from a config: store, Slack client, services, the Bolt app, the scheduler, HTTP routes.
+
+Listeners ack at once and hand the work to `Runtime.spawn`, which tracks it so shutdown can wait for it
+(up to a bound) and record what it had to cut short.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from slack_bolt.async_app import AsyncApp
+from slack_bolt.request.async_request import AsyncBoltRequest
+
+from bot.config import Config, Role, Secrets
+from bot.notifier import Notifier, SlackError, web_client
+from bot.scheduler import Scheduler
+from bot.store import Store, utcnow
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("mlops_slack_requests", "Slack requests by kind", ["kind", "status"], registry=self.registry)
+        self.ack_latency = Histogram(
+            "mlops_ack_latency_seconds",
+            "Time from receiving a Slack request to answering it",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 3),
+            registry=self.registry,
+        )
+        self.actions = Counter("mlops_actions", "Audited actions by verb and status", ["verb", "status"], registry=self.registry)
+
+
+class Tasks:
+    """Background work started by listeners and services, so shutdown knows what is still running."""
+
+    def __init__(self) -> None:
+        self._running: dict[asyncio.Task[Any], str] = {}
+
+    def spawn(
+        self,
+        coro: Coroutine[Any, Any, Any],
+        *,
+        name: str,
+        on_error: Callable[[Exception], Awaitable[None]] | None = None,
+    ) -> asyncio.Task[Any]:
+        task = asyncio.create_task(self._guard(coro, name, on_error), name=name)
+        self._running[task] = name
+        task.add_done_callback(self._running.pop)
+        return task
+
+    @staticmethod
+    async def _guard(coro: Coroutine[Any, Any, Any], name: str, on_error: Callable[[Exception], Awaitable[None]] | None):
+        try:
+            return await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # The traceback goes to the log; people get a short message from on_error, never the traceback.
+            log.exception("background task %s failed", name)
+            if on_error:
+                try:
+                    await on_error(exc)
+                except Exception:
+                    log.exception("reporting the failure of %s failed too", name)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._running.values())
+
+    async def drain(self, timeout: float) -> list[str]:
+        """Wait up to `timeout` s for running work; cancel the rest and return its names."""
+        if self._running:
+            await asyncio.wait(list(self._running), timeout=timeout)
+        left = dict(self._running)
+        for task in left:
+            task.cancel()
+        if left:
+            await asyncio.gather(*left, return_exceptions=True)
+        return list(left.values())
+
+
+class RoleDirectory:
+    """Who holds which role, resolving user groups through Slack (cached: a role check is on the ack path)."""
+
+    ttl = 300.0
+
+    def __init__(self, config: Config, notifier: Notifier):
+        self.roles = config.roles
+        self.notifier = notifier
+        self._groups: dict[str, tuple[float, set[str]]] = {}
+
+    async def _group(self, group: str) -> set[str]:
+        cached = self._groups.get(group)
+        if cached and time.monotonic() - cached[0] < self.ttl:
+            return cached[1]
+        try:
+            members = set(await self.notifier.usergroup_members(group))
+        except SlackError:
+            log.warning("cannot resolve user group %s; treating it as empty", group, exc_info=True)
+            members = cached[1] if cached else set()
+        self._groups[group] = (time.monotonic(), members)
+        return members
+
+    async def _in(self, user: str, role: Role) -> bool:
+        members = getattr(self.roles, role)
+        if user in members.users:
+            return True
+        for group in members.groups:
+            if user in await self._group(group):
+                return True
+        return False
+
+    async def has(self, user: str, role: Role) -> bool:
+        return await self._in(user, role) or (role != "admins" and await self._in(user, "admins"))
+
+    def who_to_ask(self, role: Role) -> list[str]:
+        """Slack mentions of the people and groups that hold (or can grant) a role."""
+        admins = self.roles.admins
+        return [f"<@{u}>" for u in admins.users] + [f"<!subteam^{g}>" for g in admins.groups] or [
+            f"<@{u}>" for u in getattr(self.roles, role).users
+        ]
+
+
+class Runtime:
+    shutdown_grace = 20.0
+
+    def __init__(self, config: Config, secrets: Secrets, *, clock: Clock = utcnow):
+        self.config = config
+        self.secrets = secrets
+        self.clock = clock
+        self.store = Store(config.store)
+        self.metrics = Metrics()
+        self.tasks = Tasks()
+        self.client = web_client(secrets.slack_bot_token or "", base_url=secrets.slack_api_url)
+        self.notifier = Notifier(self.client)
+        self.roles = RoleDirectory(config, self.notifier)
+        self.scheduler = Scheduler(self.store, clock)
+        self.home = None  # the App Home view builder, once the digest module is wired in
+        self.app = self._bolt_app()
+
+    def _bolt_app(self) -> AsyncApp:
+        from handlers import register  # handlers depend on the runtime, not the other way round
+
+        app = AsyncApp(
+            client=self.client,
+            signing_secret=self.secrets.slack_signing_secret or "",
+            # Listeners ack themselves within microseconds and spawn their work, so running them before
+            # answering is both fastest (no ack polling) and safe on FaaS-like hosts.
+            process_before_response=True,
+            raise_error_for_unhandled_request=False,
+        )
+        register(app, self)
+        return app
+
+    # -- audit and background work ----------------------------------------------------------------
+
+    def audit(self, **fields: Any) -> int:
+        row_id = self.store.audit(at=self.clock(), **fields)
+        self.metrics.actions.labels(fields["verb"], fields["status"]).inc()
+        return row_id
+
+    def spawn(
+        self,
+        coro: Coroutine[Any, Any, Any],
+        *,
+        name: str,
+        on_error: Callable[[Exception], Awaitable[None]] | None = None,
+    ) -> asyncio.Task[Any]:
+        return self.tasks.spawn(coro, name=name, on_error=on_error)
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.scheduler.start()
+        await self.scheduler.run_due()  # catch up on slots missed while the bot was down
+
+    async def stop(self) -> None:
+        self.scheduler.shutdown()
+        for name in await self.tasks.drain(self.shutdown_grace):
+            self.audit(actor="mlops-bot", verb="shutdown", status="interrupted", detail={"task": name})
+        self.store.close()
+
+    # -- HTTP -------------------------------------------------------------------------------------
+
+    def web_app(self, *, slack_events: bool = True) -> web.Application:
+        app = web.Application()
+        if slack_events:
+            app.router.add_post("/slack/events", self._slack_events)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/metrics", self._metrics)
+        return app
+
+    async def _slack_events(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        body = await request.text()
+        bolt_request = AsyncBoltRequest(body=body, query=request.query_string, headers=dict(request.headers))
+        response = await self.app.async_dispatch(bolt_request)
+        kind = bolt_request.context.get("mlops_kind") or _kind(bolt_request)
+        self.metrics.ack_latency.observe(time.perf_counter() - started)
+        self.metrics.requests.labels(kind, str(response.status)).inc()
+        if response.status == 401:
+            # Unsigned, forged, stale or replayed: nothing ran; leave a trace for whoever investigates.
+            self.audit(actor="unknown", verb="slack.request", status="rejected", detail={"reason": "bad signature or timestamp"})
+        return web.Response(status=response.status, body=response.body, headers=response.first_headers_without_set_cookie())
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        checks = {"store_writable": self.store.writable(), "scheduler_running": self.scheduler.running}
+        return web.json_response(
+            {"ok": all(checks.values()), **checks, "tasks": len(self.tasks.names)}, status=200 if all(checks.values()) else 503
+        )
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _kind(request: AsyncBoltRequest) -> str:
+    body = request.body if isinstance(request.body, dict) else {}
+    return str(body.get("type") or ("command" if "command" in body else "other"))
+
+
+async def serve(runtime: Runtime, *, host: str, port: int) -> None:
+    """Run until SIGINT/SIGTERM: Socket Mode when SLACK_APP_TOKEN is set, else HTTP /slack/events."""
+    socket_mode = None
+    if runtime.secrets.slack_app_token:
+        from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
+
+        socket_mode = AsyncSocketModeHandler(runtime.app, runtime.secrets.slack_app_token)
+    web_runner = web.AppRunner(runtime.web_app(slack_events=socket_mode is None), access_log=None)
+    await web_runner.setup()
+    site = web.TCPSite(web_runner, host, port)
+    await site.start()
+    await runtime.start()
+    if socket_mode:
+        await socket_mode.connect_async()
+    log.info("mlops-bot listening on http://%s:%s (%s)", host, port, "socket mode" if socket_mode else "HTTP events")
+    print(f"mlops-bot ready on http://{host}:{port}", flush=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping: waiting up to %.0f s for running work", runtime.shutdown_grace)
+    if socket_mode:
+        await socket_mode.close_async()
+    await web_runner.cleanup()
+    await runtime.stop()

@@ -1,0 +1,89 @@
+"""Scheduled posts on APScheduler 3, with once-only bookkeeping in SQLite.
+
+APScheduler decides *when* to wake up; which slot a wake-up belongs to is computed from the job's trigger
+and the runtime's clock, and claimed in the `job_runs` table before the job runs. So a slot is posted once
+even across restarts, a slot missed while the bot was down is posted at start when still within its grace,
+and tests drive the same code with an injected clock through `run_due(now)`.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta, timezone
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.cron import CronTrigger
+
+from bot.store import Store, iso
+
+log = logging.getLogger(__name__)
+
+JobFunc = Callable[[datetime], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    trigger: BaseTrigger
+    func: JobFunc
+    grace: timedelta
+
+
+def daily(at: time, tz: str, weekday: str | None = None) -> CronTrigger:
+    return CronTrigger(hour=at.hour, minute=at.minute, day_of_week=weekday[:3] if weekday else "*", timezone=tz)
+
+
+def last_slot(trigger: BaseTrigger, now: datetime, grace: timedelta) -> datetime | None:
+    """The latest fire time of `trigger` in (now - grace, now], or None."""
+    slot, cursor = None, trigger.get_next_fire_time(None, now - grace)
+    while cursor is not None and cursor <= now:
+        slot, cursor = cursor, trigger.get_next_fire_time(cursor, cursor + timedelta(microseconds=1))
+    return slot
+
+
+class Scheduler:
+    def __init__(self, store: Store, clock: Callable[[], datetime]):
+        self.store = store
+        self.clock = clock
+        self.jobs: dict[str, Job] = {}
+        self._aps = AsyncIOScheduler(timezone=timezone.utc)
+
+    def add(self, job_id: str, trigger: BaseTrigger, func: JobFunc, *, grace: timedelta = timedelta(hours=6)) -> None:
+        self.jobs[job_id] = Job(job_id, trigger, func, grace)
+
+    @property
+    def running(self) -> bool:
+        return self._aps.running
+
+    def start(self) -> None:
+        for job in self.jobs.values():
+            self._aps.add_job(self.run_job, job.trigger, args=[job.id], id=job.id, coalesce=True, max_instances=1)
+        self._aps.start()
+
+    def shutdown(self) -> None:
+        if self._aps.running:
+            self._aps.shutdown(wait=False)
+
+    async def run_due(self, now: datetime | None = None) -> list[tuple[str, datetime]]:
+        """Run every job whose latest slot is due and unclaimed; at start this catches up missed slots."""
+        ran = []
+        for job_id in self.jobs:
+            slot = await self.run_job(job_id, now)
+            if slot:
+                ran.append((job_id, slot))
+        return ran
+
+    async def run_job(self, job_id: str, now: datetime | None = None) -> datetime | None:
+        job = self.jobs[job_id]
+        now = now or self.clock()
+        slot = last_slot(job.trigger, now, job.grace)
+        if slot is None or not self.store.claim_slot(job.id, iso(slot), now):
+            return None
+        try:
+            await job.func(slot)
+        except Exception:
+            # One failed post must not stop the schedule; the slot stays claimed so it is not spammed.
+            log.exception("scheduled job %s failed for slot %s", job.id, slot)
+        return slot

@@ -1,0 +1,352 @@
+"""SQLite state through sqlite-utils: numbered migrations, the hash-chained audit log, small helpers.
+
+One connection, used from the event loop's thread: every statement here is short, and a single writer
+keeps the audit chain ordered without cross-process coordination beyond SQLite's own BEGIN IMMEDIATE.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+# Each entry is applied once, in order, inside one transaction; never edit a released entry, append one.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE actions (
+        id INTEGER PRIMARY KEY,
+        ts TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        channel TEXT,
+        verb TEXT NOT NULL,
+        model TEXT,
+        env TEXT,
+        version TEXT,
+        status TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT '{}',
+        key TEXT,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    );
+    CREATE INDEX actions_model ON actions(model, id);
+    CREATE INDEX actions_ts ON actions(ts);
+    CREATE TRIGGER actions_no_update BEFORE UPDATE ON actions
+        BEGIN SELECT RAISE(ABORT, 'actions is append-only'); END;
+    CREATE TRIGGER actions_no_delete BEFORE DELETE ON actions
+        BEGIN SELECT RAISE(ABORT, 'actions is append-only'); END;
+    -- The chain's head, so deleting the newest rows is caught too.
+    CREATE TABLE audit_head (one INTEGER PRIMARY KEY CHECK (one = 1), last_id INTEGER NOT NULL, hash TEXT NOT NULL);
+
+    CREATE TABLE slack_requests (key TEXT PRIMARY KEY, ts TEXT NOT NULL);
+
+    CREATE TABLE releases (
+        id INTEGER PRIMARY KEY,
+        model TEXT NOT NULL,
+        version TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        state TEXT NOT NULL,
+        deployed_by TEXT,
+        deployed_at TEXT,
+        verified_at TEXT,
+        verify_report TEXT,
+        approved_by TEXT,
+        approved_at TEXT,
+        reason TEXT,
+        channel TEXT,
+        card_ts TEXT,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX releases_model ON releases(model, id);
+    CREATE TABLE environments (
+        model TEXT NOT NULL,
+        env TEXT NOT NULL,
+        version TEXT,
+        triton_version INTEGER,
+        release_id INTEGER,
+        previous_version TEXT,
+        previous_triton_version INTEGER,
+        deployed_by TEXT,
+        approved_by TEXT,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (model, env)
+    );
+    CREATE TABLE locks (
+        model TEXT NOT NULL,
+        env TEXT NOT NULL,
+        holder TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        operation_id INTEGER,
+        expires_at TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (model, env)
+    );
+    CREATE TABLE operations (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        model TEXT NOT NULL,
+        env TEXT NOT NULL,
+        version TEXT,
+        release_id INTEGER,
+        actor TEXT NOT NULL,
+        state TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT '{}',
+        started_at TEXT NOT NULL,
+        ended_at TEXT
+    );
+    CREATE TABLE retrain_runs (
+        id INTEGER PRIMARY KEY,
+        model TEXT NOT NULL,
+        backend TEXT NOT NULL,
+        run_id TEXT NOT NULL,
+        state TEXT NOT NULL,
+        requested_by TEXT NOT NULL,
+        args TEXT NOT NULL DEFAULT '{}',
+        handle TEXT NOT NULL DEFAULT '{}',
+        version TEXT,
+        channel TEXT,
+        card_ts TEXT,
+        started_at TEXT NOT NULL,
+        ended_at TEXT
+    );
+    CREATE TABLE datagen_reports (
+        job TEXT NOT NULL,
+        run_date TEXT NOT NULL,
+        raw TEXT NOT NULL,
+        source TEXT NOT NULL,
+        ingested_at TEXT NOT NULL,
+        expected INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (job, run_date)
+    );
+    CREATE TABLE alerts (
+        id INTEGER PRIMARY KEY,
+        source TEXT NOT NULL,
+        key TEXT NOT NULL,
+        state TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        summary TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT '{}',
+        channel TEXT,
+        ts TEXT,
+        acked_by TEXT,
+        opened_at TEXT NOT NULL,
+        resolved_at TEXT,
+        UNIQUE (source, key)
+    );
+    CREATE TABLE silences (
+        id INTEGER PRIMARY KEY,
+        source TEXT NOT NULL,
+        matcher TEXT NOT NULL,
+        until TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE oncall_overrides (
+        id INTEGER PRIMARY KEY,
+        rotation TEXT NOT NULL,
+        user TEXT NOT NULL,
+        start TEXT NOT NULL,
+        end TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        deleted_at TEXT
+    );
+    CREATE TABLE job_runs (
+        job TEXT NOT NULL,
+        slot TEXT NOT NULL,
+        ran_at TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT '{}',
+        PRIMARY KEY (job, slot)
+    );
+    """,
+]
+
+GENESIS = "0" * 64
+AUDIT_FIELDS = ("ts", "actor", "channel", "verb", "model", "env", "version", "status", "detail", "key")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+def row_hash(prev_hash: str, row: dict[str, Any]) -> str:
+    body = json.dumps([prev_hash, *(row.get(f) for f in AUDIT_FIELDS)], separators=(",", ":"), sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ChainBreak:
+    row_id: int | None
+    reason: str
+
+
+class Store:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=10)
+        self.db = sqlite_utils.Database(conn)
+        if str(path) != ":memory:":
+            self.db.enable_wal()
+        conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across app crashes, fast commits
+        conn.execute("PRAGMA foreign_keys=ON")
+        self.migrate()
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        return self.db.conn
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def migrate(self) -> int:
+        self.conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = self.conn.execute("SELECT max(version) FROM schema_version").fetchone()
+        current = row[0] or 0
+        for number, script in enumerate(MIGRATIONS[current:], start=current + 1):
+            with self.transaction():
+                for statement in _statements(script):
+                    self.conn.execute(statement)
+                self.conn.execute("INSERT INTO schema_version (version) VALUES (?)", (number,))
+        return len(MIGRATIONS)
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE: take the write lock up front so a compare-and-set cannot interleave."""
+        if self.conn.in_transaction:  # nested: the outer transaction owns commit/rollback
+            yield self.conn
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # -- audit log ---------------------------------------------------------------------------------
+
+    def audit(
+        self,
+        *,
+        actor: str,
+        verb: str,
+        status: str,
+        channel: str | None = None,
+        model: str | None = None,
+        env: str | None = None,
+        version: str | None = None,
+        detail: dict[str, Any] | None = None,
+        key: str | None = None,
+        at: datetime | None = None,
+    ) -> int:
+        row = {
+            "ts": iso(at or utcnow()),
+            "actor": actor,
+            "channel": channel,
+            "verb": verb,
+            "model": model,
+            "env": env,
+            "version": version,
+            "status": status,
+            "detail": json.dumps(detail or {}, sort_keys=True, default=str),
+            "key": key,
+        }
+        with self.transaction() as conn:
+            head = conn.execute("SELECT hash FROM audit_head WHERE one = 1").fetchone()
+            row["prev_hash"] = head[0] if head else GENESIS
+            row["hash"] = row_hash(row["prev_hash"], row)
+            cursor = conn.execute(
+                f"INSERT INTO actions ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", tuple(row.values())
+            )
+            conn.execute(
+                "INSERT INTO audit_head (one, last_id, hash) VALUES (1, ?, ?) "
+                "ON CONFLICT(one) DO UPDATE SET last_id = excluded.last_id, hash = excluded.hash",
+                (cursor.lastrowid, row["hash"]),
+            )
+        return int(cursor.lastrowid)
+
+    def verify_chain(self) -> ChainBreak | None:
+        """The first row whose content or link no longer matches, or None when the log is intact."""
+        prev_hash, prev_id = GENESIS, 0
+        for row in self.conn.execute(f"SELECT id, {', '.join(AUDIT_FIELDS)}, prev_hash, hash FROM actions ORDER BY id"):
+            record = dict(zip(("id", *AUDIT_FIELDS, "prev_hash", "hash"), row))
+            if record["prev_hash"] != prev_hash:
+                return ChainBreak(record["id"], f"row {record['id']} does not follow row {prev_id}: a row was deleted or edited")
+            if row_hash(prev_hash, record) != record["hash"]:
+                return ChainBreak(record["id"], f"row {record['id']} was edited after it was written")
+            prev_hash, prev_id = record["hash"], record["id"]
+        head = self.conn.execute("SELECT last_id, hash FROM audit_head WHERE one = 1").fetchone()
+        if head and (head[0], head[1]) != (prev_id, prev_hash):
+            return ChainBreak(prev_id + 1, f"the log ends at row {prev_id} but row {head[0]} was written: rows were deleted")
+        return None
+
+    def actions(
+        self, *, limit: int | None = None, model: str | None = None, since: datetime | None = None
+    ) -> list[dict[str, Any]]:
+        where, params = [], []
+        if model:
+            where.append("model = ?")
+            params.append(model)
+        if since:
+            where.append("ts >= ?")
+            params.append(iso(since))
+        sql = "SELECT * FROM actions" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY id DESC"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        rows = [dict(r) for r in self.db.query(sql, params)]
+        for r in rows:
+            r["detail"] = json.loads(r["detail"])
+        return rows[::-1]
+
+    # -- small helpers -----------------------------------------------------------------------------
+
+    def first_time(self, table: str, key: str, at: datetime | None = None) -> bool:
+        """Record `key` in a (key, ts) table; True only the first time: the basis of exactly-once."""
+        cursor = self.conn.execute(f"INSERT OR IGNORE INTO {table} (key, ts) VALUES (?, ?)", (key, iso(at or utcnow())))
+        return cursor.rowcount == 1
+
+    def claim_slot(self, job: str, slot: str, at: datetime | None = None, detail: dict | None = None) -> bool:
+        """Claim a scheduled job's slot; False if some earlier run (maybe before a restart) already had it."""
+        cursor = self.conn.execute(
+            "INSERT OR IGNORE INTO job_runs (job, slot, ran_at, detail) VALUES (?, ?, ?, ?)",
+            (job, slot, iso(at or utcnow()), json.dumps(detail or {})),
+        )
+        return cursor.rowcount == 1
+
+    def writable(self) -> bool:
+        """A real write, rolled back: catches a read-only file, a full disk or a lock held too long."""
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.execute("INSERT OR REPLACE INTO slack_requests (key, ts) VALUES ('healthz', '')")
+            self.conn.execute("ROLLBACK")
+            return True
+        except sqlite3.Error:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            return False
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration into statements, keeping trigger bodies (which contain ';') whole."""
+    statements, buffer = [], ""
+    for line in script.strip().splitlines():
+        if line.strip().startswith("--"):
+            continue
+        buffer += line + "\n"
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer.strip())
+            buffer = ""
+    return statements

@@ -1,0 +1,90 @@
+"""Button presses: one table of `<domain>.<verb>` action ids, each with a typed value and a role.
+
+The press is acked at once; the value is parsed with the button's pydantic model (ids only, never state),
+and the work runs in a tracked background task, answering through the message's thread or response_url.
+"""
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ValidationError
+from slack_bolt.async_app import AsyncAck, AsyncApp
+
+from bot.config import Role
+from bot.notifier import Message
+
+if TYPE_CHECKING:
+    from bot.runtime import Runtime
+
+
+@dataclass(frozen=True)
+class Press:
+    user: str
+    channel: str
+    message_ts: str
+    action_id: str
+    response_url: str
+    trigger_id: str
+
+
+@dataclass(frozen=True)
+class Button:
+    action_id: str
+    value: type[BaseModel]
+    run: Callable[["Runtime", Press, Any], Awaitable[None]]
+    role: Role | None = None
+
+
+BUTTONS: dict[str, Button] = {}
+
+
+def button(b: Button) -> Button:
+    BUTTONS[b.action_id] = b
+    return b
+
+
+def register(app: AsyncApp, runtime: Runtime) -> None:
+    @app.action({"type": "block_actions"})
+    async def pressed(body: dict[str, Any], ack: AsyncAck) -> None:
+        await ack()
+        action = body["actions"][0]
+        container = body.get("container", {})
+        press = Press(
+            user=body["user"]["id"],
+            channel=(body.get("channel") or {}).get("id") or container.get("channel_id", ""),
+            message_ts=container.get("message_ts", ""),
+            action_id=action["action_id"],
+            response_url=body.get("response_url", ""),
+            trigger_id=body.get("trigger_id", ""),
+        )
+        base = {"actor": press.user, "channel": press.channel, "verb": press.action_id, "key": body.get("trigger_id")}
+        spec = BUTTONS.get(press.action_id)
+        try:
+            if spec is None:
+                raise ValueError("this button is not known to this version of the bot")
+            value = spec.value.model_validate_json(action.get("value") or "{}")
+        except (ValidationError, ValueError) as exc:
+            runtime.audit(**base, status="invalid", detail={"value": action.get("value"), "error": str(exc)[:500]})
+            await _tell(runtime, press, f":warning: That button could not be used ({str(exc).splitlines()[0]}). Run the command again to get a fresh card.")
+            return
+        if spec.role and not await runtime.roles.has(press.user, spec.role):
+            who = ", ".join(runtime.roles.who_to_ask(spec.role)) or "an admin"
+            runtime.audit(**base, status="denied", detail={"role": spec.role, **value.model_dump()})
+            await _tell(runtime, press, f"You need the *{spec.role}* role for that button; ask {who}.")
+            return
+        runtime.audit(**base, status="accepted", detail=value.model_dump())
+
+        async def report_failure(exc: Exception) -> None:
+            runtime.audit(**base, status="error", detail={"error": f"{type(exc).__name__}: {exc}"})
+            await _tell(runtime, press, f":x: That action failed unexpectedly ({type(exc).__name__}); it is in the bot's log.")
+
+        runtime.spawn(spec.run(runtime, press, value), name=press.action_id, on_error=report_failure)
+
+
+async def _tell(runtime: Runtime, press: Press, text: str) -> None:
+    if press.channel and press.channel.startswith(("C", "G", "D")):
+        await runtime.notifier.ephemeral(press.channel, press.user, Message(text))
+    elif press.response_url:
+        await runtime.notifier.respond(press.response_url, Message(text))

@@ -1,0 +1,40 @@
+"""Shared fixtures: a config written from examples/mlops-bot.yaml into a temp dir, and the bot on loopback."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bot.config import Config, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_CONFIG = ROOT / "examples" / "mlops-bot.yaml"
+
+
+def write_config(directory: Path, **overrides) -> Path:
+    """The example config with its state under `directory`, and top-level sections replaced by `overrides`."""
+    raw = yaml.safe_load(EXAMPLE_CONFIG.read_text())
+    raw["store"] = str(directory / "mlops-bot.db")
+    for model in raw["models"].values():
+        model["registry"] = str(ROOT / "examples" / model["registry"])
+        for name, env in model["environments"].items():
+            env["repository"] = str(directory / "repos" / name)
+        if model.get("retrain", {}).get("command"):
+            model["retrain"]["command"][0] = str(ROOT / "examples" / model["retrain"]["command"][0])
+    for job in raw["datagen"]["jobs"].values():
+        job["source"] = str(ROOT / "examples" / job["source"])
+    raw.update(overrides)
+    path = directory / "mlops-bot.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def config_path(tmp_path: Path) -> Path:
+    return write_config(tmp_path)
+
+
+@pytest.fixture
+def config(config_path: Path) -> Config:
+    return load_config(config_path)

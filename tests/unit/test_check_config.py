@@ -1,0 +1,69 @@
+"""`mlops-bot check-config` as an operator runs it: one line per problem, with the key path, exit 2."""
+import subprocess
+import sys
+
+import yaml
+
+from tests.conftest import EXAMPLE_CONFIG
+
+
+def check(path):
+    return subprocess.run([sys.executable, "-m", "bot.cli", "check-config", str(path)], capture_output=True, text=True, timeout=60)
+
+
+def test_example_config_is_valid():
+    result = check(EXAMPLE_CONFIG)
+    assert result.returncode == 0, result.stderr
+    assert "ok (1 models" in result.stdout
+
+
+def test_every_problem_is_named_with_its_key_path(tmp_path):
+    raw = yaml.safe_load(EXAMPLE_CONFIG.read_text())
+    raw["channels"]["main"] = "general"
+    raw["roles"]["approvers"]["users"] = ["bob"]
+    raw["models"]["ranker"]["environments"]["staging"]["endpoints"] = []
+    raw["models"]["Bad Name"] = raw["models"]["ranker"]
+    raw["deploy"]["windows"][0]["tz"] = "Mars/Olympus"
+    raw["oncall"]["rotations"][0]["shift"] = "fortnightly"
+    raw["datagen"]["jobs"]["recsys"]["source"] = "s3://bucket/monitoring/latest.json"
+    raw["modles"] = {}
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    result = check(path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    expected = [
+        "channels.main: expected a Slack channel id",
+        "roles.approvers.users.0: expected a Slack user id",
+        "models.ranker.environments.staging.endpoints: List should have at least 1 item",
+        "models.Bad Name: expected a lower-case model name",
+        "deploy.windows.0.tz: expected an IANA time zone",
+        "oncall.rotations.0.shift: 'fortnightly' is not a shift length",
+        "datagen.jobs.recsys.source: expected a template containing {date}",
+        "modles: Extra inputs are not permitted",
+    ]
+    for fragment in expected:
+        assert any(line.startswith(f"{path}: ") and fragment in line for line in lines), (fragment, lines)
+    assert "Traceback" not in result.stderr
+
+
+def test_unquoted_time_is_explained(tmp_path):
+    text = EXAMPLE_CONFIG.read_text().replace('end: "16:00"', "end: 16:00")
+    path = tmp_path / "times.yaml"
+    path.write_text(text)
+    result = check(path)
+    assert result.returncode == 2
+    assert 'deploy.windows.0.end: expected a quoted local time "HH:MM"' in result.stderr
+
+
+def test_broken_yaml_names_the_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("channels:\n  main: C0MLOPS\nmodels: [unclosed\n")
+    result = check(path)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"{path}: line ") and "not valid YAML" in result.stderr
+
+
+def test_missing_file_says_how_to_point_at_one(tmp_path):
+    result = check(tmp_path / "nope.yaml")
+    assert result.returncode == 2 and "--config" in result.stderr
