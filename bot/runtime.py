@@ -148,6 +148,7 @@ class Runtime:
         self.roles = RoleDirectory(config, self.notifier)
         self.scheduler = Scheduler(self.store, clock)
         self.home = None  # the App Home view builder, once the digest module is wired in
+        # Domain services (each registers its scheduled jobs in its constructor).
         self.app = self._bolt_app()
 
     def _bolt_app(self) -> AsyncApp:
