@@ -46,6 +46,11 @@ KNOWN_BLOCKS = {
 }
 
 
+def dm_id(user: str) -> str:
+    """The id of the bot's DM with `user`."""
+    return "D" + user[1:]
+
+
 class _SlackError(Exception):
     """An answer other than ok: Slack's error code, plus the HTTP status and headers it comes with."""
 
@@ -246,7 +251,7 @@ def _flag(value: Any) -> bool:
     return value in (True, 1, "1", "true", "True")
 
 
-def _message_content(args: Json, *, max_blocks: int = MAX_MESSAGE_BLOCKS) -> tuple[str, list[Any] | None]:
+def _message_content(args: Json) -> tuple[str, list[Any] | None]:
     """The text and blocks of a message, rejected the way chat.postMessage rejects them."""
     text = args.get("text") or ""
     blocks = args.get("blocks")
@@ -256,7 +261,7 @@ def _message_content(args: Json, *, max_blocks: int = MAX_MESSAGE_BLOCKS) -> tup
         blocks = _json_arg(blocks, "invalid_blocks_format")
         if not isinstance(blocks, list):
             raise _SlackError("invalid_blocks_format")
-        if problems := block_problems(blocks, max_blocks=max_blocks):
+        if problems := block_problems(blocks, max_blocks=MAX_MESSAGE_BLOCKS):
             raise _SlackError("invalid_blocks", messages=problems)
     if not isinstance(text, str):
         raise _SlackError("invalid_arguments")
@@ -432,11 +437,11 @@ class SlackEmulator:
 
     def messages(self, channel: str) -> list[Json]:
         """Top-level messages of a channel (a user id means that user's DM), oldest first, as they are now."""
-        stored = self._messages.get(self._dm_id(channel) if channel.startswith("U") else channel, {})
+        stored = self._messages.get(dm_id(channel) if channel.startswith("U") else channel, {})
         return [dict(m) for m in stored.values() if m["thread_ts"] in (None, m["ts"])]
 
     def replies(self, channel: str, ts: str) -> list[Json]:
-        stored = self._messages.get(self._dm_id(channel) if channel.startswith("U") else channel, {})
+        stored = self._messages.get(dm_id(channel) if channel.startswith("U") else channel, {})
         return [dict(m) for m in stored.values() if m["thread_ts"] == ts and m["ts"] != ts]
 
     def all_messages(self) -> list[Json]:
@@ -623,10 +628,6 @@ class SlackEmulator:
     def _new_id(self, prefix: str) -> str:
         return f"{prefix}{next(self._ids):08d}"
 
-    @staticmethod
-    def _dm_id(user: str) -> str:
-        return "D" + user[1:]
-
     def _channel(self, channel: Any) -> str:
         """Resolve a channel argument to a channel id, creating it when the emulator is open-world."""
         if not isinstance(channel, str) or not channel:
@@ -644,7 +645,7 @@ class SlackEmulator:
             self.user(user)
         except LookupError:
             raise _SlackError(error) from None
-        dm = self._dm_id(user)
+        dm = dm_id(user)
         self._channels.setdefault(dm, {"id": dm, "is_channel": False, "is_im": True, "user": user})
         return dm
 
@@ -902,7 +903,8 @@ class SlackEmulator:
         # Sharing a file posts a message carrying it, in the thread when thread_ts is given.
         message_ts = None
         if channel is not None:
-            message_ts = self._post(channel, args.get("initial_comment") or "", None, args.get("thread_ts"), shared)["ts"]
+            comment = args.get("initial_comment") or ""
+            message_ts = self._post(channel, comment, None, args.get("thread_ts"), shared)["ts"]
         for upload in uploads:
             del self._uploads[upload["id"]]
             self.files.append({
@@ -1081,7 +1083,7 @@ class SlackEventsClient:
     async def home_opened(self, user: str) -> Delivery:
         now = time.time()
         event: Json = {
-            "type": "app_home_opened", "user": user, "channel": SlackEmulator._dm_id(user), "tab": "home",
+            "type": "app_home_opened", "user": user, "channel": dm_id(user), "tab": "home",
             "event_ts": f"{now:.6f}",
         }
         if user in self.emulator.home:
@@ -1089,7 +1091,8 @@ class SlackEventsClient:
         body = json.dumps({
             "token": VERIFICATION_TOKEN, "team_id": self.team_id, "api_app_id": APP_ID, "event": event,
             "type": "event_callback", "event_id": f"Ev{next(self._events):08d}{secrets.token_hex(3).upper()}",
-            "event_time": int(now), "authorizations": [{"team_id": self.team_id, "user_id": BOT_USER_ID, "is_bot": True}],
+            "event_time": int(now),
+            "authorizations": [{"team_id": self.team_id, "user_id": BOT_USER_ID, "is_bot": True}],
             "is_ext_shared_channel": False,
         }).encode()
         return await self._deliver(body, "application/json")
@@ -1113,7 +1116,8 @@ def _buttons(blocks: list[Json]) -> Iterator[tuple[str, Json]]:
 def _input_state(element_type: str, value: str) -> Json:
     """One input's entry in view.state.values, shaped as Slack shapes it for that element type."""
     if element_type in ("static_select", "external_select"):
-        return {"type": element_type, "selected_option": {"text": {"type": "plain_text", "text": value}, "value": value}}
+        option = {"text": {"type": "plain_text", "text": value}, "value": value}
+        return {"type": element_type, "selected_option": option}
     if element_type == "users_select":
         return {"type": element_type, "selected_user": value}
     if element_type == "conversations_select":

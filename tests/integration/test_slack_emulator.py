@@ -95,7 +95,9 @@ async def test_message_with_51_blocks_is_rejected_like_slack(client: AsyncWebCli
     with pytest.raises(SlackApiError) as rejected:
         await client.chat_postMessage(channel="C1", text="t", blocks=[section(f"{i}") for i in range(51)])
     assert rejected.value.response["error"] == "invalid_blocks"
-    assert "no more than 50 items allowed [json-pointer:/blocks]" in rejected.value.response["response_metadata"]["messages"][0]
+    assert rejected.value.response["response_metadata"]["messages"] == [
+        "[ERROR] no more than 50 items allowed [json-pointer:/blocks]"
+    ]
     assert emu.messages("C1") == []
 
     await client.chat_postMessage(channel="C1", text="t", blocks=[section(f"{i}") for i in range(50)])
@@ -216,7 +218,8 @@ async def test_signed_deliveries_verify_with_slack_sdk(emu: SlackEmulator, app: 
         assert retry.status == 200 and recorder.bodies[1] == recorder.bodies[0]
         assert recorder.received[1].headers["X-Slack-Retry-Num"] == "1"
 
-        forged = await slack.send_raw(delivery.request_body, SlackEventsClient("", "wrong", emu).sign(delivery.request_body))
+        tampered = {**slack.sign(delivery.request_body), "X-Slack-Signature": "v0=" + "0" * 64}
+        forged = await slack.send_raw(delivery.request_body, tampered)
         stale = await slack.send_raw(delivery.request_body, slack.sign(delivery.request_body, int(time.time()) - 600))
         assert (forged.status, stale.status) == (401, 401)
 
@@ -268,7 +271,8 @@ async def test_views_need_a_fresh_trigger(app: tuple[RecordingApp, str]) -> None
         with pytest.raises(SlackApiError, match="expired_trigger_id"):
             await client.views_open(trigger_id=stale, view=modal)
         with pytest.raises(SlackApiError) as rejected:
-            await client.views_open(trigger_id=emu.issue_trigger("U1"), view={**modal, "title": {"type": "plain_text", "text": "t" * 25}})
+            long_title = {**modal, "title": {"type": "plain_text", "text": "t" * 25}}
+            await client.views_open(trigger_id=emu.issue_trigger("U1"), view=long_title)
         assert rejected.value.response["error"] == "invalid_arguments"
 
         opened = await client.views_open(trigger_id=emu.issue_trigger("U1"), view=modal)
@@ -277,7 +281,9 @@ async def test_views_need_a_fresh_trigger(app: tuple[RecordingApp, str]) -> None
     submitted = payload(recorder.bodies[-1])
     assert submitted["view"]["callback_id"] == "releases.reject"
     assert submitted["view"]["private_metadata"] == '{"id":7}'
-    assert submitted["view"]["state"]["values"] == {"reason": {"text": {"type": "plain_text_input", "value": "flaky eval"}}}
+    assert submitted["view"]["state"]["values"] == {
+        "reason": {"text": {"type": "plain_text_input", "value": "flaky eval"}}
+    }
     assert answer.json()["response_action"] == "errors"
 
 
@@ -314,3 +320,14 @@ async def test_wait_for_returns_the_value_or_explains_the_timeout(client: AsyncW
     assert (await emu.wait_for(lambda: emu.messages("C1")))[0]["text"] == "hello"
     with pytest.raises(TimeoutError, match="chat.postMessage=ok"):
         await emu.wait_for(lambda: emu.messages("C2"), timeout=0.1)
+
+
+async def test_injected_timeout_holds_the_request_until_the_client_gives_up() -> None:
+    emu = SlackEmulator()
+    await emu.start()
+    emu.inject_fault("chat.postMessage", "timeout")
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.2)) as http:
+        with pytest.raises(asyncio.TimeoutError):
+            await http.post(f"{emu.api_url}chat.postMessage", data={"token": TOKEN, "channel": "C1", "text": "a"})
+        await emu.stop()  # also releases the held request
+    assert emu.messages("C1") == []
