@@ -1,0 +1,365 @@
+"""Datagen alert rules: declarative models and their pure evaluation over a history of reports.
+
+The rule models are what `datagen.jobs.<job>.rules` holds in mlops-bot.yaml (examples/datagen/rules.yaml
+has the team's defaults). A rule names metrics by the dotted names of `Report.metrics()`, or by a glob of
+them (`stage.*.events`, `*.items`; `*` also crosses dots).
+
+Baselines, for a report on day D:
+- `lag_1d` is day D-1 and `lag_7d` day D-7, exactly. If that day has no report, a failed one, or is marked
+  expected, the rule has no baseline for D and stays silent: comparing with an older day would silently
+  change what "day-over-day" means, and the other baselines keep watching.
+- `median_same_weekday` is the per-metric median over D-7, D-14, ... D-7*weeks, skipping days without a
+  usable report or marked expected; silent when none is left.
+A day marked expected still gets its own breaches (the service shows them as expected); it only stops
+being anybody's baseline. A missing report yields only `freshness` breaches, a failed one only `failed`
+breaches: every other rule would be judging numbers that are not there.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from statistics import median
+from datetime import UTC, date, datetime, time, timedelta
+from functools import cached_property
+from typing import Annotated, Literal, NamedTuple
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveFloat, model_validator
+
+from bot.datagen.report import Duration, Report
+
+Severity = Literal["warn", "crit"]
+Direction = Literal["up", "down", "both"]
+
+
+class _Rule(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class _Thresholds(_Rule):
+    """Warn/crit thresholds on the absolute % change, strictly exceeded, in the given direction."""
+
+    metric: str
+    warn_pct: PositiveFloat | None = None
+    crit_pct: PositiveFloat | None = None
+    direction: Direction = "both"
+
+    @model_validator(mode="after")
+    def _one_threshold(self) -> _Thresholds:
+        if self.warn_pct is None and self.crit_pct is None:
+            raise ValueError("give warn_pct, crit_pct or both")
+        if self.warn_pct is not None and self.crit_pct is not None and self.crit_pct < self.warn_pct:
+            raise ValueError("crit_pct must not be below warn_pct")
+        return self
+
+    @cached_property
+    def quiet_below(self) -> float:
+        """Changes up to this size breach nothing, whatever their direction."""
+        return min(t for t in (self.warn_pct, self.crit_pct) if t is not None)
+
+    def grade(self, change_pct: float) -> tuple[Severity, float] | None:
+        """The severity and the threshold a change breaches, if any."""
+        if (self.direction == "up" and change_pct <= 0) or (self.direction == "down" and change_pct >= 0):
+            return None
+        size = abs(change_pct)
+        if self.crit_pct is not None and size > self.crit_pct:
+            return "crit", self.crit_pct
+        if self.warn_pct is not None and size > self.warn_pct:
+            return "warn", self.warn_pct
+        return None
+
+
+class ChangeRule(_Thresholds):
+    """A metric moved by more than a % against a baseline from the history."""
+
+    kind: Literal["change"] = "change"
+    baseline: Literal["lag_1d", "lag_7d", "median_same_weekday"] = "lag_1d"
+    weeks: int = Field(4, ge=1, le=52, description="how many same weekdays median_same_weekday looks back")
+
+
+class RecordedChangeRule(_Thresholds):
+    """A % change the job computed itself moved by more than a %: `bucket.*.delta_7d_pct`,
+    `items_diff_1d_pct`, `items_diff_7d_pct`. Works from the first report, with no history at all."""
+
+    kind: Literal["recorded_change"] = "recorded_change"
+
+
+class BoundRule(_Rule):
+    """A metric is below `lt` or above `gt`."""
+
+    kind: Literal["bound"] = "bound"
+    metric: str
+    lt: float | None = None
+    gt: float | None = None
+    severity: Severity = "warn"
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> BoundRule:
+        if self.lt is None and self.gt is None:
+            raise ValueError("give lt, gt or both")
+        return self
+
+
+class FreshnessRule(_Rule):
+    """No report by the expected time plus `grace`: the raw data was not found."""
+
+    kind: Literal["freshness"] = "freshness"
+    grace: Duration = timedelta(hours=3)
+    severity: Severity = "crit"
+
+
+class FailedRule(_Rule):
+    """The run reported SUCCESS false or an error."""
+
+    kind: Literal["failed"] = "failed"
+    severity: Severity = "crit"
+
+
+Rule = Annotated[
+    ChangeRule | RecordedChangeRule | BoundRule | FreshnessRule | FailedRule, Field(discriminator="kind")
+]
+
+
+def _unique_ids(rules: list[Rule]) -> list[Rule]:
+    if duplicates := sorted(rule_id for rule_id, n in Counter(r.id for r in rules).items() if n > 1):
+        raise ValueError(f"duplicate rule ids: {', '.join(duplicates)}")
+    return rules
+
+
+RuleSet = Annotated[list[Rule], AfterValidator(_unique_ids)]
+"""The type of a job's `rules:` list in the config: rules with unique ids."""
+
+
+def default_rules() -> list[Rule]:
+    """The team's alerts (DOMAIN.md); examples/datagen/rules.yaml is the same list in YAML."""
+    return [
+        ChangeRule(id="events_1d", metric="*.events", baseline="lag_1d", warn_pct=10),
+        ChangeRule(id="events_7d", metric="*.events", baseline="lag_7d", warn_pct=10),
+        ChangeRule(id="items_1d", metric="*.items", baseline="lag_1d", warn_pct=10),
+        ChangeRule(id="items_7d", metric="*.items", baseline="lag_7d", warn_pct=10),
+        ChangeRule(id="item_age_bucket_7d", metric="bucket.*.count", baseline="lag_7d", warn_pct=10),
+        BoundRule(id="new_items_floor", metric="new_items_1d_pct", lt=3, severity="warn"),
+        FreshnessRule(id="raw_data_missing", grace=timedelta(hours=3), severity="crit"),
+        FailedRule(id="run_failed", severity="crit"),
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class Breach:
+    """One rule breached by one metric of one run. Numbers are None where the rule kind has none."""
+
+    rule_id: str
+    severity: Severity
+    metric: str | None
+    value: float | None
+    baseline: float | None
+    change_pct: float | None
+    threshold: float | None
+    message: str
+
+
+class StageMove(NamedTuple):
+    """The funnel step whose share of the previous step's items changed most against the baseline run."""
+
+    stage: str
+    items: int
+    baseline_items: int
+    items_change_pct: float
+    pass_rate_change_pct: float
+
+
+def evaluate(
+    rules: Sequence[Rule],
+    history: Mapping[date, Report],
+    run_date: date,
+    *,
+    expected: Collection[date] = frozenset(),
+    now: datetime | None = None,
+    expected_at: datetime | None = None,
+) -> list[Breach]:
+    """Every breach of `rules` by the run of `run_date`, in rule order.
+
+    `history` holds the reports by run date (it may include `run_date` itself); `expected` are days marked
+    expected, left out of baselines. Freshness needs `now` and `expected_at` (when the report for
+    `run_date` was due); without them a missing report breaches nothing.
+    """
+    report = history.get(run_date)
+    if report is None:
+        if now is None or expected_at is None:
+            return []
+        return [_overdue(r, run_date, expected_at) for r in rules
+                if isinstance(r, FreshnessRule) and now >= expected_at + r.grace]
+    if report.failed:
+        return [_failed(r, report) for r in rules if isinstance(r, FailedRule)]
+    baselines = _Baselines(history, run_date, expected)
+    breaches: list[Breach] = []
+    for rule in rules:
+        match rule:
+            case ChangeRule():
+                breaches += _changed(rule, report, baselines.lookup(rule.baseline, rule.weeks))
+            case RecordedChangeRule():
+                breaches += _recorded(rule, report)
+            case BoundRule():
+                breaches += _out_of_bounds(rule, report)
+            # freshness and failed rules only concern missing and failed runs, handled above
+    return breaches
+
+
+def backtest(
+    rules: Sequence[Rule], history: Mapping[date, Report], days: int, *, expected: Collection[date] = frozenset()
+) -> dict[str, int]:
+    """On how many of the last `days` days (up to the newest report) each rule would have fired.
+
+    Judged in hindsight: every deadline has passed, so a day without a report counts for freshness. Days
+    before the first report are not counted.
+    """
+    fired = dict.fromkeys((rule.id for rule in rules), 0)
+    if not history:
+        return fired
+    first, last = min(history), max(history)
+    hindsight = datetime.max.replace(tzinfo=UTC)
+    for offset in range(min(days, (last - first).days + 1)):
+        day = last - timedelta(days=offset)
+        due = datetime.combine(day, time(), UTC)
+        for rule_id in {b.rule_id for b in evaluate(rules, history, day, expected=expected, now=hindsight,
+                                                    expected_at=due)}:
+            fired[rule_id] += 1
+    return fired
+
+
+def biggest_mover(report: Report, baseline: Report) -> StageMove | None:
+    """The funnel step that moved most against `baseline`.
+
+    A step is judged by its pass rate (its items over the previous step's), so a drop at the feed source
+    points at the feed source and not at every stage after it; the first step is judged by its items.
+    """
+    then = {step.label: step.items for step in baseline.funnel() if step.items is not None}
+    moves: list[StageMove] = []
+    previous: tuple[int, int] | None = None
+    for step in report.funnel():
+        if step.items is None or step.label not in then:
+            continue
+        items, before = step.items, then[step.label]
+        items_change = _change_pct(items, before)
+        rate_change = items_change if previous is None else _change_pct(
+            items * previous[1], before * previous[0])
+        moves.append(StageMove(step.label, items, before, items_change, rate_change))
+        previous = (items, before)
+    return max(moves, key=lambda m: abs(m.pass_rate_change_pct), default=None)
+
+
+# --- evaluation ---------------------------------------------------------------------------------------------
+
+
+class _Baselines:
+    """Baseline values for one run date, computed once per (baseline, weeks, metric)."""
+
+    def __init__(self, history: Mapping[date, Report], run_date: date, expected: Collection[date]) -> None:
+        self._history, self._run_date, self._expected = history, run_date, expected
+        self._lookups: dict[tuple[str, int], Callable[[str], float | None]] = {}
+
+    def _usable(self, day: date) -> Mapping[str, float] | None:
+        report = self._history.get(day)
+        if report is None or report.failed or day in self._expected:
+            return None
+        return report.metrics()
+
+    def lookup(self, kind: str, weeks: int) -> Callable[[str], float | None]:
+        key = (kind, weeks if kind == "median_same_weekday" else 0)
+        if (found := self._lookups.get(key)) is None:
+            found = self._lookups[key] = self._build(kind, weeks)
+        return found
+
+    def _build(self, kind: str, weeks: int) -> Callable[[str], float | None]:
+        if kind != "median_same_weekday":
+            values = self._usable(self._run_date - timedelta(days=1 if kind == "lag_1d" else 7))
+            return (lambda metric: None) if values is None else values.get
+        runs = [v for k in range(1, weeks + 1) if (v := self._usable(self._run_date - timedelta(weeks=k)))]
+        medians: dict[str, float | None] = {}
+
+        def of(metric: str) -> float | None:
+            if metric not in medians:
+                past = [run[metric] for run in runs if metric in run]
+                medians[metric] = median(past) if past else None
+            return medians[metric]
+
+        return of
+
+
+_BASELINE_TEXT = {"lag_1d": "the day before", "lag_7d": "7 days before"}
+
+
+def _changed(rule: ChangeRule, report: Report, baseline: Callable[[str], float | None]) -> Iterator[Breach]:
+    values = report.metrics()
+    for metric in report.metric_names.matching(rule.metric):
+        before = baseline(metric)
+        if before is None:
+            continue
+        value = values[metric]
+        change = _change_pct(value, before)
+        if abs(change) <= rule.quiet_below or (graded := rule.grade(change)) is None:
+            continue  # the first test settles most metrics on most days, cheaply
+        severity, threshold = graded
+        against = _BASELINE_TEXT.get(rule.baseline) or (
+            f"the median of the last {rule.weeks} {report.run_date:%A}s")
+        yield Breach(rule.id, severity, metric, value, before, change, threshold,
+                     f"{metric} {_moved(change)} vs {against} ({_num(value)} vs {_num(before)}; "
+                     f"{severity} above {_num(threshold)}%)")
+
+
+def _recorded(rule: RecordedChangeRule, report: Report) -> Iterator[Breach]:
+    values = report.metrics()
+    for metric in report.metric_names.matching(rule.metric):
+        change = values[metric]
+        if (graded := rule.grade(change)) is None:
+            continue
+        severity, threshold = graded
+        yield Breach(rule.id, severity, metric, change, None, change, threshold,
+                     f"{metric} {_moved(change)} as reported by the job ({severity} above {_num(threshold)}%)")
+
+
+def _out_of_bounds(rule: BoundRule, report: Report) -> Iterator[Breach]:
+    values = report.metrics()
+    for metric in report.metric_names.matching(rule.metric):
+        value = values[metric]
+        if rule.lt is not None and value < rule.lt:
+            side, threshold = "below", rule.lt
+        elif rule.gt is not None and value > rule.gt:
+            side, threshold = "above", rule.gt
+        else:
+            continue
+        yield Breach(rule.id, rule.severity, metric, value, None, None, threshold,
+                     f"{metric} is {_num(value)}, {side} {_num(threshold)}")
+
+
+def _overdue(rule: FreshnessRule, run_date: date, expected_at: datetime) -> Breach:
+    deadline = expected_at + rule.grace
+    hours, seconds = divmod(int(rule.grace.total_seconds()), 3600)
+    grace = f"{hours}h" + (f"{seconds // 60:02d}m" if seconds >= 60 else "")
+    when = f"{deadline:%Y-%m-%d %H:%M %Z}".rstrip()  # %Z is empty for a naive time
+    return Breach(rule.id, rule.severity, None, None, None, None, None,
+                  f"raw data not found: no datagen report for {run_date} by {when} "
+                  f"(due {expected_at:%H:%M}, grace {grace})")
+
+
+def _failed(rule: FailedRule, report: Report) -> Breach:
+    cause = "; ".join(report.errors) or "SUCCESS is false"
+    return Breach(rule.id, rule.severity, None, None, None, None, None,
+                  f"datagen run for {report.run_date} failed: {cause}")
+
+
+def _change_pct(value: float, before: float) -> float:
+    # From nothing to something is an unbounded change, which every threshold catches.
+    if before == 0:
+        return 0.0 if value == 0 else float("inf") if value > 0 else float("-inf")
+    return (value - before) / abs(before) * 100
+
+
+def _moved(change: float) -> str:
+    return f"{'rose' if change > 0 else 'fell'} {abs(change):.1f}%"
+
+
+def _num(value: float) -> str:
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.2f}"
