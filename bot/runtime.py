@@ -21,6 +21,7 @@ from slack_bolt.request.async_request import AsyncBoltRequest
 
 from bot.config import Config, Role, Secrets
 from bot.notifier import Notifier, SlackError, web_client
+from bot.releases.service import ReleaseService
 from bot.scheduler import Scheduler
 from bot.store import Store, utcnow
 
@@ -149,6 +150,7 @@ class Runtime:
         self.scheduler = Scheduler(self.store, clock)
         self.home = None  # the App Home view builder, once the digest module is wired in
         # Domain services (each registers its scheduled jobs in its constructor).
+        self.releases = ReleaseService(self)
         self.app = self._bolt_app()
 
     def _bolt_app(self) -> AsyncApp:
@@ -184,6 +186,7 @@ class Runtime:
     # -- lifecycle --------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        await self.releases.reconcile()
         self.scheduler.start()
         await self.scheduler.run_due()  # catch up on slots missed while the bot was down
 

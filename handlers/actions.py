@@ -5,6 +5,8 @@ and the work runs in a tracked background task, answering through the message's 
 """
 from __future__ import annotations
 
+import re
+
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -46,7 +48,7 @@ def button(b: Button) -> Button:
 
 
 def register(app: AsyncApp, runtime: Runtime) -> None:
-    @app.action({"type": "block_actions"})
+    @app.action(re.compile(".+"))
     async def pressed(body: dict[str, Any], ack: AsyncAck) -> None:
         await ack()
         action = body["actions"][0]
@@ -88,3 +90,54 @@ async def _tell(runtime: Runtime, press: Press, text: str) -> None:
         await runtime.notifier.ephemeral(press.channel, press.user, Message(text))
     elif press.response_url:
         await runtime.notifier.respond(press.response_url, Message(text))
+
+
+# -- release train ------------------------------------------------------------------------------------
+
+async def _release_op(runtime: Runtime, press: Press, work: Callable[[], Awaitable[Any]]) -> None:
+    from bot.releases.service import ReleaseError
+
+    try:
+        await work()
+    except ReleaseError as exc:
+        await _tell(runtime, press, f":warning: {exc}")
+
+
+def _release_button(action_id: str, operation: Callable[["Runtime", Press, Any], Awaitable[Any]], role: Role) -> None:
+    from bot.releases.messages import ReleaseRef
+
+    async def run(runtime: Runtime, press: Press, ref: ReleaseRef) -> None:
+        await _release_op(runtime, press, lambda: operation(runtime, press, runtime.releases.get(ref.release)))
+
+    button(Button(action_id, ReleaseRef, run, role))
+
+
+async def _promote(runtime: Runtime, press: Press, release: Any) -> None:
+    from handlers.commands import open_urgent_modal
+
+    decision = await runtime.releases.check_promote(release, press.user)
+    if decision.needs_urgent:
+        await open_urgent_modal(runtime, press.trigger_id, release, decision.reason)
+        return
+    await runtime.releases.promote(release, press.user)
+
+
+_release_button("release.verify", lambda rt, press, release: rt.releases.verify_release(release, press.user), "deployers")
+_release_button("release.promote", _promote, "approvers")
+_release_button("release.reject", lambda rt, press, release: rt.releases.reject(release, press.user), "approvers")
+
+
+async def _rollback(runtime: Runtime, press: Press, ref: Any) -> None:
+    from bot.releases import messages
+
+    await runtime.notifier.open_view(press.trigger_id, messages.reason_modal(
+        "release.rollback", "Roll back", f"Roll *{ref.model} {ref.env}* back to the previous version?", "Roll back", ref))
+
+
+def _register_rollback() -> None:
+    from bot.releases.messages import RollbackRef
+
+    button(Button("release.rollback", RollbackRef, _rollback, "deployers"))
+
+
+_register_rollback()

@@ -128,7 +128,7 @@ def register(app: AsyncApp, runtime: Runtime) -> None:
         who = ", ".join(runtime.roles.who_to_ask(v.role)) or "an admin"
         await ack(text=f"You need the *{v.role}* role to run `/mlops {v.name}`; ask {who}.", response_type="ephemeral")
         runtime.audit(actor=cmd.user, channel=cmd.channel, verb=v.name, status="denied", detail={"args": cmd.args, "role": v.role}, key=cmd.trigger_id)
-        return BoltResponse(status=200, body="")
+        return ack.response
 
     @app.command("/mlops", middleware=[require_role])
     async def mlops(body: dict[str, Any], ack: AsyncAck) -> None:
@@ -169,3 +169,220 @@ def register(app: AsyncApp, runtime: Runtime) -> None:
             runtime.audit(**base, verb=name, status="error", detail={"error": f"{type(exc).__name__}: {exc}"})
 
         runtime.spawn(v.run(runtime, cmd, parsed), name=f"/mlops {name}", on_error=report_failure)
+
+
+# -- release train ------------------------------------------------------------------------------------
+
+ENVS = ("staging", "prod")
+
+
+def _model(runtime: Runtime, cmd: Command, index: int = 0) -> str:
+    if len(cmd.args) <= index:
+        raise UsageError("name a model")
+    name = cmd.args[index]
+    if name not in runtime.config.models:
+        raise UsageError(f"unknown model `{name}`; known models: {', '.join(sorted(runtime.config.models)) or 'none'}")
+    return name
+
+
+def _env(runtime: Runtime, model: str, word: str | None, default: str = "staging") -> str:
+    env = word or default
+    if env not in runtime.config.models[model].environments:
+        raise UsageError(f"unknown environment `{env}` for {model}; environments: {', '.join(runtime.config.models[model].environments)}")
+    return env
+
+
+async def _answer(runtime: Runtime, cmd: Command, work: Awaitable[Any]) -> Any:
+    """Run a release operation; a refusal or failure goes back to the person as an ephemeral message."""
+    from bot.releases.service import ReleaseError
+
+    try:
+        return await work
+    except ReleaseError as exc:
+        await runtime.notifier.respond(cmd.response_url, Message(f":warning: {exc}"))
+        return None
+
+
+def _parse_deploy(runtime: Runtime, cmd: Command) -> tuple[str, str | None]:
+    model = _model(runtime, cmd)
+    rest = cmd.args[1:]
+    if rest[-2:] == ["to", "prod"]:
+        raise UsageError("deploys go to staging; after verification, unblock prod with `/mlops promote <model>`")
+    if rest[-2:] == ["to", "staging"]:
+        rest = rest[:-2]
+    if len(rest) > 1:
+        raise UsageError(f"unexpected words: {' '.join(rest[1:])}")
+    return model, rest[0] if rest else None
+
+
+async def _deploy(runtime: Runtime, cmd: Command, parsed: tuple[str, str | None]) -> None:
+    model, version = parsed
+    await _answer(runtime, cmd, runtime.releases.deploy(model, version, cmd.user, cmd.channel))
+
+
+verb(Verb("deploy", "deploy <model> [<version>|latest] [to staging]", "deploy a version to staging and verify it",
+          _deploy, parse=_parse_deploy, role="deployers",
+          audit_fields=lambda p: {"model": p[0], "env": "staging", "version": p[1]}))
+
+
+def _parse_model_env(runtime: Runtime, cmd: Command) -> tuple[str, str]:
+    model = _model(runtime, cmd)
+    return model, _env(runtime, model, cmd.args[1] if len(cmd.args) > 1 else None)
+
+
+async def _verify(runtime: Runtime, cmd: Command, parsed: tuple[str, str]) -> None:
+    await _answer(runtime, cmd, runtime.releases.verify_env(parsed[0], parsed[1], cmd.user))
+
+
+verb(Verb("verify", "verify <model> [staging|prod]", "check the served version: health, golden requests, latency, drift",
+          _verify, parse=_parse_model_env, role="deployers", audit_fields=lambda p: {"model": p[0], "env": p[1]}))
+
+
+def _staged(runtime: Runtime, model: str):
+    from bot.releases.service import ReleaseError
+
+    current = runtime.releases.environment(model, "staging")
+    if current is None or current["release_id"] is None:
+        raise ReleaseError(f"nothing is on {model} staging; `/mlops deploy {model}` first")
+    return runtime.releases.get(current["release_id"])
+
+
+async def _promote(runtime: Runtime, cmd: Command, model: str) -> None:
+    async def work() -> None:
+        release = _staged(runtime, model)
+        urgent = cmd.option("urgent")
+        decision = await runtime.releases.check_promote(release, cmd.user, urgent=bool(urgent))
+        if decision.needs_urgent and cmd.trigger_id:
+            await open_urgent_modal(runtime, cmd.trigger_id, release, decision.reason)
+            return
+        await runtime.releases.promote(release, cmd.user, urgent_reason=urgent)
+
+    await _answer(runtime, cmd, work())
+
+
+async def open_urgent_modal(runtime: Runtime, trigger_id: str, release: Any, why: str) -> None:
+    from bot.releases import messages
+
+    await runtime.notifier.open_view(trigger_id, messages.reason_modal(
+        "release.urgent", "Urgent unblock", f"*{release.model} {release.version}*: {why}. "
+        "An urgent unblock is audited and pages on-call. Why can it not wait?", "Unblock now",
+        messages.ReleaseRef(release=release.id)))
+
+
+verb(Verb("promote", "promote <model> [urgent=\"reason\"]", "unblock the verified staging version for prod",
+          _promote, parse=lambda rt, cmd: _model(rt, cmd), role="approvers", audit_fields=lambda m: {"model": m, "env": "prod"},
+          details="Outside deploy hours an urgent reason is asked for, audited, and on-call is paged."))
+
+
+async def _reject(runtime: Runtime, cmd: Command, model: str) -> None:
+    async def work() -> None:
+        await runtime.releases.reject(_staged(runtime, model), cmd.user)
+
+    await _answer(runtime, cmd, work())
+
+
+verb(Verb("reject", "reject <model>", "refuse the version on staging so it cannot be unblocked", _reject,
+          parse=lambda rt, cmd: _model(rt, cmd), role="approvers", audit_fields=lambda m: {"model": m, "env": "staging"}))
+
+
+def _parse_rollback(runtime: Runtime, cmd: Command) -> tuple[str, str, str | None]:
+    model = _model(runtime, cmd)
+    rest = cmd.args[1:]
+    env = _env(runtime, model, rest.pop(0) if rest and rest[0] in ENVS else None, default="prod" if "prod" in runtime.config.models[model].environments else "staging")
+    to = None
+    if rest[:1] == ["to"] and len(rest) == 2:
+        to = rest[1]
+    elif rest:
+        raise UsageError(f"unexpected words: {' '.join(rest)}")
+    return model, env, to
+
+
+async def _rollback(runtime: Runtime, cmd: Command, parsed: tuple[str, str, str | None]) -> None:
+    from bot.releases import messages
+
+    model, env, to = parsed
+    reason = cmd.option("reason")
+    if reason is None and cmd.trigger_id:
+        await runtime.notifier.open_view(cmd.trigger_id, messages.reason_modal(
+            "release.rollback", "Roll back", f"Roll *{model} {env}* back to {to or 'the previous version'}?",
+            "Roll back", messages.RollbackRef(model=model, env=env, to=to)))
+        return
+    text = await _answer(runtime, cmd, runtime.releases.rollback(model, env, cmd.user, to_version=to, reason=reason or "none given"))
+    if text:
+        await runtime.notifier.post(cmd.channel, Message(text))
+
+
+verb(Verb("rollback", "rollback <model> [staging|prod] [to <version>] [reason=\"...\"]",
+          "serve the previous known-good version again (asks for a reason)", _rollback, parse=_parse_rollback,
+          role="deployers", audit_fields=lambda p: {"model": p[0], "env": p[1], "version": p[2]}))
+
+
+async def _status(runtime: Runtime, cmd: Command, model: str | None) -> None:
+    from bot.releases import messages
+
+    await runtime.notifier.respond(cmd.response_url, messages.status_table(runtime.releases.status_rows(model)))
+
+
+verb(Verb("status", "status [model]", "which version each environment serves, who shipped it, last verify", _status,
+          parse=lambda rt, cmd: _model(rt, cmd) if cmd.args else None))
+verb(Verb("models", "models", "the model table: every model in every environment", _status, parse=lambda rt, cmd: None))
+
+
+def _parse_provenance(runtime: Runtime, cmd: Command) -> tuple[str, str]:
+    model = _model(runtime, cmd)
+    if len(cmd.args) != 2:
+        raise UsageError("name the version too")
+    return model, cmd.args[1]
+
+
+async def _provenance(runtime: Runtime, cmd: Command, parsed: tuple[str, str]) -> None:
+    from bot.releases import messages
+    from bot.releases.service import ReleaseError
+    from bot.serving.artifacts import ArtifactError
+    from bot.serving.registry import RegistryError
+
+    model, version = parsed
+
+    async def work() -> None:
+        registry = runtime.releases.registry(model)
+        try:
+            await registry.get(model, version)
+            meta = await registry.metadata(model, version)
+            digest = await registry.digest(model, version)
+        except (RegistryError, ArtifactError) as exc:
+            raise ReleaseError(str(exc)) from None
+        await runtime.notifier.respond(cmd.response_url, messages.provenance(model, version, meta.model_dump(mode="json"), digest))
+
+    await _answer(runtime, cmd, work())
+
+
+verb(Verb("provenance", "provenance <model> <version>", "where a version came from: data, code, run, metrics",
+          _provenance, parse=_parse_provenance))
+
+
+def _parse_lock(runtime: Runtime, cmd: Command) -> tuple[str, str, str]:
+    model = _model(runtime, cmd)
+    if len(cmd.args) < 2:
+        raise UsageError("name the environment: staging or prod")
+    env = _env(runtime, model, cmd.args[1])
+    return model, env, " ".join(cmd.args[2:]) or cmd.option("reason") or "no reason given"
+
+
+async def _lock(runtime: Runtime, cmd: Command, parsed: tuple[str, str, str]) -> None:
+    async def work() -> None:
+        await runtime.notifier.post(cmd.channel, Message(runtime.releases.lock(*parsed[:2], cmd.user, parsed[2])))
+
+    await _answer(runtime, cmd, work())
+
+
+async def _unlock(runtime: Runtime, cmd: Command, parsed: tuple[str, str, str]) -> None:
+    async def work() -> None:
+        await runtime.notifier.post(cmd.channel, Message(runtime.releases.unlock(parsed[0], parsed[1], cmd.user)))
+
+    await _answer(runtime, cmd, work())
+
+
+verb(Verb("lock", "lock <model> <env> [reason]", "stop deploys to an environment until unlocked", _lock,
+          parse=_parse_lock, role="deployers", audit_fields=lambda p: {"model": p[0], "env": p[1]}))
+verb(Verb("unlock", "unlock <model> <env>", "release a lock taken with /mlops lock", _unlock,
+          parse=_parse_lock, role="deployers", audit_fields=lambda p: {"model": p[0], "env": p[1]}))

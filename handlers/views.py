@@ -5,12 +5,16 @@ to close it; the work it starts runs in a tracked background task.
 """
 from __future__ import annotations
 
+import re
+
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 from slack_bolt.async_app import AsyncAck, AsyncApp
+
+from bot.notifier import Message
 
 if TYPE_CHECKING:
     from bot.runtime import Runtime
@@ -46,7 +50,7 @@ def _values(state: dict[str, Any]) -> dict[str, str]:
 
 
 def register(app: AsyncApp, runtime: Runtime) -> None:
-    @app.view({"type": "view_submission"})
+    @app.view(re.compile(".+"))
     async def submitted(body: dict[str, Any], ack: AsyncAck) -> None:
         view = body["view"]
         spec = MODALS.get(view.get("callback_id", ""))
@@ -66,3 +70,50 @@ def register(app: AsyncApp, runtime: Runtime) -> None:
             runtime.audit(**base, status="invalid", detail={"errors": errors})
         else:
             await ack()
+
+
+# -- release train ------------------------------------------------------------------------------------
+
+def _reason(sub: Submission) -> str | None:
+    return (sub.values.get("reason") or "").strip() or None
+
+
+async def _urgent(runtime: Runtime, sub: Submission, ref: Any) -> dict[str, str] | None:
+    reason = _reason(sub)
+    if reason is None or len(reason) < 5:
+        return {"reason": "Say why this cannot wait for deploy hours (a few words at least)."}
+    runtime.spawn(_notify_failure(runtime, sub.user, runtime.releases.promote(runtime.releases.get(ref.release), sub.user, urgent_reason=reason)),
+                  name="release.urgent")
+    return None
+
+
+async def _rollback(runtime: Runtime, sub: Submission, ref: Any) -> dict[str, str] | None:
+    reason = _reason(sub)
+    if reason is None:
+        return {"reason": "A rollback needs a reason for the audit log."}
+
+    async def work() -> None:
+        text = await runtime.releases.rollback(ref.model, ref.env, sub.user, to_version=ref.to, reason=reason, card_release=ref.release)
+        await runtime.notifier.post(runtime.config.channels.main, Message(text))
+
+    runtime.spawn(_notify_failure(runtime, sub.user, work()), name="release.rollback")
+    return None
+
+
+async def _notify_failure(runtime: Runtime, user: str, work: Awaitable[Any]) -> None:
+    from bot.releases.service import ReleaseError
+
+    try:
+        await work
+    except ReleaseError as exc:
+        await runtime.notifier.dm(user, Message(f":warning: {exc}"))
+
+
+def _register_release_modals() -> None:
+    from bot.releases.messages import ReleaseRef, RollbackRef
+
+    modal(Modal("release.urgent", ReleaseRef, _urgent))
+    modal(Modal("release.rollback", RollbackRef, _rollback))
+
+
+_register_release_modals()

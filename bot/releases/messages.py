@@ -1,0 +1,148 @@
+"""Block Kit for the release train: the card a release lives on, its thread notes, status tables, modals."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from bot.notifier import Message
+from bot.releases.model import Release, State
+
+ICONS = {
+    State.DEPLOYING: ":hourglass_flowing_sand:",
+    State.DEPLOY_FAILED: ":x:",
+    State.STAGED: ":package:",
+    State.VERIFYING: ":mag:",
+    State.VERIFIED: ":white_check_mark:",
+    State.VERIFY_FAILED: ":x:",
+    State.PROMOTING: ":rocket:",
+    State.LIVE: ":large_green_circle:",
+    State.PROMOTE_FAILED: ":rotating_light:",
+    State.REJECTED: ":no_entry_sign:",
+    State.ROLLED_BACK: ":rewind:",
+    State.SUPERSEDED: ":zzz:",
+    State.INTERRUPTED: ":warning:",
+}
+
+
+class ReleaseRef(BaseModel):
+    """The value of every release button: an id, never state (state is read fresh on each press)."""
+
+    release: int
+
+
+class RollbackRef(BaseModel):
+    model: str
+    env: str
+    release: int | None = None  # the card it was pressed on, to refuse a stale card
+    to: str | None = None
+
+
+def when(moment: datetime | None) -> str:
+    if moment is None:
+        return "—"
+    unix = int(moment.timestamp())
+    return f"<!date^{unix}^{{date_short_pretty}} {{time}}|{moment.isoformat(timespec='minutes')}>"
+
+
+def section(text: str) -> dict[str, Any]:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": text[:3000]}}
+
+
+def context(text: str) -> dict[str, Any]:
+    return {"type": "context", "elements": [{"type": "mrkdwn", "text": text[:3000]}]}
+
+
+def btn(text: str, action_id: str, value: BaseModel, style: str | None = None) -> dict[str, Any]:
+    b = {"type": "button", "text": {"type": "plain_text", "text": text}, "action_id": action_id,
+         "value": value.model_dump_json()}
+    if style:
+        b["style"] = style
+    return b
+
+
+def buttons(release: Release) -> list[dict[str, Any]]:
+    ref = ReleaseRef(release=release.id)
+    back_staging = btn("Roll back staging", "release.rollback", RollbackRef(model=release.model, env="staging", release=release.id), "danger")
+    match release.state:
+        case State.VERIFIED:
+            return [btn("Unblock prod", "release.promote", ref, "primary"), btn("Reject", "release.reject", ref), back_staging]
+        case State.STAGED | State.VERIFY_FAILED | State.INTERRUPTED:
+            return [btn("Verify", "release.verify", ref), back_staging]
+        case State.LIVE:
+            return [btn("Roll back prod", "release.rollback", RollbackRef(model=release.model, env="prod", release=release.id), "danger")]
+    return []
+
+
+def verify_lines(report: dict[str, Any] | None) -> str:
+    if not report:
+        return ""
+    lines = [f"{':white_check_mark:' if c['passed'] else ':x:'} {c['name']}: {c['detail']}" for c in report.get("checks", [])]
+    return "\n".join(lines)
+
+
+def card(release: Release, *, env: str, verify_report: dict[str, Any] | None = None, note: str = "") -> Message:
+    head = f"{ICONS[release.state]} *{release.model} {release.version}* · {env} · *{release.state.value.replace('_', ' ')}*"
+    facts = [
+        f"deployed by <@{release.deployed_by}> {when(release.deployed_at)}" if release.deployed_by else "",
+        f"unblocked by <@{release.approved_by}> {when(release.approved_at)}" if release.approved_by else "",
+        f"digest `{release.digest[:12]}` · triton version {release.triton_version}",
+    ]
+    blocks = [section(head), context(" · ".join(f for f in facts if f))]
+    if note:
+        blocks.append(section(note))
+    if verify_report:
+        blocks.append(section("*Verification*\n" + verify_lines(verify_report)))
+    actions = buttons(release)
+    if actions:
+        blocks.append({"type": "actions", "block_id": f"release-{release.id}", "elements": actions})
+    return Message(text=f"{release.model} {release.version} {env}: {release.state.value}", blocks=blocks)
+
+
+def note(text: str) -> Message:
+    return Message(text=text, blocks=[section(text)])
+
+
+def status_table(rows: list[dict[str, Any]]) -> Message:
+    """rows: model, env, version, state, deployed_by, approved_by, updated_at (datetime), verify (str)."""
+    if not rows:
+        return note("No model is deployed anywhere yet. Start with `/mlops deploy <model>`.")
+    blocks = [section("*Models in service*")]
+    for r in rows:
+        who = f"deployed by <@{r['deployed_by']}>" if r.get("deployed_by") else ""
+        if r.get("approved_by"):
+            who += f", unblocked by <@{r['approved_by']}>"
+        blocks.append(section(
+            f"*{r['model']}* · {r['env']}: `{r['version'] or '—'}` ({r['state'] or 'not deployed'}) {who} {when(r.get('updated_at'))}"
+            + (f"\nlast verify: {r['verify']}" if r.get("verify") else "")
+        ))
+    return Message(text="Models in service", blocks=blocks[:50])
+
+
+def reason_modal(callback_id: str, title: str, prompt: str, submit: str, metadata: BaseModel) -> dict[str, Any]:
+    return {
+        "type": "modal",
+        "callback_id": callback_id,
+        "title": {"type": "plain_text", "text": title[:24]},
+        "submit": {"type": "plain_text", "text": submit[:24]},
+        "close": {"type": "plain_text", "text": "Cancel"},
+        "private_metadata": metadata.model_dump_json(),
+        "blocks": [
+            section(prompt),
+            {"type": "input", "block_id": "reason", "label": {"type": "plain_text", "text": "Reason"},
+             "element": {"type": "plain_text_input", "action_id": "reason", "multiline": True}},
+        ],
+    }
+
+
+def provenance(model: str, version: str, metadata: dict[str, Any] | None, digest: str) -> Message:
+    if metadata is None:
+        return note(f"*{model} {version}* has no readable metadata.json (digest `{digest[:12]}`).")
+    metrics = ", ".join(f"{k} {v}" for k, v in (metadata.get("metrics") or {}).items()) or "none recorded"
+    text = (
+        f"*{model} {version}*\ncreated {metadata.get('created_at', '—')} · dataset `{metadata.get('dataset_version', '—')}`"
+        f" · git `{metadata.get('git_sha', '—')}` · pipeline run `{metadata.get('pipeline_run_id', '—')}`"
+        f"\noffline metrics: {metrics}\ndigest `{digest}`"
+    )
+    return note(text)

@@ -1,0 +1,231 @@
+"""Verify a model version on a Triton fleet: is it up, does it answer right, is it fast, how far did it move.
+
+`verify` gathers figures and checks into a `VerifyReport` (stored with the release, shown on its card);
+the comparisons themselves are pure functions below it, testable without any server.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from pydantic import BaseModel
+
+from bot.serving.registry import Expected, GoldenRequest, VerifySpec
+from bot.serving.triton import Fleet, FleetError
+
+
+class Check(BaseModel):
+    name: str
+    passed: bool
+    detail: str
+
+
+class VerifyReport(BaseModel):
+    model: str
+    n: int
+    endpoints: list[str]
+    passed: bool
+    checks: list[Check]
+    requests: int = 0
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    slo_p99_ms: float | None = None
+    baseline_n: int | None = None
+    max_baseline_diff: float | None = None
+
+    @property
+    def reason(self) -> str | None:
+        """The first failed check, phrased for the person who has to act on it."""
+        failed = next((c for c in self.checks if not c.passed), None)
+        return None if failed is None else f"{failed.name}: {failed.detail}"
+
+
+def latency_percentiles(samples_ms: Sequence[float]) -> tuple[float, float]:
+    """(p50, p99) in milliseconds."""
+    p50, p99 = np.percentile(np.asarray(samples_ms, dtype=float), [50, 99])
+    return float(p50), float(p99)
+
+
+def _at(index: tuple[int, ...]) -> str:
+    return "[" + ", ".join(map(str, index)) + "]"
+
+
+def output_problems(name: str, actual: np.ndarray, expected: Expected | None) -> list[str]:
+    """What is wrong with one output: non-finite values, a shape that differs, values out of tolerance."""
+    if actual.dtype.kind in "fc":
+        bad = np.argwhere(~np.isfinite(actual))
+        if bad.size:
+            first = tuple(int(i) for i in bad[0])
+            return [f"output '{name}'{_at(first)} is {actual[first]} ({len(bad)} of {actual.size} values not finite)"]
+    if expected is None:
+        return []
+    want = np.asarray(expected.data, dtype=float)
+    if actual.size != want.size:
+        return [f"output '{name}' has {actual.size} values, expected {want.size}"]
+    got = actual.astype(float).reshape(-1)
+    excess = np.abs(got - want) - (expected.atol + expected.rtol * np.abs(want))
+    worst = int(np.argmax(excess))
+    if excess[worst] <= 0:
+        return []
+    index = np.unravel_index(worst, actual.shape)
+    tolerance = expected.atol + expected.rtol * abs(want[worst])
+    return [
+        f"output '{name}'{_at(tuple(int(i) for i in index))} is {got[worst]:.6g}, "
+        f"expected {want[worst]:.6g} ± {tolerance:.2g} ({int((excess > 0).sum())} of {got.size} values off)"
+    ]
+
+
+def max_abs_difference(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> tuple[float, str]:
+    """The largest |a - b| over the outputs both have, and the output it was found in."""
+    worst, where = 0.0, ""
+    for name in sorted(a.keys() & b.keys()):
+        if a[name].shape != b[name].shape or a[name].dtype.kind not in "fiuc":
+            continue
+        diff = float(np.max(np.abs(a[name].astype(float) - b[name].astype(float)), initial=0.0))
+        if diff > worst or not where:
+            worst, where = diff, name
+    return worst, where
+
+
+def _inputs(request: GoldenRequest) -> dict[str, np.ndarray]:
+    return {name: tensor.array() for name, tensor in request.inputs.items()}
+
+
+async def _golden(fleet: Fleet, model: str, n: int, spec: VerifySpec) -> Check:
+    async def on(endpoint: str) -> list[str]:
+        problems = []
+        for request in spec.requests:
+            try:
+                outputs = await fleet.infer(endpoint, model, n, _inputs(request))
+            except FleetError as error:
+                problems.append(f"{endpoint}, request '{request.name}': {error.failures[endpoint]}")
+                continue
+            for name in request.expected.keys() - outputs.keys():
+                problems.append(f"{endpoint}, request '{request.name}': no output '{name}'")
+            for name, actual in outputs.items():
+                found = output_problems(name, actual, request.expected.get(name))
+                problems += [f"{endpoint}, request '{request.name}': {p}" for p in found]
+        return problems
+
+    problems = [p for found in await asyncio.gather(*(on(e) for e in fleet.endpoints)) for p in found]
+    total = len(spec.requests) * len(fleet.endpoints)
+    if problems:
+        return Check(name="golden requests", passed=False, detail="; ".join(problems))
+    return Check(name="golden requests", passed=True, detail=f"{total} answered as expected, all outputs finite")
+
+
+async def _latencies(fleet: Fleet, model: str, n: int, spec: VerifySpec, k: int) -> tuple[list[float], list[str]]:
+    """K requests spread over the endpoints, one at a time per endpoint so each measures latency alone."""
+    inputs = [_inputs(r) for r in spec.requests]
+    endpoints = fleet.endpoints
+    plan: dict[str, list[dict[str, np.ndarray]]] = {e: [] for e in endpoints}
+    for i in range(k):
+        plan[endpoints[i % len(endpoints)]].append(inputs[i % len(inputs)])
+    samples: list[float] = []
+    errors: list[str] = []
+
+    async def run(endpoint: str) -> None:
+        for request in plan[endpoint]:
+            start = time.perf_counter()
+            try:
+                await fleet.infer(endpoint, model, n, request)
+            except FleetError as error:
+                errors.append(str(error))
+                continue
+            samples.append((time.perf_counter() - start) * 1000)
+
+    await asyncio.gather(*(run(e) for e in endpoints))
+    return samples, errors
+
+
+async def _baseline_difference(
+    fleet: Fleet, model: str, n: int, spec: VerifySpec, baseline: Fleet, baseline_n: int
+) -> tuple[float, str]:
+    worst, where = 0.0, ""
+    for request in spec.requests:
+        inputs = _inputs(request)
+        ours, theirs = await asyncio.gather(
+            fleet.infer(fleet.endpoints[0], model, n, inputs),
+            baseline.infer(baseline.endpoints[0], model, baseline_n, inputs),
+        )
+        diff, output = max_abs_difference(ours, theirs)
+        if diff > worst or not where:
+            worst, where = diff, f"output '{output}' of request '{request.name}'"
+    return worst, where
+
+
+async def verify(
+    fleet: Fleet,
+    model: str,
+    n: int,
+    spec: VerifySpec | None,
+    *,
+    requests: int = 20,
+    slo_p99_ms: float | None = None,
+    baseline: tuple[Fleet, int] | None = None,
+) -> VerifyReport:
+    """Check Triton version `n` of `model` on every endpoint of `fleet`.
+
+    `spec` is the version's verify.json (None: only health and readiness can be checked); `requests` is
+    how many timed requests the p50/p99 come from; `baseline` is the fleet and Triton version to compare
+    outputs with (prod's current version). Endpoint or inference failures become failed checks, never
+    exceptions.
+    """
+    report = VerifyReport(model=model, n=n, endpoints=fleet.endpoints, passed=False, checks=[],
+                          slo_p99_ms=slo_p99_ms)
+    checks = report.checks
+
+    health = await fleet.health()
+    down = [f"{e}: {h.error or ('live, not ready' if h.live else 'not live')}" for e, h in health.items()
+            if not (h.live and h.ready)]
+    checks.append(Check(name="endpoints live and ready", passed=not down,
+                        detail="; ".join(down) or f"{len(health)} of {len(health)}"))
+    try:
+        ready = await fleet.ready_versions(model)
+        missing = [f"{e}: READY versions {v or 'none'}" for e, v in ready.items() if n not in v]
+    except FleetError as error:
+        missing = [str(error)]
+    checks.append(Check(name=f"version {n} READY", passed=not missing,
+                        detail="; ".join(missing) or f"on all {len(fleet.endpoints)} endpoints"))
+    if down or missing:
+        return report
+
+    if spec is None:
+        checks.append(Check(name="golden requests", passed=True,
+                            detail="no verify.json for this version: answers not checked"))
+        report.passed = True
+        return report
+
+    checks.append(await _golden(fleet, model, n, spec))
+
+    samples, errors = await _latencies(fleet, model, n, spec, requests)
+    report.requests = len(samples)
+    if samples:
+        report.p50_ms, report.p99_ms = latency_percentiles(samples)
+    figures = f"p50 {report.p50_ms or 0:.1f} ms, p99 {report.p99_ms or 0:.1f} ms over {len(samples)} requests"
+    if errors:
+        checks.append(Check(name="latency", passed=False,
+                            detail=f"{len(errors)} of {requests} requests failed, first: {errors[0]}"))
+    elif slo_p99_ms is not None:
+        checks.append(Check(name="latency SLO", passed=report.p99_ms is not None and report.p99_ms <= slo_p99_ms,
+                            detail=f"{figures}; SLO p99 ≤ {slo_p99_ms:g} ms"))
+
+    if baseline is not None:
+        baseline_fleet, baseline_n = baseline
+        report.baseline_n = baseline_n
+        try:
+            diff, where = await _baseline_difference(fleet, model, n, spec, baseline_fleet, baseline_n)
+        except FleetError as error:
+            checks.append(Check(name=f"difference from version {baseline_n}", passed=False,
+                                detail=f"baseline could not answer: {error}"))
+        else:
+            report.max_baseline_diff = diff
+            limit = spec.max_baseline_diff
+            detail = f"largest |Δ| {diff:.6g} in {where}" + (f"; allowed ≤ {limit:g}" if limit is not None else "")
+            checks.append(Check(name=f"difference from version {baseline_n}",
+                                passed=limit is None or diff <= limit, detail=detail))
+
+    report.passed = all(c.passed for c in checks)
+    return report
