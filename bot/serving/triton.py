@@ -1,0 +1,255 @@
+"""Triton fleets: copy a registry version into a model repository, load it on every endpoint, talk to it.
+
+Endpoints run in model-control mode explicit: nothing is served until `Fleet.load` asks for it, and a load
+names the exact Triton version through the config's version_policy, so the previous version keeps serving
+until the new one is READY and a failed load leaves it in place.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import aiohttp
+import numpy as np
+from tritonclient.http import InferInput
+from tritonclient.http.aio import InferenceServerClient
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
+from bot.serving.artifacts import ArtifactStore, copy
+from bot.serving.registry import CONFIG, REGISTRY_FILES, Registry, triton_config_json
+
+T = TypeVar("T")
+
+# on_progress(event, done, total, where): events "copying", "copied", "loading", "ready", "unloaded", "failed".
+ProgressCallback = Callable[[str, int, int, str], Awaitable[None] | None]
+
+
+class FleetError(Exception):
+    """Triton refused or could not be reached; `failures` maps each endpoint to what went wrong there."""
+
+    def __init__(self, failures: Mapping[str, str]) -> None:
+        self.failures = dict(failures)
+        super().__init__("; ".join(f"{endpoint}: {message}" for endpoint, message in self.failures.items()))
+
+    @property
+    def endpoints(self) -> list[str]:
+        return list(self.failures)
+
+
+@dataclass(frozen=True)
+class EndpointHealth:
+    live: bool
+    ready: bool
+    error: str | None = None
+
+
+def triton_repository_path(uri: str, s3_endpoint_url: str | None = None) -> str:
+    """The repository path tritonserver understands: its S3 form carries a custom endpoint inside the URI."""
+    if uri.startswith("s3://") and s3_endpoint_url:
+        return f"s3://{s3_endpoint_url.rstrip('/')}/{uri.removeprefix('s3://')}".rstrip("/")
+    return uri
+
+
+async def _report(on_progress: ProgressCallback | None, event: str, done: int, total: int, where: str) -> None:
+    if on_progress is not None:
+        result = on_progress(event, done, total, where)
+        if inspect.isawaitable(result):
+            await result
+
+
+async def deploy_files(
+    registry: Registry,
+    model: str,
+    version: str,
+    repository: ArtifactStore,
+    n: int,
+    *,
+    on_progress: ProgressCallback | None = None,
+    concurrency: int = 8,
+) -> str:
+    """Validate `version`, copy it into `<repo>/<model>/<n>/` plus `<repo>/<model>/config.pbtxt`.
+
+    Returns the config JSON to pass to `Fleet.load` for version `n`. A version that fails validation raises
+    RegistryError before the repository is touched.
+    """
+    config = await registry.validate(model, version)
+    files = [f for f in await registry.files(model, version) if f not in REGISTRY_FILES]
+    # A folder left by an interrupted deploy must not mix its files into this one.
+    await repository.delete_prefix(f"{model}/{n}")
+    semaphore = asyncio.Semaphore(concurrency)
+    copied = 0
+
+    async def copy_one(path: str) -> None:
+        nonlocal copied
+        async with semaphore:
+            await copy(registry.store, registry.key(model, version, path), repository, f"{model}/{n}/{path}")
+        copied += 1
+        await _report(on_progress, "copied", copied, len(files), repository.key_uri(f"{model}/{n}/{path}"))
+
+    await _report(on_progress, "copying", 0, len(files), repository.key_uri(f"{model}/{n}/"))
+    await asyncio.gather(*(copy_one(path) for path in files))
+    await copy(registry.store, registry.key(model, version, CONFIG), repository, f"{model}/{CONFIG}")
+    return triton_config_json(config, model, n)
+
+
+class Fleet:
+    """The Triton endpoints of one environment, called concurrently (at most `concurrency` at once)."""
+
+    def __init__(self, endpoints: list[str], *, concurrency: int = 8, timeout: float = 120.0) -> None:
+        self.endpoints = list(endpoints)
+        self.concurrency = concurrency
+        self.timeout = timeout
+        self._clients: dict[str, InferenceServerClient] = {}
+
+    async def __aenter__(self) -> Fleet:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        clients, self._clients = self._clients, {}
+        await asyncio.gather(*(client.close() for client in clients.values()))
+
+    def _client(self, endpoint: str) -> InferenceServerClient:
+        if endpoint not in self._clients:
+            url = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
+            self._clients[endpoint] = InferenceServerClient(
+                url.netloc, conn_timeout=self.timeout, ssl=url.scheme == "https"
+            )
+        return self._clients[endpoint]
+
+    async def _call(self, endpoint: str, request: Callable[[InferenceServerClient], Awaitable[T]]) -> T:
+        """One request to one endpoint; every way it can fail becomes a FleetError naming the endpoint."""
+        try:
+            return await request(self._client(endpoint))
+        except InferenceServerException as error:
+            message = error.message() or str(error)
+        except aiohttp.ClientConnectorError as error:
+            cause = os.strerror(error.os_error.errno) if error.os_error.errno else str(error.os_error)
+            message = f"unreachable ({cause.lower()})"
+        except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as error:
+            message = f"connection lost ({error})"
+        except asyncio.TimeoutError:
+            message = f"no answer within {self.timeout:.0f}s"
+        except aiohttp.ClientError as error:
+            message = f"HTTP error: {error}"
+        raise FleetError({endpoint: message})
+
+    async def _everywhere(self, work: Callable[[str], Awaitable[T]]) -> dict[str, T]:
+        """Run `work` on every endpoint, `concurrency` at a time; one FleetError collects every failure."""
+        semaphore = asyncio.Semaphore(self.concurrency)
+
+        async def bounded(endpoint: str) -> T:
+            async with semaphore:
+                return await work(endpoint)
+
+        results = await asyncio.gather(*(bounded(endpoint) for endpoint in self.endpoints), return_exceptions=True)
+        failures: dict[str, str] = {}
+        for result in results:
+            if isinstance(result, FleetError):
+                failures.update(result.failures)
+            elif isinstance(result, BaseException):
+                raise result
+        if failures:
+            raise FleetError(failures)
+        return dict(zip(self.endpoints, results))  # type: ignore[arg-type]
+
+    async def health(self) -> dict[str, EndpointHealth]:
+        """Liveness and readiness of every endpoint; never raises for an endpoint that is down."""
+
+        async def check(endpoint: str) -> EndpointHealth:
+            try:
+                live = await self._call(endpoint, lambda c: c.is_server_live())
+                ready = await self._call(endpoint, lambda c: c.is_server_ready())
+            except FleetError as error:
+                return EndpointHealth(live=False, ready=False, error=error.failures[endpoint])
+            return EndpointHealth(live=live, ready=ready)
+
+        return await self._everywhere(check)
+
+    async def ready_versions(self, model: str) -> dict[str, list[int]]:
+        """The Triton versions of `model` READY on each endpoint, from its repository index."""
+
+        async def index(endpoint: str) -> list[int]:
+            entries = await self._call(endpoint, lambda c: c.get_model_repository_index())
+            return sorted(int(e["version"]) for e in entries if e.get("name") == model and e.get("state") == "READY")
+
+        return await self._everywhere(index)
+
+    async def load(
+        self, model: str, n: int, config_json: str, *, on_progress: ProgressCallback | None = None
+    ) -> None:
+        """Load version `n` of `model` with `config_json` on every endpoint; return once it is READY on all.
+
+        Each endpoint keeps serving its previous version until `n` is READY there, then unloads it; a failed
+        load leaves the previous version serving.
+        """
+        total, started, ready = len(self.endpoints), 0, 0
+
+        async def load_one(endpoint: str) -> None:
+            nonlocal started, ready
+            started += 1
+            await _report(on_progress, "loading", started, total, endpoint)
+            try:
+                await self._call(endpoint, lambda c: c.load_model(model, config=config_json))
+                await self._wait_ready(endpoint, model, n)
+            except FleetError:
+                await _report(on_progress, "failed", ready, total, endpoint)
+                raise
+            ready += 1
+            await _report(on_progress, "ready", ready, total, endpoint)
+
+        await self._everywhere(load_one)
+
+    async def _wait_ready(self, endpoint: str, model: str, n: int) -> None:
+        """Wait until version `n` is READY and the previous version has finished unloading.
+
+        Triton's load call returns once `n` is READY, but the old version is still UNLOADING for a second
+        or so, and meanwhile the server reports not-ready (strict readiness); waiting here means a verify
+        right after a load sees the endpoint as it will stay.
+        """
+        deadline = time.monotonic() + self.timeout
+        while True:
+            entries = await self._call(endpoint, lambda c: c.get_model_repository_index())
+            mine = [e for e in entries if e.get("name") == model]
+            target = next((e for e in mine if e.get("version") == str(n)), None)
+            state = target.get("state") if target else "absent"
+            if state == "UNAVAILABLE" and target and target.get("reason"):
+                raise FleetError({endpoint: f"{model} version {n} is unavailable: {target['reason']}"})
+            settling = [e for e in mine if e.get("state") in ("LOADING", "UNLOADING")]
+            if state == "READY" and not settling:
+                return
+            if time.monotonic() > deadline:
+                raise FleetError({endpoint: f"{model} version {n} not READY after {self.timeout:.0f}s ({state})"})
+            await asyncio.sleep(0.1)
+
+    async def unload(self, model: str, *, on_progress: ProgressCallback | None = None) -> None:
+        """Stop serving every version of `model` on every endpoint."""
+        total, done = len(self.endpoints), 0
+
+        async def unload_one(endpoint: str) -> None:
+            nonlocal done
+            await self._call(endpoint, lambda c: c.unload_model(model))
+            done += 1
+            await _report(on_progress, "unloaded", done, total, endpoint)
+
+        await self._everywhere(unload_one)
+
+    async def infer(
+        self, endpoint: str, model: str, n: int, inputs: Mapping[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """One inference on one endpoint against Triton version `n`; returns every output by name."""
+        request = []
+        for name, array in inputs.items():
+            tensor = InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+            tensor.set_data_from_numpy(array)
+            request.append(tensor)
+        result: Any = await self._call(endpoint, lambda c: c.infer(model, request, model_version=str(n)))
+        return {out["name"]: result.as_numpy(out["name"]) for out in result.get_response()["outputs"]}

@@ -1,0 +1,193 @@
+"""A real tritonserver from the nvidia-pytriton wheel, on loopback ports, for tests and benchmarks.
+
+The wheel ships the server binary, the python backend and one python backend stub per Python version, but
+not a backends directory with the stub in place; `backends_dir()` builds one in the user's cache.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+STUB = "triton_python_backend_stub"
+PY_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def wheel_dir() -> Path | None:
+    """`pytriton/tritonserver` inside the installed wheel, or None when the triton extra is not installed."""
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or spec.origin is None:
+        return None
+    return Path(spec.origin).parent / "tritonserver"
+
+
+def triton_missing() -> str | None:
+    """Why a tritonserver cannot run here, or None when it can (tests skip with this reason)."""
+    root = wheel_dir()
+    if root is None:
+        return "nvidia-pytriton is not installed (pip install -e '.[triton]')"
+    for needed in (root / "bin" / "tritonserver", root / "python_backend_stubs" / PY_VERSION / STUB):
+        if not needed.exists():
+            return f"the nvidia-pytriton wheel has no {needed.relative_to(root)}"
+    return None
+
+
+def triton_available() -> bool:
+    return triton_missing() is None
+
+
+def backends_dir() -> Path:
+    """A backends directory whose python/ holds the wheel's backend plus the stub for the running Python."""
+    root = wheel_dir()
+    assert root is not None, triton_missing()
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mlops-chatops" / "triton-backends"
+    wheel = f"pytriton-{importlib.metadata.version('nvidia-pytriton')}-{hashlib.sha256(bytes(root)).hexdigest()[:8]}"
+    target = cache / f"{wheel}-py{PY_VERSION}"
+    if (target / "python" / STUB).exists():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    # Built beside the target and renamed into place, so concurrent test sessions never see half a directory.
+    staging = Path(tempfile.mkdtemp(dir=cache))
+    (staging / "python").mkdir()
+    for item in (root / "backends" / "python").iterdir():
+        (staging / "python" / item.name).symlink_to(item)
+    (staging / "python" / STUB).symlink_to(root / "python_backend_stubs" / PY_VERSION / STUB)
+    try:
+        staging.rename(target)
+    except OSError:  # another session won the race; its directory is identical
+        shutil.rmtree(staging)
+    return target
+
+
+def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for tritonserver: the wheel's libraries, and the running interpreter for python stubs."""
+    root = wheel_dir()
+    assert root is not None, triton_missing()
+    env = dict(os.environ)
+    # The stub embeds libpython: point it at this interpreter's shared library, stdlib and site-packages
+    # (PYTHONPATH, because PYTHONHOME alone would miss a virtualenv's packages).
+    lib_dirs = [sysconfig.get_config_var("LIBDIR") or "", str(root.parent.parent / "nvidia_pytriton.libs")]
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(d for d in [*lib_dirs, env.get("LD_LIBRARY_PATH", "")] if d)
+    env["PYTHONHOME"] = sys.base_prefix
+    site_dirs = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
+    env["PYTHONPATH"] = os.pathsep.join([*site_dirs, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.update(extra or {})
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class TritonServer:
+    """One tritonserver process in explicit model-control mode over `repository` (a path or Triton's s3:// URI)."""
+
+    def __init__(self, repository: str, *, env: dict[str, str] | None = None) -> None:
+        self.repository = repository
+        self.env = env
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = Path(tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> TritonServer:
+        """Start on free loopback ports and wait until /v2/health/live answers; retries if a port was taken."""
+        for _ in range(3):
+            self._spawn()
+            if self._wait_live(timeout):
+                return self
+            if "address already in use" not in self.log().lower():
+                break
+        self.kill()
+        raise RuntimeError(f"tritonserver did not come up over {self.repository}:\n{self.log()[-3000:]}")
+
+    def _spawn(self) -> None:
+        root = wheel_dir()
+        assert root is not None, triton_missing()
+        self.port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+        command = [
+            str(root / "bin" / "tritonserver"),
+            f"--model-repository={self.repository}",
+            "--model-control-mode=explicit",
+            f"--backend-directory={backends_dir()}",
+            "--http-address=127.0.0.1",
+            f"--http-port={self.port}",
+            "--grpc-address=127.0.0.1",
+            f"--grpc-port={grpc_port}",
+            "--metrics-address=127.0.0.1",
+            f"--metrics-port={metrics_port}",
+            "--allow-gpu-metrics=false",
+            # No GPU here: skip the pinned host pool Triton reserves for device copies.
+            "--pinned-memory-pool-byte-size=0",
+            "--exit-timeout-secs=5",
+        ]
+        with self.log_path.open("ab") as log:
+            # A session of its own, so kill() also takes down the python backend stubs it spawned.
+            self.process = subprocess.Popen(
+                command, env=server_env(self.env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def _wait_live(self, timeout: float) -> bool:
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                return False
+            try:
+                with urllib.request.urlopen(f"{self.url}/v2/health/live", timeout=1) as response:
+                    if response.status == 200:
+                        return True
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.05)
+        return False
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL the server and its stubs: a crash, as far as anyone talking to it can tell."""
+        self._signal(signal.SIGKILL)
+
+    def stop(self) -> None:
+        """Shut down gracefully (models unloaded), then make sure no stub outlives the server."""
+        self._signal(signal.SIGTERM)
+        if self.process is not None:
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill()
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, sig)
+        except ProcessLookupError:
+            return
+        if sig == signal.SIGKILL:
+            self.process.wait()
