@@ -22,7 +22,7 @@ from pathlib import Path
 from bot.datagen.report import Report, format_count_pct, format_run_time, parse_report
 
 # The real record lives next to the repository, shared by every checkout of the project.
-REAL_RECORD = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "datagen" / "2023-09-14.json"
+REAL_RECORD = Path(__file__).resolve().parents[1] / "fixtures" / "datagen" / "2023-09-14.json"  # a copy of shared/fixtures
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "datagen"
 _WARMUP_DAYS = 7  # unreported days before `start`, so that the first days have their 1d and 7d deltas
 
