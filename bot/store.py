@@ -166,6 +166,44 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (job, slot)
     );
     """,
+    # 2: on-call handoffs (with the message as posted, so Acknowledge edits exactly that), cover requests
+    # (taken by compare-and-set) and the Slack state last set per rotation (to skip unchanged calls).
+    """
+    CREATE TABLE oncall_handoffs (
+        id INTEGER PRIMARY KEY,
+        rotation TEXT NOT NULL,
+        slot TEXT NOT NULL,
+        outgoing TEXT,
+        incoming TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        ts TEXT,
+        message TEXT NOT NULL DEFAULT '{}',
+        posted_at TEXT NOT NULL,
+        acked_by TEXT,
+        acked_at TEXT,
+        reminded_at TEXT,
+        UNIQUE (rotation, slot)
+    );
+    CREATE TABLE oncall_cover_requests (
+        id INTEGER PRIMARY KEY,
+        rotation TEXT NOT NULL,
+        requester TEXT NOT NULL,
+        start TEXT NOT NULL,
+        end TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        ts TEXT,
+        taken_by TEXT,
+        taken_at TEXT,
+        override_id INTEGER,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE oncall_slack_state (
+        rotation TEXT PRIMARY KEY,
+        usergroup_users TEXT,
+        topic TEXT,
+        updated_at TEXT NOT NULL
+    );
+    """,
 ]
 
 GENESIS = "0" * 64
