@@ -10,7 +10,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, computed_field
 
 from bot.serving.registry import Expected, GoldenRequest, VerifySpec
 from bot.serving.triton import Fleet, FleetError
@@ -35,6 +35,7 @@ class VerifyReport(BaseModel):
     baseline_n: int | None = None
     max_baseline_diff: float | None = None
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def reason(self) -> str | None:
         """The first failed check, phrased for the person who has to act on it."""
@@ -93,30 +94,50 @@ def _inputs(request: GoldenRequest) -> dict[str, np.ndarray]:
     return {name: tensor.array() for name, tensor in request.inputs.items()}
 
 
+async def _health(fleet: Fleet) -> Check:
+    health = await fleet.health()
+    down = [
+        f"{endpoint}: {h.error or ('live, not ready' if h.live else 'not live')}"
+        for endpoint, h in health.items()
+        if not (h.live and h.ready)
+    ]
+    return Check(name="endpoints live and ready", passed=not down, detail="; ".join(down) or f"all {len(health)}")
+
+
+async def _readiness(fleet: Fleet, model: str, n: int) -> Check:
+    try:
+        ready = await fleet.ready_versions(model)
+    except FleetError as error:
+        return Check(name=f"version {n} READY", passed=False, detail=str(error))
+    missing = [f"{endpoint}: READY versions {versions or 'none'}" for endpoint, versions in ready.items()
+               if n not in versions]
+    detail = "; ".join(missing) or f"on all {len(ready)} endpoints"
+    return Check(name=f"version {n} READY", passed=not missing, detail=detail)
+
+
 async def _golden(fleet: Fleet, model: str, n: int, spec: VerifySpec) -> Check:
     async def on(endpoint: str) -> list[str]:
         problems = []
         for request in spec.requests:
+            where = f"{endpoint}, request '{request.name}'"
             try:
                 outputs = await fleet.infer(endpoint, model, n, _inputs(request))
             except FleetError as error:
-                problems.append(f"{endpoint}, request '{request.name}': {error.failures[endpoint]}")
+                problems.append(f"{where}: {error.failures[endpoint]}")
                 continue
-            for name in request.expected.keys() - outputs.keys():
-                problems.append(f"{endpoint}, request '{request.name}': no output '{name}'")
+            problems += [f"{where}: no output '{name}'" for name in request.expected.keys() - outputs.keys()]
             for name, actual in outputs.items():
-                found = output_problems(name, actual, request.expected.get(name))
-                problems += [f"{endpoint}, request '{request.name}': {p}" for p in found]
+                problems += [f"{where}: {p}" for p in output_problems(name, actual, request.expected.get(name))]
         return problems
 
     problems = [p for found in await asyncio.gather(*(on(e) for e in fleet.endpoints)) for p in found]
-    total = len(spec.requests) * len(fleet.endpoints)
     if problems:
         return Check(name="golden requests", passed=False, detail="; ".join(problems))
-    return Check(name="golden requests", passed=True, detail=f"{total} answered as expected, all outputs finite")
+    answered = len(spec.requests) * len(fleet.endpoints)
+    return Check(name="golden requests", passed=True, detail=f"{answered} answered as expected, all outputs finite")
 
 
-async def _latencies(fleet: Fleet, model: str, n: int, spec: VerifySpec, k: int) -> tuple[list[float], list[str]]:
+async def _latency(fleet: Fleet, model: str, n: int, spec: VerifySpec, k: int) -> tuple[list[float], list[str]]:
     """K requests spread over the endpoints, one at a time per endpoint so each measures latency alone."""
     inputs = [_inputs(r) for r in spec.requests]
     endpoints = fleet.endpoints
@@ -140,9 +161,26 @@ async def _latencies(fleet: Fleet, model: str, n: int, spec: VerifySpec, k: int)
     return samples, errors
 
 
-async def _baseline_difference(
+def _latency_check(report: VerifyReport, errors: list[str]) -> Check:
+    if errors:
+        failed = f"{len(errors)} of {len(errors) + report.requests} requests failed, first: {errors[0]}"
+        return Check(name="latency", passed=False, detail=failed)
+    if report.p50_ms is None or report.p99_ms is None:
+        return Check(name="latency", passed=report.slo_p99_ms is None, detail="no timed requests were asked for")
+    figures = f"p50 {report.p50_ms:.1f} ms, p99 {report.p99_ms:.1f} ms over {report.requests} requests"
+    if report.slo_p99_ms is None:
+        return Check(name="latency", passed=True, detail=f"{figures}; no SLO set")
+    return Check(
+        name="latency",
+        passed=report.p99_ms <= report.slo_p99_ms,
+        detail=f"{figures}; SLO p99 ≤ {report.slo_p99_ms:g} ms",
+    )
+
+
+async def _baseline(
     fleet: Fleet, model: str, n: int, spec: VerifySpec, baseline: Fleet, baseline_n: int
 ) -> tuple[float, str]:
+    """The largest output difference from the baseline over the golden requests, and where it was."""
     worst, where = 0.0, ""
     for request in spec.requests:
         inputs = _inputs(request)
@@ -173,59 +211,40 @@ async def verify(
     outputs with (prod's current version). Endpoint or inference failures become failed checks, never
     exceptions.
     """
-    report = VerifyReport(model=model, n=n, endpoints=fleet.endpoints, passed=False, checks=[],
-                          slo_p99_ms=slo_p99_ms)
-    checks = report.checks
-
-    health = await fleet.health()
-    down = [f"{e}: {h.error or ('live, not ready' if h.live else 'not live')}" for e, h in health.items()
-            if not (h.live and h.ready)]
-    checks.append(Check(name="endpoints live and ready", passed=not down,
-                        detail="; ".join(down) or f"{len(health)} of {len(health)}"))
-    try:
-        ready = await fleet.ready_versions(model)
-        missing = [f"{e}: READY versions {v or 'none'}" for e, v in ready.items() if n not in v]
-    except FleetError as error:
-        missing = [str(error)]
-    checks.append(Check(name=f"version {n} READY", passed=not missing,
-                        detail="; ".join(missing) or f"on all {len(fleet.endpoints)} endpoints"))
-    if down or missing:
-        return report
-
+    report = VerifyReport(
+        model=model, n=n, endpoints=fleet.endpoints, passed=False, checks=[], slo_p99_ms=slo_p99_ms
+    )
+    report.checks += [await _health(fleet), await _readiness(fleet, model, n)]
+    if not all(c.passed for c in report.checks):
+        return report  # nothing to send requests to
     if spec is None:
-        checks.append(Check(name="golden requests", passed=True,
-                            detail="no verify.json for this version: answers not checked"))
+        report.checks.append(
+            Check(name="golden requests", passed=True, detail="no verify.json for this version: answers not checked")
+        )
         report.passed = True
         return report
 
-    checks.append(await _golden(fleet, model, n, spec))
+    report.checks.append(await _golden(fleet, model, n, spec))
 
-    samples, errors = await _latencies(fleet, model, n, spec, requests)
+    samples, errors = await _latency(fleet, model, n, spec, requests)
     report.requests = len(samples)
     if samples:
         report.p50_ms, report.p99_ms = latency_percentiles(samples)
-    figures = f"p50 {report.p50_ms or 0:.1f} ms, p99 {report.p99_ms or 0:.1f} ms over {len(samples)} requests"
-    if errors:
-        checks.append(Check(name="latency", passed=False,
-                            detail=f"{len(errors)} of {requests} requests failed, first: {errors[0]}"))
-    elif slo_p99_ms is not None:
-        checks.append(Check(name="latency SLO", passed=report.p99_ms is not None and report.p99_ms <= slo_p99_ms,
-                            detail=f"{figures}; SLO p99 ≤ {slo_p99_ms:g} ms"))
+    report.checks.append(_latency_check(report, errors))
 
     if baseline is not None:
         baseline_fleet, baseline_n = baseline
         report.baseline_n = baseline_n
+        name = f"difference from version {baseline_n}"
         try:
-            diff, where = await _baseline_difference(fleet, model, n, spec, baseline_fleet, baseline_n)
+            diff, where = await _baseline(fleet, model, n, spec, baseline_fleet, baseline_n)
         except FleetError as error:
-            checks.append(Check(name=f"difference from version {baseline_n}", passed=False,
-                                detail=f"baseline could not answer: {error}"))
+            report.checks.append(Check(name=name, passed=False, detail=f"the baseline could not answer: {error}"))
         else:
             report.max_baseline_diff = diff
             limit = spec.max_baseline_diff
-            detail = f"largest |Δ| {diff:.6g} in {where}" + (f"; allowed ≤ {limit:g}" if limit is not None else "")
-            checks.append(Check(name=f"difference from version {baseline_n}",
-                                passed=limit is None or diff <= limit, detail=detail))
+            detail = f"largest |Δ| {diff:.6g} in {where}" + ("" if limit is None else f"; allowed ≤ {limit:g}")
+            report.checks.append(Check(name=name, passed=limit is None or diff <= limit, detail=detail))
 
-    report.passed = all(c.passed for c in checks)
+    report.passed = all(c.passed for c in report.checks)
     return report

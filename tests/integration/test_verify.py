@@ -101,7 +101,7 @@ async def test_a_good_version_passes_with_its_latency_figures(
 
     assert report.passed, report.reason
     assert [c.name for c in report.checks] == [
-        "endpoints live and ready", "version 1 READY", "golden requests", "latency SLO"
+        "endpoints live and ready", "version 1 READY", "golden requests", "latency"
     ]
     assert report.requests == 10 and report.p50_ms is not None and report.p99_ms is not None
     assert 0 < report.p50_ms <= report.p99_ms
@@ -144,7 +144,7 @@ async def test_a_p99_over_the_slo_fails(
                           requests=5, slo_p99_ms=0.001)
 
     assert not report.passed
-    assert report.reason is not None and report.reason.startswith("latency SLO: p50 ")
+    assert report.reason is not None and report.reason.startswith("latency: p50 ")
     assert report.reason.endswith("SLO p99 ≤ 0.001 ms")
 
 
