@@ -98,6 +98,68 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     return asyncio.run(run_sandbox(_config_path(args), script=args.script, state_dir=args.state_dir))
 
 
+def _datagen_job(config: Config, given: str | None) -> str:
+    jobs = config.datagen.jobs
+    if given is None and len(jobs) == 1:
+        return next(iter(jobs))
+    if given not in jobs:
+        print(f"mlops-bot datagen: name the job with --job; jobs: {', '.join(sorted(jobs)) or 'none'}", file=sys.stderr)
+        raise SystemExit(2)
+    return given
+
+
+def cmd_datagen_ingest(args: argparse.Namespace) -> int:
+    from bot.datagen.report import ReportError, parse_report
+    from bot.datagen.rules import evaluate
+    from bot.datagen.service import load_history, save_record
+    from bot.store import Store, utcnow
+
+    config = _load(args)
+    job = _datagen_job(config, args.job)
+    try:
+        run_date = args.date or date.fromisoformat(args.record.stem)
+    except ValueError:
+        print(f"mlops-bot datagen ingest: {args.record.name} is not named YYYY-MM-DD.json; give --date", file=sys.stderr)
+        return 2
+    try:
+        text = args.record.read_text()
+        parse_report(text, run_date=run_date)
+    except (OSError, ReportError) as exc:
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+        print(f"datagen report for {run_date} unreadable: {reason} ({args.record})", file=sys.stderr)
+        return 1
+    store = Store(config.store)
+    stored = save_record(store, job, run_date, text, str(args.record.resolve()), actor=os.environ.get("USER") or "cli",
+                         at=utcnow())
+    history, expected = load_history(store, job)
+    breaches = evaluate(config.datagen.jobs[job].rules, history, run_date, expected=expected)
+    print(f"{job} {run_date}: {'stored' if stored else 'already stored'}; {len(breaches)} breaches")
+    for breach in breaches:
+        print(f"  {breach.severity:<4} {breach.rule_id}: {breach.message}")
+    if stored:
+        print("the running bot posts its summary and alerts at its next poll")
+    store.close()
+    return 0
+
+
+def cmd_datagen_backtest(args: argparse.Namespace) -> int:
+    from bot.datagen.rules import backtest
+    from bot.datagen.service import load_history
+    from bot.store import Store
+
+    config = _load(args)
+    job = _datagen_job(config, args.job)
+    store = Store(config.store)
+    history, expected = load_history(store, job)
+    store.close()
+    fired = backtest(config.datagen.jobs[job].rules, history, args.days, expected=expected)
+    span = min(args.days, (max(history) - min(history)).days + 1) if history else 0
+    print(f"{job}: {len(history)} reports; days each rule would have fired in the last {span} days")
+    for rule_id, days in fired.items():
+        print(f"  {rule_id:<24}{days:>4}" + (f"  ({days / span:.0%})" if span else ""))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mlops-bot", description="The Slack bot an ML team runs its production loop from.")
     p.add_argument("--config", help=f"config file (default: $MLOPS_BOT_CONFIG or {DEFAULT_CONFIG})")
@@ -124,6 +186,17 @@ def parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_audit_export)
     v = a.add_parser("verify", help="check the hash chain; exit 1 at the first bad row")
     v.set_defaults(func=cmd_audit_verify)
+
+    d = sub.add_parser("datagen", help="datagen monitoring records").add_subparsers(dest="datagen", required=True)
+    i = d.add_parser("ingest", help="store a monitoring record; the running bot posts it at its next poll")
+    i.add_argument("record", type=Path, help="the monitoring record (JSON)")
+    i.add_argument("--job", help="the datagen job (default: the only one)")
+    i.add_argument("--date", type=date.fromisoformat, help="run date (default: the file name, YYYY-MM-DD.json)")
+    i.set_defaults(func=cmd_datagen_ingest)
+    k = d.add_parser("backtest", help="how often each rule would have fired over the stored history")
+    k.add_argument("--days", type=int, default=90)
+    k.add_argument("--job", help="the datagen job (default: the only one)")
+    k.set_defaults(func=cmd_datagen_backtest)
 
     b = sub.add_parser("sandbox", help="the whole bot against a local Slack stand-in, in this terminal")
     b.add_argument("--script", type=Path, help="run the inputs in FILE instead of reading the terminal")

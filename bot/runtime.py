@@ -20,7 +20,9 @@ from slack_bolt.async_app import AsyncApp
 from slack_bolt.request.async_request import AsyncBoltRequest
 
 from bot.config import Config, Role, Secrets
+from bot.datagen.service import DatagenService
 from bot.notifier import Notifier, SlackError, web_client
+from bot.oncall.service import OnCallService
 from bot.releases.service import ReleaseService
 from bot.scheduler import Scheduler
 from bot.store import Store, utcnow
@@ -151,6 +153,8 @@ class Runtime:
         self.home = None  # the App Home view builder, once the digest module is wired in
         # Domain services (each registers its scheduled jobs in its constructor).
         self.releases = ReleaseService(self)
+        self.datagen = DatagenService(self)
+        self.oncall = OnCallService(self)
         self.app = self._bolt_app()
 
     def _bolt_app(self) -> AsyncApp:
@@ -204,6 +208,7 @@ class Runtime:
             app.router.add_post("/slack/events", self._slack_events)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_post("/hooks/datagen", self.datagen.hook)
         return app
 
     async def _slack_events(self, request: web.Request) -> web.Response:

@@ -16,6 +16,7 @@ from slack_bolt.async_app import AsyncAck, AsyncApp
 
 from bot.config import Role
 from bot.notifier import Message
+from bot.oncall.messages import ACK_HANDOFF, TAKE_COVER, CoverRef, HandoffRef
 
 if TYPE_CHECKING:
     from bot.runtime import Runtime
@@ -141,3 +142,40 @@ def _register_rollback() -> None:
 
 
 _register_rollback()
+
+
+# -- datagen ------------------------------------------------------------------------------------------
+
+def _register_datagen() -> None:
+    from bot.datagen.messages import AlertRef, SilenceRef
+
+    async def ack(runtime: Runtime, press: Press, ref: AlertRef) -> None:
+        await _tell(runtime, press, await runtime.datagen.ack(ref.job, ref.run_date, press.user))
+
+    async def silence(runtime: Runtime, press: Press, ref: SilenceRef) -> None:
+        await _tell(runtime, press, await runtime.datagen.silence(ref.job, ref.run_date, press.user, ref.duration))
+
+    async def expected(runtime: Runtime, press: Press, ref: AlertRef) -> None:
+        await _tell(runtime, press, await runtime.datagen.mark_expected(ref.job, ref.run_date, press.user))
+
+    async def retrain(runtime: Runtime, press: Press, ref: AlertRef) -> None:
+        # The retrain service belongs to its own feature; until it is wired in, say so instead of failing.
+        service = getattr(runtime, "retrain", None)
+        if service is None or ref.job not in runtime.config.models:
+            await _tell(runtime, press, f"Retraining is not available for `{ref.job}` in this bot.")
+            return
+        await service.start(ref.job, press.user, press.channel, reason=f"datagen alert {ref.run_date}")
+
+    button(Button("datagen.ack", AlertRef, ack))
+    button(Button("datagen.silence", SilenceRef, silence))
+    button(Button("datagen.expected", AlertRef, expected))
+    button(Button("datagen.retrain", AlertRef, retrain, "deployers"))
+
+
+_register_datagen()
+
+
+# -- on-call ------------------------------------------------------------------------------------------
+
+button(Button(ACK_HANDOFF, HandoffRef, lambda rt, press, ref: rt.oncall.acknowledge(ref.handoff, press.user, press.channel)))
+button(Button(TAKE_COVER, CoverRef, lambda rt, press, ref: rt.oncall.take(ref.request, press.user, press.channel)))

@@ -15,6 +15,7 @@ from slack_bolt.response import BoltResponse
 
 from bot.config import Role
 from bot.notifier import Message
+from bot.oncall import grammar as oncall_grammar
 
 if TYPE_CHECKING:
     from bot.runtime import Runtime
@@ -386,3 +387,64 @@ verb(Verb("lock", "lock <model> <env> [reason]", "stop deploys to an environment
           parse=_parse_lock, role="deployers", audit_fields=lambda p: {"model": p[0], "env": p[1]}))
 verb(Verb("unlock", "unlock <model> <env>", "release a lock taken with /mlops lock", _unlock,
           parse=_parse_lock, role="deployers", audit_fields=lambda p: {"model": p[0], "env": p[1]}))
+
+
+# -- datagen ------------------------------------------------------------------------------------------
+
+
+def _parse_datagen(runtime: Runtime, cmd: Command) -> tuple[str, Any, Any]:
+    from datetime import date
+
+    from bot.datagen.service import DatagenError
+
+    def day(word: str) -> date:
+        try:
+            return date.fromisoformat(word)
+        except ValueError:
+            raise UsageError(f"`{word}` is not a date (YYYY-MM-DD)") from None
+
+    try:
+        job = runtime.datagen.job_name(cmd.option("job"))
+    except DatagenError as exc:
+        raise UsageError(str(exc)) from None
+    args = list(cmd.args)
+    compare = day(args.pop()) if len(args) >= 2 and args[-2] == "compare" else None
+    if compare is not None:
+        args.pop()
+    if len(args) > 1:
+        raise UsageError(f"unexpected words: {' '.join(args[1:])}")
+    first = args[0] if args else "latest"
+    return job, None if first == "latest" else day(first), compare
+
+
+async def _datagen(runtime: Runtime, cmd: Command, parsed: tuple[str, Any, Any]) -> None:
+    from bot.datagen.service import DatagenError
+
+    try:
+        shown = runtime.datagen.view(*parsed)
+    except DatagenError as exc:
+        shown = [Message(f":warning: {exc}")]
+    for msg in shown:
+        await runtime.notifier.respond(cmd.response_url, msg)
+
+
+verb(Verb("datagen", "datagen [latest|DATE] [compare DATE] [job=J]",
+          "a datagen run: status, funnel with loss and deltas, item-age buckets; or two runs side by side",
+          _datagen, parse=_parse_datagen, audit_fields=lambda p: {"model": p[0], "version": str(p[1] or "latest")}))
+
+
+# -- on-call ------------------------------------------------------------------------------------------
+
+def _parse_oncall(runtime: Runtime, cmd: Command) -> oncall_grammar.OnCallRequest:
+    try:
+        return oncall_grammar.parse(cmd.args, cmd.options, cmd.channel, runtime.config.oncall.rotations)
+    except oncall_grammar.OnCallInputError as exc:
+        raise UsageError(str(exc)) from None
+
+
+async def _oncall(runtime: Runtime, cmd: Command, request: oncall_grammar.OnCallRequest) -> None:
+    await runtime.oncall.handle(request, cmd.user, cmd.channel, cmd.response_url)
+
+
+verb(Verb("oncall", oncall_grammar.USAGE, oncall_grammar.SUMMARY, _oncall, parse=_parse_oncall,
+          details=oncall_grammar.DETAILS))

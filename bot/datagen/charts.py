@@ -1,0 +1,58 @@
+"""PNG charts for the daily summary's thread (the `charts` extra): the funnel, and final rows over 14 days."""
+from __future__ import annotations
+
+import io
+from datetime import date, timedelta
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display: the bot renders into memory
+
+from matplotlib import pyplot as plt  # noqa: E402  (the backend must be chosen first)
+
+from bot.datagen.report import Report  # noqa: E402
+
+DAYS = 14
+
+
+def _png(figure: plt.Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def funnel(report: Report) -> bytes:
+    steps = report.funnel()
+    labels = [s.label for s in steps]
+    counts = [s.items if s.items is not None else s.events for s in steps]
+    figure, axes = plt.subplots(figsize=(8, 0.45 * len(steps) + 1.2))
+    axes.barh(labels[::-1], counts[::-1], color="#4a7bd0")
+    for y, (count, step) in enumerate(zip(counts[::-1], steps[::-1])):
+        loss = f"  {count:,}" + (f" (-{step.item_loss_pct:.1f}%)" if step.item_loss_pct else "")
+        axes.text(count, y, loss, va="center", fontsize=8)
+    axes.set_title(f"datagen funnel {report.run_date} (items; final rows in rows)")
+    axes.set_xlim(0, max(counts) * 1.35)
+    return _png(figure)
+
+
+def final_rows(history: dict[date, Report], run_date: date) -> bytes:
+    days = [run_date - timedelta(days=n) for n in range(DAYS - 1, -1, -1)]
+    rows = [history[d].final_rows if d in history and history[d].final_rows is not None else None for d in days]
+    figure, axes = plt.subplots(figsize=(8, 3))
+    axes.plot([d for d, r in zip(days, rows) if r is not None], [r for r in rows if r is not None], marker="o")
+    for day, value in zip(days, rows):
+        if value is None:  # a missing or failed run is a gap, marked so nobody reads it as zero
+            axes.axvline(day, color="#d04a4a", alpha=0.3)
+    axes.set_title(f"final rows, {DAYS} days to {run_date}")
+    axes.tick_params(axis="x", labelrotation=45, labelsize=7)
+    return _png(figure)
+
+
+def render(job: str, run_date: date, history: dict[date, Report]) -> list[tuple[str, str, bytes]]:
+    """(filename, title, PNG) of each chart of the day's summary."""
+    return [
+        (f"{job}-{run_date}-funnel.png", f"{job} funnel {run_date}", funnel(history[run_date])),
+        (f"{job}-{run_date}-final-rows.png", f"{job} final rows, last {DAYS} days", final_rows(history, run_date)),
+    ]

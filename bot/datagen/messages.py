@@ -1,0 +1,210 @@
+"""Block Kit for datagen monitoring: the alert of one run date, the daily summary and its thread details."""
+from __future__ import annotations
+
+from datetime import date, timedelta
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from bot.datagen.report import Report
+from bot.datagen.rules import Breach, StageMove
+from bot.notifier import Message
+
+AlertState = Literal["open", "acked", "silenced", "expected", "resolved"]
+
+_STATE_HEAD = {
+    "open": ":rotating_light:",
+    "acked": ":eyes:",
+    "silenced": ":mute:",
+    "expected": ":ok_hand:",
+    "resolved": ":white_check_mark:",
+}
+SILENCE_CHOICES = {"next_run": "Silence until next run", "24h": "Silence 24 h", "7d": "Silence 7 d"}
+
+
+class AlertRef(BaseModel):
+    """The value of every datagen alert button: which run it is about, never its state."""
+
+    job: str
+    run_date: date
+
+
+class SilenceRef(AlertRef):
+    duration: Literal["next_run", "24h", "7d"]
+
+
+def _section(text: str) -> dict[str, Any]:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": text[:3000]}}
+
+
+def _context(text: str) -> dict[str, Any]:
+    return {"type": "context", "elements": [{"type": "mrkdwn", "text": text[:3000]}]}
+
+
+def _button(text: str, action_id: str, value: BaseModel, style: str | None = None) -> dict[str, Any]:
+    element = {"type": "button", "text": {"type": "plain_text", "text": text}, "action_id": action_id,
+               "value": value.model_dump_json()}
+    return element | ({"style": style} if style else {})
+
+
+def num(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.2f}"
+
+
+def pct(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:+.1f}%" if abs(value) != float("inf") else ("new" if value > 0 else "gone")
+
+
+def breach_line(breach: Breach) -> str:
+    """One breach as people read it: what moved, by how much, against what and which threshold."""
+    icon = ":red_circle:" if breach.severity == "crit" else ":large_orange_circle:"
+    if breach.metric is None:
+        return f"{icon} *{breach.rule_id}*: {breach.message}"
+    parts = [f"value {num(breach.value)}"]
+    if breach.baseline is not None:
+        parts.append(f"baseline {num(breach.baseline)}")
+    if breach.change_pct is not None:
+        parts.append(f"change {pct(breach.change_pct)}")
+    if breach.threshold is not None:
+        unit = "%" if breach.change_pct is not None else ""
+        parts.append(f"{breach.severity} threshold {num(breach.threshold)}{unit}")
+    return f"{icon} *{breach.rule_id}* `{breach.metric}`: {', '.join(parts)}"
+
+
+def severity_of(breaches: list[Breach]) -> str:
+    return "crit" if any(b.severity == "crit" for b in breaches) else "warn"
+
+
+def alert(
+    job: str, run_date: date, breaches: list[Breach], *, state: AlertState = "open", mover: StageMove | None = None,
+    by: str | None = None, note: str = "", retrain: bool = False,
+) -> Message:
+    """The one alert message of a run date: every breach, the biggest mover, and what people can do."""
+    head = f"{_STATE_HEAD[state]} datagen *{job}* {run_date}: {len(breaches)} rule breach" + (
+        "es" if len(breaches) != 1 else "")
+    if state == "resolved":
+        head = f"{_STATE_HEAD[state]} ~datagen *{job}* {run_date}: {len(breaches)} rule breaches~ resolved"
+    text = f"datagen {job} {run_date}: " + (
+        "resolved" if state == "resolved" else f"{len(breaches)} breaches ({severity_of(breaches)})")
+    blocks = [_section(head)]
+    lines = [breach_line(b) for b in breaches]
+    # A section holds 3000 characters; a storm of breaches is cut with a count rather than rejected.
+    body, shown = "", 0
+    for line in lines:
+        if len(body) + len(line) + 40 > 2900:
+            break
+        body, shown = body + line + "\n", shown + 1
+    if shown < len(lines):
+        body += f"…and {len(lines) - shown} more (`/mlops datagen {run_date}`)"
+    blocks.append(_section(body or "no breaches"))
+    if mover is not None:
+        blocks.append(_section(
+            f":mag: Biggest mover: *{mover.stage}*: {num(mover.items)} items vs {num(mover.baseline_items)} "
+            f"({pct(mover.items_change_pct)}; pass rate {pct(mover.pass_rate_change_pct)})"))
+    status = {"acked": f"Acked by <@{by}>", "silenced": f"Silenced by <@{by}>", "expected": f"Marked expected by <@{by}>",
+              "resolved": "Cleared by a later report", "open": ""}[state]
+    if status or note:
+        blocks.append(_context(" · ".join(x for x in (status, note) if x)))
+    if state != "resolved":
+        ref = AlertRef(job=job, run_date=run_date)
+        buttons = [_button("Ack", "datagen.ack", ref)]
+        buttons += [_button(label, "datagen.silence", SilenceRef(job=job, run_date=run_date, duration=key))
+                    for key, label in SILENCE_CHOICES.items()]
+        buttons.append(_button("Mark expected", "datagen.expected", ref))
+        if retrain:
+            buttons.append(_button("Retrain", "datagen.retrain", ref, style="danger"))
+        blocks.append({"type": "actions", "elements": buttons})
+    return Message(text=text, blocks=blocks)
+
+
+def unreadable(job: str, run_date: date, reason: str, uri: str) -> Breach:
+    """A record that cannot be read, as the breach its alert lists."""
+    return Breach("unreadable", "crit", None, None, None, None, None,
+                  f"datagen report for {run_date} unreadable: {reason} ({uri})")
+
+
+def _duration(delta: timedelta | None) -> str:
+    if delta is None:
+        return "—"
+    minutes = round(delta.total_seconds() / 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+def _delta(today: float | None, then: float | None) -> str:
+    if today is None or then is None or then == 0:
+        return "—"
+    return pct((today - then) / then * 100)
+
+
+def funnel_table(report: Report, day_before: Report | None, week_before: Report | None) -> str:
+    """The funnel as a fixed-width table: what each step left, its loss, and its change over 1 and 7 days."""
+    def items_of(other: Report | None) -> dict[str, int | None]:
+        return {s.label: s.items if s.items is not None else s.events for s in other.funnel()} if other else {}
+
+    before, week = items_of(day_before), items_of(week_before)
+    rows = [f"{'step':<22}{'items/rows':>14}{'loss %':>9}{'Δ1d':>9}{'Δ7d':>9}"]
+    for step in report.funnel():
+        count = step.items if step.items is not None else step.events
+        loss = "" if step.item_loss_pct is None else f"{step.item_loss_pct:.2f}"
+        rows.append(f"{step.label[:21]:<22}{count:>14,}{loss:>9}"
+                    f"{_delta(count, before.get(step.label)):>9}{_delta(count, week.get(step.label)):>9}")
+    return "```" + "\n".join(rows) + "```"
+
+
+def summary(
+    job: str, report: Report, day_before: Report | None, week_before: Report | None, *,
+    usual_runtime: timedelta | None, alerts: int,
+) -> Message:
+    """The daily post: status, run time against the usual, final rows and the alert count, at a glance."""
+    if report.failed:
+        cause = "; ".join(report.errors) or "SUCCESS is false"
+        status = f":x: datagen *{job}* {report.run_date} *failed*: {cause[:500]}"
+    else:
+        status = f":white_check_mark: datagen *{job}* {report.run_date} succeeded"
+    facts = [f"run time {_duration(report.run_time)} (usual {_duration(usual_runtime)})"]
+    if report.final_rows is not None:
+        then = day_before.final_rows if day_before else None
+        facts.append(f"final rows {report.final_rows:,} ({_delta(report.final_rows, then)} 1d)")
+    if report.new_items_1d is not None:
+        facts.append(f"new items {report.new_items_1d.count:,} ({report.new_items_1d.pct:.2f}%)")
+    facts.append(f"{alerts} alert{'s' if alerts != 1 else ''}" if alerts else "no alerts")
+    text = f"datagen {job} {report.run_date}: {'failed' if report.failed else 'ok'}, {alerts} alerts"
+    return Message(text=text, blocks=[_section(status), _context(" · ".join(facts))])
+
+
+def details(report: Report, day_before: Report | None, week_before: Report | None) -> Message:
+    """The thread under the summary: the funnel with losses and deltas, then the item-age buckets."""
+    blocks = [_section("*Funnel* (raw → filters → embedding join → final rows)\n"
+                       + funnel_table(report, day_before, week_before))]
+    if report.buckets:
+        rows = [f"{'item age':<16}{'items':>12}{'share':>8}{'Δ7d':>10}"]
+        for label, share in report.buckets.items():
+            change = report.buckets_delta_7d.get(label)
+            rows.append(f"{label:<16}{share.count:>12,}{share.pct:>7.2f}%{pct(change.pct) if change else '—':>10}")
+        blocks.append(_section("*Item-age buckets*\n```" + "\n".join(rows) + "```"))
+    extra = []
+    if report.items_diff_1d is not None and report.items_diff_7d is not None:
+        extra.append(f"items Δ1d {report.items_diff_1d.count:+,} ({pct(report.items_diff_1d.pct)}), "
+                     f"Δ7d {report.items_diff_7d.count:+,} ({pct(report.items_diff_7d.pct)})")
+    if report.start_time and report.end_time:
+        extra.append(f"ran {report.start_time:%Y-%m-%d %H:%M} → {report.end_time:%H:%M}")
+    if extra:
+        blocks.append(_context(" · ".join(extra)))
+    return Message(text=f"datagen {report.run_date} details", blocks=blocks)
+
+
+def comparison(job: str, report: Report, other: Report, mover: StageMove | None) -> Message:
+    """`/mlops datagen DATE compare DATE`: the funnel of one run against another."""
+    blocks = [_section(f"datagen *{job}* {report.run_date} compared with {other.run_date}\n"
+                       + funnel_table(report, other, None).replace("Δ1d", "Δ  "))]
+    if mover is not None:
+        blocks.append(_context(f"Biggest mover: {mover.stage} ({pct(mover.pass_rate_change_pct)} pass rate)"))
+    return Message(text=f"datagen {job} {report.run_date} vs {other.run_date}", blocks=blocks)
+
+
+def text_only(text: str) -> Message:
+    return Message(text=text, blocks=[_section(text)])
