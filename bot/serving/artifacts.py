@@ -6,6 +6,7 @@ never matches `ranker/v10/...`. Every failure is an `ArtifactError` naming the U
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import shutil
 from abc import ABC, abstractmethod
@@ -101,7 +102,21 @@ class LocalStore(ArtifactStore):
 
     async def delete_prefix(self, prefix: str) -> None:
         folder = self.root / _folder(prefix)
-        await _local(self.key_uri(_folder(prefix)), lambda: shutil.rmtree(folder) if folder.exists() else None)
+
+        def delete() -> None:
+            if folder.exists():
+                shutil.rmtree(folder)
+
+        await _local(self.key_uri(_folder(prefix)), delete)
+
+
+@functools.lru_cache(maxsize=None)
+def _s3_client(endpoint_url: str | None) -> Any:
+    """One thread-safe client per endpoint: creating one costs tens of milliseconds.
+
+    Credentials come from the environment (or an instance role), never from the bot's config.
+    """
+    return boto3.client("s3", endpoint_url=endpoint_url, config=S3_CONFIG)
 
 
 class S3Store(ArtifactStore):
@@ -110,8 +125,7 @@ class S3Store(ArtifactStore):
         self.prefix = _folder(prefix)
         self.endpoint_url = endpoint_url
         self.uri = f"s3://{bucket}/{self.prefix}".rstrip("/")
-        # Credentials come from the environment (or an instance role), never from the bot's config.
-        self.client: Any = boto3.client("s3", endpoint_url=endpoint_url, config=S3_CONFIG)
+        self.client = _s3_client(endpoint_url)
 
     def object_key(self, key: str) -> str:
         return self.prefix + key
@@ -197,10 +211,12 @@ async def copy(src: ArtifactStore, src_key: str, dst: ArtifactStore, dst_key: st
             source = {"Bucket": src.bucket, "Key": src.object_key(src_key)}
             await dst._call(where, dst.client.copy, source, dst.bucket, dst.object_key(dst_key))
         case LocalStore(), S3Store():
-            await dst._call(where, dst.client.upload_file, str(src.path(src_key)), dst.bucket, dst.object_key(dst_key))
+            local = str(src.path(src_key))
+            await dst._call(where, dst.client.upload_file, local, dst.bucket, dst.object_key(dst_key))
         case S3Store(), LocalStore():
+            local = str(dst.path(dst_key))
             await _local(where, dst.path(dst_key).parent.mkdir, parents=True, exist_ok=True)
-            await src._call(where, src.client.download_file, src.bucket, src.object_key(src_key), str(dst.path(dst_key)))
+            await src._call(where, src.client.download_file, src.bucket, src.object_key(src_key), local)
         case LocalStore(), LocalStore():
             await _local(where, dst.path(dst_key).parent.mkdir, parents=True, exist_ok=True)
             await _local(where, shutil.copyfile, src.path(src_key), dst.path(dst_key))

@@ -135,10 +135,11 @@ def files_digest(file_hashes: Mapping[str, str]) -> str:
 
 def newest_first(versions: list[ModelVersion]) -> list[ModelVersion]:
     """By created_at, then name, newest first; versions without metadata last."""
-    with_dates = [v for v in versions if v.metadata is not None]
-    without = [v for v in versions if v.metadata is None]
-    with_dates.sort(key=lambda v: (v.metadata.created_at.timestamp(), v.version), reverse=True)  # type: ignore[union-attr]
-    return with_dates + sorted(without, key=lambda v: v.version, reverse=True)
+
+    def key(v: ModelVersion) -> tuple[bool, float, str]:
+        return v.metadata is not None, v.metadata.created_at.timestamp() if v.metadata else 0.0, v.version
+
+    return sorted(versions, key=key, reverse=True)
 
 
 class Registry:
@@ -156,7 +157,8 @@ class Registry:
     async def latest(self, model: str) -> ModelVersion:
         versions = await self.versions(model)
         if not versions:
-            raise RegistryError(f"no versions of {model} in {self.store.uri}; models there: {await self._model_names()}")
+            models = await self._model_names()
+            raise RegistryError(f"no versions of {model} in {self.store.uri}; models there: {models}")
         return versions[0]
 
     async def get(self, model: str, version: str) -> ModelVersion:

@@ -19,9 +19,6 @@ from tests.support.triton import TritonServer, free_port, triton_missing
 
 EXAMPLES = Path(__file__).parents[2] / "examples" / "registry"
 
-needs_triton = pytest.mark.skipif(triton_missing() is not None, reason=triton_missing() or "")
-
-
 @pytest.fixture(scope="module")
 def moto() -> Iterator[MotoServer]:
     with pytest.MonkeyPatch.context() as patch:
@@ -51,9 +48,13 @@ def local_repo() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def local_servers(local_repo: Path) -> Iterator[list[TritonServer]]:
-    if triton_missing():
-        pytest.skip(triton_missing() or "")
+def triton() -> None:
+    if reason := triton_missing():
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def local_servers(triton: None, local_repo: Path) -> Iterator[list[TritonServer]]:
     servers = [TritonServer(str(local_repo)).start() for _ in range(2)]
     yield servers
     for server in servers:
@@ -145,7 +146,7 @@ async def test_copy_between_local_and_s3_round_trips(moto: MotoServer, tmp_path:
 # --- deploying to Triton --------------------------------------------------------------------------------
 
 
-@needs_triton
+@pytest.mark.triton
 async def test_deploy_v1_to_a_local_repository_loads_it_on_both_endpoints(
     registry: Registry, local_repo: Path, local_fleet: Fleet
 ) -> None:
@@ -153,8 +154,8 @@ async def test_deploy_v1_to_a_local_repository_loads_it_on_both_endpoints(
     config = await deploy_files(registry, "ranker", "v1", open_store(str(local_repo)), 1)
     await local_fleet.load("ranker", 1, config, on_progress=lambda *event: events.append(event))
 
-    assert (local_repo / "ranker" / "config.pbtxt").exists()
-    assert (local_repo / "ranker" / "1" / "model.py").exists() and (local_repo / "ranker" / "1" / "weights.json").exists()
+    for deployed in ("config.pbtxt", "1/model.py", "1/weights.json"):
+        assert (local_repo / "ranker" / deployed).is_file()
     assert await local_fleet.ready_versions("ranker") == {e: [1] for e in local_fleet.endpoints}
     assert sorted(e for e in events if e[0] == "ready")[-1][1:3] == (2, 2)
     for endpoint in local_fleet.endpoints:
@@ -162,7 +163,7 @@ async def test_deploy_v1_to_a_local_repository_loads_it_on_both_endpoints(
         np.testing.assert_allclose(scores, [0.3893608, 0.5926666, 0.5062497], atol=1e-5)
 
 
-@needs_triton
+@pytest.mark.triton
 async def test_deploying_v2_replaces_v1_and_loading_v1_again_rolls_back(
     registry: Registry, local_repo: Path, local_fleet: Fleet
 ) -> None:
@@ -183,7 +184,7 @@ async def test_deploying_v2_replaces_v1_and_loading_v1_again_rolls_back(
     assert not np.allclose(v1_scores, v2_scores)
 
 
-@needs_triton
+@pytest.mark.triton
 async def test_broken_config_is_rejected_before_anything_is_copied(
     registry: Registry, local_repo: Path, local_fleet: Fleet
 ) -> None:
@@ -194,7 +195,7 @@ async def test_broken_config_is_rejected_before_anything_is_copied(
     assert await repository.list() == before
 
 
-@needs_triton
+@pytest.mark.triton
 async def test_a_load_triton_refuses_fails_with_its_message_and_keeps_serving(
     registry: Registry, local_repo: Path, local_fleet: Fleet
 ) -> None:
@@ -208,7 +209,7 @@ async def test_a_load_triton_refuses_fails_with_its_message_and_keeps_serving(
     assert await local_fleet.ready_versions("ranker") == {e: [1] for e in local_fleet.endpoints}
 
 
-@needs_triton
+@pytest.mark.triton
 async def test_an_unreachable_endpoint_fails_the_load_naming_it(
     registry: Registry, local_repo: Path, local_servers: list[TritonServer]
 ) -> None:
@@ -224,8 +225,8 @@ async def test_an_unreachable_endpoint_fails_the_load_naming_it(
     assert health[local_servers[0].url].ready and not health[dead].live
 
 
-@needs_triton
-async def test_deploy_from_an_s3_registry_into_an_s3_repository_on_moto(moto: MotoServer) -> None:
+@pytest.mark.triton
+async def test_deploy_from_an_s3_registry_into_an_s3_repository_on_moto(triton: None, moto: MotoServer) -> None:
     bucket = new_bucket(moto)
     registry = Registry(open_store(f"s3://{bucket}/registry", s3_endpoint_url=moto.endpoint_url))
     repository = open_store(f"s3://{bucket}/staging", s3_endpoint_url=moto.endpoint_url)

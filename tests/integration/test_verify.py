@@ -67,8 +67,8 @@ def repositories() -> Iterator[dict[str, Path]]:
 
 @pytest.fixture(scope="module")
 def servers(repositories: dict[str, Path]) -> Iterator[dict[str, TritonServer]]:
-    if triton_missing():
-        pytest.skip(triton_missing() or "")
+    if reason := triton_missing():
+        pytest.skip(reason)
     started = {env: TritonServer(str(path)).start() for env, path in repositories.items()}
     yield started
     for server in started.values():
@@ -91,6 +91,7 @@ async def deploy(registry: Registry, repository: Path, fleet: Fleet, version: st
     await fleet.load("ranker", n, config)
 
 
+@pytest.mark.triton
 async def test_a_good_version_passes_with_its_latency_figures(
     registry: Registry, repositories: dict[str, Path], fleets: dict[str, Fleet]
 ) -> None:
@@ -107,6 +108,7 @@ async def test_a_good_version_passes_with_its_latency_figures(
     assert 0 < report.p50_ms <= report.p99_ms
 
 
+@pytest.mark.triton
 async def test_v2_is_compared_with_the_version_prod_serves(
     registry: Registry, repositories: dict[str, Path], fleets: dict[str, Fleet]
 ) -> None:
@@ -122,6 +124,7 @@ async def test_v2_is_compared_with_the_version_prod_serves(
     assert "difference from version 1" in [c.name for c in report.checks]
 
 
+@pytest.mark.triton
 async def test_a_version_that_answers_nan_fails_naming_the_output_and_endpoint(
     registry: Registry, repositories: dict[str, Path], fleets: dict[str, Fleet]
 ) -> None:
@@ -135,6 +138,7 @@ async def test_a_version_that_answers_nan_fails_naming_the_output_and_endpoint(
     assert "output 'score'[0] is nan" in report.reason
 
 
+@pytest.mark.triton
 async def test_a_p99_over_the_slo_fails(
     registry: Registry, repositories: dict[str, Path], fleets: dict[str, Fleet]
 ) -> None:
@@ -148,6 +152,7 @@ async def test_a_p99_over_the_slo_fails(
     assert report.reason.endswith("SLO p99 ≤ 0.001 ms")
 
 
+@pytest.mark.triton
 async def test_a_version_that_is_not_loaded_fails_readiness(
     registry: Registry, repositories: dict[str, Path], fleets: dict[str, Fleet]
 ) -> None:
@@ -159,6 +164,7 @@ async def test_a_version_that_is_not_loaded_fails_readiness(
     assert report.reason == f"version 5 READY: {fleets['staging'].endpoints[0]}: READY versions [1]"
 
 
+@pytest.mark.triton
 async def test_an_endpoint_that_is_down_is_named(registry: Registry, servers: dict[str, TritonServer]) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     async with Fleet([servers["staging"].url, dead], timeout=5) as fleet:
