@@ -147,7 +147,7 @@ _register_rollback()
 # -- datagen ------------------------------------------------------------------------------------------
 
 def _register_datagen() -> None:
-    from bot.datagen.messages import AlertRef, SilenceRef
+    from bot.datagen.messages import SILENCE_CHOICES, AlertRef, SilenceRef
 
     async def ack(runtime: Runtime, press: Press, ref: AlertRef) -> None:
         await _tell(runtime, press, await runtime.datagen.ack(ref.job, ref.run_date, press.user))
@@ -167,7 +167,8 @@ def _register_datagen() -> None:
         await service.start(ref.job, press.user, press.channel, reason=f"datagen alert {ref.run_date}")
 
     button(Button("datagen.ack", AlertRef, ack))
-    button(Button("datagen.silence", SilenceRef, silence))
+    for duration in SILENCE_CHOICES:  # one button each: action ids must be unique within a message
+        button(Button(f"datagen.silence.{duration}", SilenceRef, silence))
     button(Button("datagen.expected", AlertRef, expected))
     button(Button("datagen.retrain", AlertRef, retrain, "deployers"))
 

@@ -112,7 +112,7 @@ def alert(
     if state != "resolved":
         ref = AlertRef(job=job, run_date=run_date)
         buttons = [_button("Ack", "datagen.ack", ref)]
-        buttons += [_button(label, "datagen.silence", SilenceRef(job=job, run_date=run_date, duration=key))
+        buttons += [_button(label, f"datagen.silence.{key}", SilenceRef(job=job, run_date=run_date, duration=key))
                     for key, label in SILENCE_CHOICES.items()]
         buttons.append(_button("Mark expected", "datagen.expected", ref))
         if retrain:

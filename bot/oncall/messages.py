@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
+from pydantic import BaseModel
+
 from bot.notifier import Message
 from bot.oncall.schedule import Shift
 
@@ -22,6 +24,18 @@ TAKE_COVER = "oncall.take"
 
 # Room kept in every section for the "and N more" line.
 _MORE_ROOM = len("\nand 999999 more")
+
+
+class HandoffRef(BaseModel):
+    """The Acknowledge button's value."""
+
+    handoff: int
+
+
+class CoverRef(BaseModel):
+    """The Take button's value."""
+
+    request: int
 
 
 @dataclass(frozen=True)
@@ -190,6 +204,21 @@ def cover_taken(requester: str, start: datetime, end: datetime, taker: str) -> M
     """The cover request edited in place once someone took it; the button is gone."""
     text = f"<@{taker}> is covering for <@{requester}> from {date_token(start)} until {date_token(end)}."
     return Message(text=text, blocks=[_section(f":white_check_mark: {text}")])
+
+
+def override_notice(rotation_name: str, override_id: int, user: str, start: datetime, end: datetime, by: str) -> Message:
+    """Posted in the rotation's channel when someone creates an override."""
+    text = (
+        f"<@{by}> put <@{user}> on call for {rotation_name} from {date_token(start)} until {date_token(end)} "
+        f"(override #{override_id}; undo with `/mlops oncall undo {override_id}`)."
+    )
+    return Message(text=text, blocks=[_section(text)])
+
+
+def override_undone(rotation_name: str, override_id: int, user: str, by: str, *, ended_early: bool) -> Message:
+    how = "ended it early" if ended_early else "undid it"
+    text = f"<@{by}> {how}: override #{override_id} (<@{user}> on call for {rotation_name}). The rotation's schedule applies again."
+    return Message(text=text, blocks=[_section(text)])
 
 
 def topic_text(user: str, until: datetime, tz: str) -> str:

@@ -1,0 +1,189 @@
+"""Datagen monitoring end to end: the whole bot on loopback, the Slack emulator, real S3 (moto_server), SQLite,
+and the scheduler driven with an injected clock."""
+from __future__ import annotations
+
+import json
+import time
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import aiohttp
+import boto3
+import pytest
+
+from bot.config import Secrets, load_config
+from bot.datagen.service import due_at, sign
+from bot.sandbox.local import local_bot
+from tests.conftest import write_config
+from tests.support.datagen_history import make_history, real_record
+from tests.support.s3 import AWS_ENV, MotoServer
+
+INFO, ERROR, MAIN = "C0INFO", "C0ERROR", "C0MLOPS"
+START = date(2026, 10, 1)
+DROP, LATE, FAILED = date(2026, 10, 10), date(2026, 10, 15), date(2026, 10, 20)
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def _config(tmp_path: Path, source: str, **s3):
+    raw_jobs = {"recsys": {"source": source, "expected_at": "08:30", "tz": "Asia/Kolkata",
+                           "typical_runtime_minutes": 200, "grace_hours": 3, "poll_minutes": 10}}
+    return load_config(write_config(tmp_path, datagen={"jobs": raw_jobs}, **({"s3": s3} if s3 else {})))
+
+
+def _alerts(slack, channel: str) -> dict[str, dict]:
+    """The channel's datagen alerts by run date, as they read now."""
+    found = {}
+    for message in slack.messages(channel):
+        if message["text"].startswith("datagen recsys "):
+            found[message["text"].split()[2].rstrip(":")] = message
+    return found
+
+
+def _flat(message: dict) -> str:
+    return json.dumps(message["blocks"])
+
+
+async def test_thirty_days_fire_resolve_and_stay_silent_exactly(tmp_path: Path) -> None:
+    records = make_history(real_record(), START, 30, drops={DROP: ("feed_source", 15)}, failed={FAILED})
+    config = _config(tmp_path, str(tmp_path / "reports" / "{date}.json"))
+    job = config.datagen.jobs["recsys"]
+    (tmp_path / "reports").mkdir()
+    clock = Clock(due_at(job, START) - timedelta(hours=1))
+    async with local_bot(config, clock=clock, post_rate=1000, post_burst=1000) as bot:
+        slack, scheduler = bot.slack, bot.runtime.scheduler
+        for day, record in sorted(records.items()):
+            due = due_at(job, day)
+            if day == LATE:  # nothing by the deadline: "raw data not found", then the record turns up
+                clock.now = due + timedelta(hours=3, minutes=15)
+                await scheduler.run_due(clock.now)
+                late = _alerts(slack, ERROR)[str(LATE)]
+                assert "raw data not found" in _flat(late)
+            (tmp_path / "reports" / f"{day}.json").write_text(json.dumps(record))
+            clock.now = due + timedelta(hours=(3.5 if day == LATE else 0), minutes=5)
+            await scheduler.run_due(clock.now)
+            if day == DROP:
+                alert = _alerts(slack, INFO)[str(DROP)]
+                text = _flat(alert)
+                assert "stage.feed_source.items" in text and "change -15.0%" in text
+                assert "Biggest mover: *feed source*" in text
+                await bot.client.press_button("U0BOB", INFO, alert["ts"], "Mark expected")
+                await slack.wait_for(lambda: "Marked expected by <@U0BOB>" in _flat(_alerts(slack, INFO)[str(DROP)]))
+            if day == FAILED:
+                alert = _alerts(slack, ERROR)[str(FAILED)]
+                assert "ExecutorLostFailure" in _flat(alert)
+                await bot.client.press_button("U0ALICE", ERROR, alert["ts"], "Ack")
+                await slack.wait_for(lambda: "Acked by <@U0ALICE>" in _flat(_alerts(slack, ERROR)[str(FAILED)]))
+
+        # Exactly three alerts fired: the drop (warn → info), the late day and the failed run (crit → error).
+        # The drop was marked expected, so the next day and a week later (whose baselines it would be) stay
+        # silent; so do the day after the failure and a week after it (no baseline at all).
+        assert sorted(_alerts(slack, INFO)) == [str(DROP)]
+        assert sorted(_alerts(slack, ERROR)) == [str(LATE), str(FAILED)]
+        # Each was edited in place to resolved by a later report, never re-posted.
+        for channel, alert in [(INFO, _alerts(slack, INFO)[str(DROP)]), *[(ERROR, a) for a in _alerts(slack, ERROR).values()]]:
+            assert alert["text"].endswith("resolved"), alert["text"]
+            assert alert["edited"] and not any(b["type"] == "actions" for b in alert["blocks"])
+        posted = [c.args["channel"] for c in slack.calls_to("chat.postMessage") if c.ok]
+        assert (posted.count(INFO), posted.count(ERROR)) == (1, 2)  # nothing posted twice
+
+        # One summary a day in the main channel; the failed day says so; details and charts in the thread.
+        summaries = [m for m in slack.messages(MAIN) if m["text"].startswith("datagen recsys")]
+        assert len(summaries) == 30
+        failed = next(m for m in summaries if str(FAILED) in m["text"])
+        assert "failed" in failed["text"] and "Py4JJavaError" in _flat(failed)
+        drop = next(m for m in summaries if m["text"].startswith(f"datagen recsys {DROP}"))
+        thread = _flat(slack.replies(MAIN, drop["ts"])[0])
+        assert "feed source" in thread and "-15.0%" in thread and "Item-age buckets" in thread
+        pictures = sorted(f["name"] for f in slack.files if f["thread_ts"] == drop["ts"])
+        assert pictures == [f"recsys-{DROP}-final-rows.png", f"recsys-{DROP}-funnel.png"]
+
+        # Every press is audited with who pressed it.
+        audit = {(r["verb"], r["actor"], r["status"]) for r in bot.runtime.store.actions()}
+        assert ("datagen.expected", "U0BOB", "ok") in audit and ("datagen.ack", "U0ALICE", "ok") in audit
+
+
+async def test_s3_source_and_freshness_deadline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in AWS_ENV.items():
+        monkeypatch.setenv(name, value)
+    day = date(2026, 11, 21)
+    with MotoServer() as moto:
+        s3 = boto3.client("s3", endpoint_url=moto.endpoint_url)
+        s3.create_bucket(Bucket="datagen")
+        config = _config(tmp_path, "s3://datagen/monitoring/{date}.json", endpoint_url=moto.endpoint_url)
+        due = due_at(config.datagen.jobs["recsys"], day)
+        clock = Clock(due - timedelta(hours=1))
+        async with local_bot(config, clock=clock) as bot:
+            clock.now = due + timedelta(hours=2, minutes=55)  # late, but within the 3 h grace: quiet
+            await bot.runtime.scheduler.run_due(clock.now)
+            assert bot.slack.messages(ERROR) == [] and bot.slack.messages(MAIN) == []
+
+            clock.now = due + timedelta(hours=3, minutes=5)  # the deadline has passed
+            await bot.runtime.scheduler.run_due(clock.now)
+            alert = _alerts(bot.slack, ERROR)[str(day)]
+            assert "raw data not found: no datagen report for 2026-11-21" in _flat(alert)
+
+            record = (Path(__file__).parents[2] / "examples" / "datagen" / f"{day}.json").read_bytes()
+            s3.put_object(Bucket="datagen", Key=f"monitoring/{day}.json", Body=record)
+            clock.now += timedelta(minutes=10)
+            await bot.runtime.scheduler.run_due(clock.now)
+            assert _alerts(bot.slack, ERROR)[str(day)]["text"].endswith("resolved")
+            summary = bot.slack.messages(MAIN)[0]
+            assert summary["text"] == f"datagen recsys {day}: ok, 0 alerts"
+            stored = bot.runtime.store.conn.execute("SELECT source FROM datagen_reports").fetchall()
+            assert stored == [(f"s3://datagen/monitoring/{day}.json",)]
+
+
+async def test_broken_record_hook_and_command(tmp_path: Path) -> None:
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    good = real_record()
+    config = _config(tmp_path, str(reports / "{date}.json"))
+    job = config.datagen.jobs["recsys"]
+    day = date(2026, 11, 21)
+    clock = Clock(due_at(job, day) - timedelta(hours=1))
+    secrets = Secrets(datagen_hook_secret="hook-secret")
+    async with local_bot(config, clock=clock, secrets=secrets) as bot:
+        # A broken file: an alert that says what and where; nothing stored; the schedule keeps polling.
+        (reports / f"{day}.json").write_text(json.dumps({**good, "num_raw_events": -5}))
+        clock.now = due_at(job, day) + timedelta(minutes=5)
+        await bot.runtime.scheduler.run_due(clock.now)
+        alert = _alerts(bot.slack, ERROR)[str(day)]
+        assert (f"datagen report for {day} unreadable: negative count in num_raw_events: -5 "
+                f"({reports / f'{day}.json'})") in _flat(alert)
+        assert bot.runtime.store.conn.execute("SELECT count(*) FROM datagen_reports").fetchone()[0] == 0
+        (reports / f"{day}.json").write_text(json.dumps(good))
+        clock.now += timedelta(minutes=10)
+        await bot.runtime.scheduler.run_due(clock.now)
+        assert _alerts(bot.slack, ERROR)[str(day)]["text"].endswith("resolved")
+        assert bot.runtime.store.conn.execute("SELECT count(*) FROM datagen_reports").fetchone()[0] == 1
+
+        # The push hook: a signed POST ingests the next day; a forged one is refused and audited.
+        body = json.dumps(good).encode()
+        url = f"{bot.url}/hooks/datagen?job=recsys&date={day + timedelta(days=1)}"
+        stamp = str(int(time.time()))
+        async with aiohttp.ClientSession() as http:
+            async with http.post(url, data=body, headers={"X-Datagen-Timestamp": stamp,
+                                                          "X-Datagen-Signature": "v0=forged"}) as resp:
+                assert resp.status == 401
+            headers = {"X-Datagen-Timestamp": stamp, "X-Datagen-Signature": sign("hook-secret", stamp, body)}
+            async with http.post(url, data=body, headers=headers) as resp:
+                assert resp.status == 200 and (await resp.json())["stored"] is True
+        assert any(m["text"].startswith(f"datagen recsys {day + timedelta(days=1)}") for m in bot.slack.messages(MAIN))
+        audit = [(r["verb"], r["status"]) for r in bot.runtime.store.actions()]
+        assert ("datagen.hook", "rejected") in audit and ("datagen.ingest", "unreadable") in audit
+
+        # /mlops datagen: the latest run, a named one, a comparison, and a clear answer for a missing day.
+        for text in ("datagen", f"datagen {day} compare {day + timedelta(days=1)}", "datagen 2020-01-01"):
+            await bot.client.command("U0ALICE", text)
+        responses = await bot.slack.wait_for(lambda: len(bot.slack.responses) >= 4 and bot.slack.responses)
+        said = json.dumps(responses)
+        assert f"datagen *recsys* {day + timedelta(days=1)} succeeded" in said
+        assert f"compared with {day + timedelta(days=1)}" in said
+        assert "no datagen report for recsys 2020-01-01; the latest is" in said
