@@ -23,7 +23,6 @@ from bot.config import Config, Role, Secrets
 from bot.datagen.service import DatagenService
 from bot.notifier import Notifier, SlackError, web_client
 from bot.oncall.service import OnCallService
-from bot.oncall.service import OnCallService
 from bot.releases.service import ReleaseService
 from bot.scheduler import Scheduler
 from bot.store import Store, utcnow
@@ -154,7 +153,6 @@ class Runtime:
         self.home = None  # the App Home view builder, once the digest module is wired in
         # Domain services (each registers its scheduled jobs in its constructor).
         self.releases = ReleaseService(self)
-        self.oncall = OnCallService(self)
         self.datagen = DatagenService(self)
         self.oncall = OnCallService(self)
         self.app = self._bolt_app()

@@ -16,7 +16,6 @@ from slack_bolt.response import BoltResponse
 from bot.config import Role
 from bot.notifier import Message
 from bot.oncall import grammar as oncall_grammar
-from bot.oncall import grammar as oncall_grammar
 
 if TYPE_CHECKING:
     from bot.runtime import Runtime
@@ -432,23 +431,6 @@ async def _datagen(runtime: Runtime, cmd: Command, parsed: tuple[str, Any, Any])
 verb(Verb("datagen", "datagen [latest|DATE] [compare DATE] [job=J]",
           "a datagen run: status, funnel with loss and deltas, item-age buckets; or two runs side by side",
           _datagen, parse=_parse_datagen, audit_fields=lambda p: {"model": p[0], "version": str(p[1] or "latest")}))
-
-
-# -- on-call ------------------------------------------------------------------------------------------
-
-def _parse_oncall(runtime: Runtime, cmd: Command) -> oncall_grammar.OnCallRequest:
-    try:
-        return oncall_grammar.parse(cmd.args, cmd.options, cmd.channel, runtime.config.oncall.rotations)
-    except oncall_grammar.OnCallInputError as exc:
-        raise UsageError(str(exc)) from None
-
-
-async def _oncall(runtime: Runtime, cmd: Command, request: oncall_grammar.OnCallRequest) -> None:
-    await runtime.oncall.handle(request, cmd.user, cmd.channel, cmd.response_url)
-
-
-verb(Verb("oncall", oncall_grammar.USAGE, oncall_grammar.SUMMARY, _oncall, parse=_parse_oncall,
-          details=oncall_grammar.DETAILS))
 
 
 # -- on-call ------------------------------------------------------------------------------------------
