@@ -7,7 +7,7 @@ The example rotation `recsys` hands off Mondays 10:00 America/Los_Angeles: U0ALI
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
