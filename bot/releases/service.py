@@ -119,6 +119,8 @@ class ReleaseService:
 
     def _take_lock(self, model: str, env: str, actor: str, reason: str, kind: str, now: datetime) -> None:
         held = self.lock_of(model, env)
+        if held is not None and held.kind == "operation":
+            raise ReleaseError(f"already in progress on {model} {env}: <@{held.holder}> started `{held.reason}`")
         if held is not None:
             raise ReleaseError(f"{model} {env} is locked by <@{held.holder}> ({held.reason}) until {messages.when(held.expires_at)}")
         expires = now + timedelta(hours=self.config.deploy.lock_ttl_hours)
@@ -131,6 +133,8 @@ class ReleaseService:
         current = self.get(release_id)
         if current.state in BUSY:
             return f"{current.model} {current.version} is already {current.state.value}: started by <@{self._last_actor(current)}>"
+        if current.state is State.LIVE:
+            return f"{current.model} {current.version} is already live in prod, unblocked by <@{current.approved_by}>"
         if current.state is State.SUPERSEDED:
             newer = self._rows("SELECT version FROM releases WHERE model = ? AND id > ? ORDER BY id DESC LIMIT 1", current.model, current.id)
             return f"this card is out of date: {current.model} {current.version} was superseded by {newer[0]['version'] if newer else 'a newer version'}"
@@ -280,6 +284,9 @@ class ReleaseService:
 
     async def promote(self, release: Release, actor: str, *, urgent_reason: str | None = None) -> Release:
         """Copy to prod, load on every prod endpoint, verify prod; on failure put the previous version back."""
+        release = self.get(release.id)
+        if release.state is not State.VERIFIED:  # a duplicate press, or a card gone stale
+            raise ReleaseError(self._why_not(release.id, Event.PROMOTE))
         decision = await self.check_promote(release, actor, urgent=urgent_reason is not None)
         if not decision.allowed:
             self.rt.audit(actor=actor, verb="promote", status="denied", channel=release.channel, model=release.model,
