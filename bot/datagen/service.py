@@ -167,7 +167,7 @@ class DatagenService:
             history, expected = self.history(job_name)
             breaches = evaluate(job.rules, history, day, expected=expected, now=slot, expected_at=due)
             if breaches:
-                await self._sync_alert(job_name, day, breaches, None, actor="scheduler")
+                await self.sync_alert(job_name, day, breaches, None, actor="scheduler")
             return
         await self.ingest(job_name, day, raw, uri, actor="scheduler")
 
@@ -181,7 +181,7 @@ class DatagenService:
             breach = messages.unreadable(job_name, run_date, exc.reason, source)
             self.runtime.audit(actor=actor, verb="datagen.ingest", status="unreadable", model=job_name,
                                version=run_date.isoformat(), detail={"source": source, "reason": exc.reason})
-            await self._sync_alert(job_name, run_date, [breach], None, actor=actor)
+            await self.sync_alert(job_name, run_date, [breach], None, actor=actor)
             return Ingested(job_name, run_date, False, [breach])
         if not save_record(self.store, job_name, run_date, text, source, actor=actor, at=self.runtime.clock()):
             return Ingested(job_name, run_date, False, [])
@@ -195,7 +195,7 @@ class DatagenService:
         """Evaluate a stored record, bring the alerts in line with it and post the day's summary once."""
         history, expected = self.history(job_name)
         breaches = evaluate(self.jobs[job_name].rules, history, run_date, expected=expected)
-        await self._sync_alert(job_name, run_date, breaches, self._mover(history, expected, run_date), actor=actor)
+        await self.sync_alert(job_name, run_date, breaches, self._mover(history, expected, run_date), actor=actor)
         await self._resolve_older(job_name, run_date, breaches)
         if self.store.claim_slot(f"datagen.summary.{job_name}", run_date.isoformat(), self.runtime.clock()):
             await self._post_summary(job_name, run_date, history, len(breaches))
@@ -231,7 +231,7 @@ class DatagenService:
         return messages.alert(job, run_date, [_breach(b) for b in detail["breaches"]], state=row["state"],
                               mover=mover, by=row["acked_by"], retrain=self._retrain_available(job))
 
-    async def _sync_alert(self, job: str, run_date: date, breaches: list[Breach], mover: StageMove | None,
+    async def sync_alert(self, job: str, run_date: date, breaches: list[Breach], mover: StageMove | None,
                           *, actor: str) -> None:
         """Make the run date's alert say what is breached now: post it, edit it, or resolve it."""
         row = self.alert_row(job, run_date)
