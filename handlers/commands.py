@@ -81,7 +81,8 @@ def verb(v: Verb) -> Verb:
 
 
 def usage_line(v: Verb) -> str:
-    return f"`/mlops {v.usage}`"
+    usage = v.usage.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")  # Slack's mrkdwn escapes
+    return f"`/mlops {usage}`"
 
 
 def help_message(topic: str | None = None) -> Message:

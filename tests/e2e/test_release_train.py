@@ -13,7 +13,7 @@ from bot.config import load_config
 from bot.sandbox.local import local_bot
 from bot.serving.triton import Fleet
 from tests.conftest import ROOT, write_config
-from tests.support.triton import TritonServer, triton_missing
+from bot.sandbox.tritonserver import TritonServer, triton_missing
 
 pytestmark = pytest.mark.skipif(triton_missing() is not None, reason=triton_missing() or "")
 

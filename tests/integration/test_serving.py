@@ -15,7 +15,7 @@ from bot.serving.artifacts import ArtifactError, ArtifactStore, copy, open_store
 from bot.serving.registry import Registry, RegistryError
 from bot.serving.triton import Fleet, FleetError, deploy_files, triton_repository_path
 from tests.support.s3 import AWS_ENV, MotoServer
-from tests.support.triton import TritonServer, free_port, triton_missing
+from bot.sandbox.tritonserver import TritonServer, free_port, triton_missing
 
 EXAMPLES = Path(__file__).parents[2] / "examples" / "registry"
 

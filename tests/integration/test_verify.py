@@ -13,7 +13,7 @@ from bot.releases.verify import latency_percentiles, max_abs_difference, output_
 from bot.serving.artifacts import open_store
 from bot.serving.registry import Expected, Registry
 from bot.serving.triton import Fleet, deploy_files
-from tests.support.triton import TritonServer, free_port, triton_missing
+from bot.sandbox.tritonserver import TritonServer, free_port, triton_missing
 
 EXAMPLES = Path(__file__).parents[2] / "examples" / "registry"
 

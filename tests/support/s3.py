@@ -9,7 +9,7 @@ import time
 import urllib.error
 import urllib.request
 
-from tests.support.triton import free_port
+from bot.sandbox.tritonserver import free_port
 
 # moto accepts any credentials; boto3 and tritonserver only need some to sign requests, and must not go
 # looking for a developer's real profile or an instance role.
