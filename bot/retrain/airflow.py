@@ -1,0 +1,290 @@
+"""Airflow's REST API through aiohttp: trigger a DAG run, follow it, cancel it.
+
+v2 is Airflow 3 (`/api/v2`, a JWT from `POST /auth/token` or a bearer token); v1 is Airflow 2
+(`/api/v1`, basic auth). The two differ only in the path prefix, the auth scheme and the UI link.
+Every failure surfaces as `AirflowError` with a message a person can act on.
+"""
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+from urllib.parse import quote
+
+import aiohttp
+
+RunState = Literal["queued", "running", "success", "failed"]
+AuthMode = Literal["token", "bearer", "basic", "none"]
+
+CREDENTIALS_HINT = (
+    "set AIRFLOW_USERNAME and AIRFLOW_PASSWORD (or AIRFLOW_TOKEN for a bearer token) in the bot's environment"
+)
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """One pipeline run as the bot shows it, whichever backend ran it."""
+
+    run_id: str
+    state: RunState
+    tasks: list[tuple[str, str]] = field(default_factory=list)  # (task id, task state), in run order
+    url: str | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    tail: list[str] = field(default_factory=list)  # last lines of output, when the backend has them
+    detail: str | None = None  # one line on why it ended the way it did
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("success", "failed")
+
+    @property
+    def failed_tasks(self) -> list[str]:
+        return [task for task, state in self.tasks if state in ("failed", "upstream_failed")]
+
+
+class AirflowError(Exception):
+    """A request to Airflow failed; `str()` says what happened and what to do about it."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def run_state(airflow_state: str | None) -> RunState:
+    """Airflow's dag-run states, folded onto the four the bot shows."""
+    if airflow_state in ("success", "failed", "running"):
+        return airflow_state
+    return "queued"
+
+
+def parse_time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+def run_status(run: dict[str, Any], task_instances: list[dict[str, Any]], url: str) -> RunStatus:
+    """Normalise a dagRun and its taskInstances as the API returns them (v1 and v2 alike)."""
+    # Tasks in the order they started; those not started yet last.
+    ordered = sorted(task_instances, key=lambda ti: (ti.get("start_date") or "~", ti["task_id"]))
+    tasks = [(ti["task_id"], ti.get("state") or "none") for ti in ordered]
+    status = RunStatus(
+        run_id=run["dag_run_id"],
+        state=run_state(run.get("state")),
+        tasks=tasks,
+        url=url,
+        started_at=parse_time(run.get("start_date")),
+        ended_at=parse_time(run.get("end_date")),
+    )
+    if status.state == "failed" and status.failed_tasks:
+        return _with_detail(status, "failed task: " + ", ".join(status.failed_tasks))
+    return status
+
+
+def log_lines(content: str | list[Any]) -> list[str]:
+    """A task log as text lines: Airflow 2 sends one string, Airflow 3 a list of structured records."""
+    if isinstance(content, str):
+        return [line for line in content.splitlines() if line.strip()]
+    lines: list[str] = []
+    for record in content:
+        if isinstance(record, str):
+            lines.append(record)
+            continue
+        event = str(record.get("event", ""))
+        if event.startswith("::"):  # "::group::" markers around the log's source list
+            continue
+        lines.append(event)
+        lines.extend(f"{e.get('exc_type')}: {e.get('exc_value')}" for e in record.get("error_detail") or [])
+    return lines
+
+
+def _with_detail(status: RunStatus, detail: str) -> RunStatus:
+    return RunStatus(**{**status.__dict__, "detail": detail})
+
+
+class AirflowClient:
+    """A small async client for the parts of Airflow's REST API the retrain flow needs.
+
+    Use as `async with AirflowClient(...) as client:` or call `close()`; the HTTP session is created on
+    first use so the client can be built outside the event loop.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_version: Literal[1, 2] = 2,
+        auth: AuthMode = "token",
+        username: str | None = None,
+        password: str | None = None,
+        token: str | None = None,
+        timeout: float = 30.0,
+        retries: int = 3,
+        backoff: float = 0.5,
+    ) -> None:
+        if auth in ("token", "basic") and not (username and password):
+            raise AirflowError(f"Airflow auth '{auth}' needs a username and a password: {CREDENTIALS_HINT}")
+        if auth == "bearer" and not token:
+            raise AirflowError(f"Airflow auth 'bearer' needs a token: {CREDENTIALS_HINT}")
+        self.base_url = base_url.rstrip("/")
+        self.api_version = api_version
+        self._api = f"{self.base_url}/api/v{api_version}"
+        self._auth_mode = auth
+        self._username = username
+        self._password = password
+        self._token = token if auth == "bearer" else None
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._retries = retries
+        self._backoff = backoff
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> AirflowClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # The retrain flow's operations.
+
+    async def trigger(
+        self, dag_id: str, conf: dict[str, Any], *, run_id: str | None = None, unpause: bool = False
+    ) -> str:
+        """Start a run of `dag_id` with `conf` and return its run id.
+
+        The run id is chosen here (or by the caller), so a retried POST cannot start a second run:
+        Airflow answers a repeated id with 409, which means the earlier attempt got through.
+        """
+        run_id = run_id or f"mlops__{uuid.uuid4().hex}"
+        if unpause:
+            await self.unpause(dag_id)
+        body: dict[str, Any] = {"dag_run_id": run_id, "conf": conf}
+        if self.api_version == 2:
+            body["logical_date"] = None  # Airflow 3 requires the key; null lets runs share a moment
+        path = f"/dags/{_seg(dag_id)}/dagRuns"
+        await self._request("POST", path, json=body, what=f"DAG '{dag_id}'", ok_conflict=True)
+        return run_id
+
+    async def status(self, dag_id: str, run_id: str) -> RunStatus:
+        run_path = f"/dags/{_seg(dag_id)}/dagRuns/{_seg(run_id)}"
+        what = f"run '{run_id}' of DAG '{dag_id}'"
+        run = await self._request("GET", run_path, what=what)
+        instances = await self._request("GET", f"{run_path}/taskInstances", what=what)
+        return run_status(run, instances.get("task_instances", []), self.run_url(dag_id, run_id))
+
+    async def unpause(self, dag_id: str) -> None:
+        path = f"/dags/{_seg(dag_id)}"
+        await self._request("PATCH", path, json={"is_paused": False}, what=f"DAG '{dag_id}'")
+
+    async def cancel(self, dag_id: str, run_id: str) -> None:
+        """Mark the run failed; Airflow then stops its running tasks."""
+        await self._request(
+            "PATCH",
+            f"/dags/{_seg(dag_id)}/dagRuns/{_seg(run_id)}",
+            json={"state": "failed"},
+            what=f"run '{run_id}' of DAG '{dag_id}'",
+        )
+
+    async def log_tail(
+        self, dag_id: str, run_id: str, task_id: str, *, try_number: int | None = None, lines: int = 20
+    ) -> list[str]:
+        """The last `lines` lines of a task's log (its latest attempt unless `try_number` is given)."""
+        task_path = f"/dags/{_seg(dag_id)}/dagRuns/{_seg(run_id)}/taskInstances/{_seg(task_id)}"
+        what = f"task '{task_id}' in run '{run_id}' of DAG '{dag_id}'"
+        if try_number is None:
+            try_number = max(1, (await self._request("GET", task_path, what=what)).get("try_number") or 1)
+        log = await self._request("GET", f"{task_path}/logs/{try_number}", what=f"log of {what}")
+        return log_lines(log.get("content") or "")[-lines:]
+
+    def run_url(self, dag_id: str, run_id: str) -> str:
+        """Where a person sees the run in Airflow's UI."""
+        if self.api_version == 2:
+            return f"{self.base_url}/dags/{_seg(dag_id)}/runs/{_seg(run_id)}"
+        return f"{self.base_url}/dags/{_seg(dag_id)}/grid?dag_run_id={quote(run_id, safe='')}"
+
+    # HTTP plumbing.
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        what: str,
+        json: dict[str, Any] | None = None,
+        ok_conflict: bool = False,
+    ) -> Any:
+        url = self._api + path
+        refreshed = False
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                headers = {"Accept": "application/json", **await self._auth_headers()}
+                async with self._http().request(method, url, json=json, headers=headers) as response:
+                    if response.status == 401 and self._auth_mode == "token" and not refreshed:
+                        self._token, refreshed = None, True  # the JWT expired: fetch a new one, once
+                        continue
+                    if response.status == 409 and ok_conflict:
+                        return None
+                    if response.status < 400:
+                        return await response.json()
+                    error = _http_error(response.status, await response.text(), method, url, what)
+            except asyncio.TimeoutError:
+                error = AirflowError(
+                    f"Airflow at {self.base_url} did not answer {method} {path} within {self._timeout.total:.0f}s"
+                )
+            except aiohttp.ClientConnectionError as exc:
+                error = AirflowError(
+                    f"cannot reach Airflow at {self.base_url} ({exc}); check that it runs and that the URL is right"
+                )
+            transient = error.status is None or error.status >= 500
+            if not transient or attempt > self._retries:
+                raise error
+            await asyncio.sleep(self._backoff * 2 ** (attempt - 1))
+
+    async def _auth_headers(self) -> dict[str, str]:
+        if self._auth_mode == "basic":
+            return {"Authorization": aiohttp.BasicAuth(self._username or "", self._password or "").encode()}
+        if self._auth_mode == "none":
+            return {}
+        if self._token is None:
+            self._token = await self._fetch_token()
+        return {"Authorization": f"Bearer {self._token}"}
+
+    async def _fetch_token(self) -> str:
+        url = f"{self.base_url}/auth/token"
+        body = {"username": self._username, "password": self._password}
+        async with self._http().post(url, json=body) as response:
+            if response.status >= 400:
+                raise _http_error(response.status, await response.text(), "POST", url, "a login token")
+            return (await response.json())["access_token"]
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        return self._session
+
+
+def _seg(value: str) -> str:
+    """One URL path segment: run ids hold ':' and '+' ("manual__2026-11-22T10:00:00+00:00")."""
+    return quote(value, safe="")
+
+
+def _http_error(status: int, body: str, method: str, url: str, what: str) -> AirflowError:
+    detail = body.strip()[:300]
+    if status == 401:
+        message = f"Airflow at {url} rejected the bot's credentials (401): {CREDENTIALS_HINT}"
+    elif status == 403:
+        message = f"Airflow's user for the bot may not {method} {what} (403): grant it access in Airflow"
+    elif status == 404:
+        message = f"Airflow has no {what} (404 at {url}); check the model's retrain.dag_id and the run id"
+    elif status >= 500:
+        message = f"Airflow failed on {method} {url} ({status}): {detail}; check the Airflow API server's log"
+    else:
+        message = f"Airflow refused {method} {what} ({status}): {detail}"
+    return AirflowError(message, status=status)
