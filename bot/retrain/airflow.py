@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import quote
@@ -18,6 +18,7 @@ import aiohttp
 RunState = Literal["queued", "running", "success", "failed"]
 AuthMode = Literal["token", "bearer", "basic", "none"]
 
+DAG_HINT = "check the model's retrain.dag_id in the bot's config"
 CREDENTIALS_HINT = (
     "set AIRFLOW_USERNAME and AIRFLOW_PASSWORD (or AIRFLOW_TOKEN for a bearer token) in the bot's environment"
 )
@@ -53,11 +54,12 @@ class AirflowError(Exception):
         self.status = status
 
 
+_RUN_STATES: dict[str, RunState] = {"running": "running", "success": "success", "failed": "failed"}
+
+
 def run_state(airflow_state: str | None) -> RunState:
-    """Airflow's dag-run states, folded onto the four the bot shows."""
-    if airflow_state in ("success", "failed", "running"):
-        return airflow_state
-    return "queued"
+    """Airflow's dag-run states folded onto the four the bot shows ("queued" and none mean waiting)."""
+    return _RUN_STATES.get(airflow_state or "", "queued")
 
 
 def parse_time(value: str | None) -> datetime | None:
@@ -78,7 +80,7 @@ def run_status(run: dict[str, Any], task_instances: list[dict[str, Any]], url: s
         ended_at=parse_time(run.get("end_date")),
     )
     if status.state == "failed" and status.failed_tasks:
-        return _with_detail(status, "failed task: " + ", ".join(status.failed_tasks))
+        return replace(status, detail="failed task: " + ", ".join(status.failed_tasks))
     return status
 
 
@@ -97,10 +99,6 @@ def log_lines(content: str | list[Any]) -> list[str]:
         lines.append(event)
         lines.extend(f"{e.get('exc_type')}: {e.get('exc_value')}" for e in record.get("error_detail") or [])
     return lines
-
-
-def _with_detail(status: RunStatus, detail: str) -> RunStatus:
-    return RunStatus(**{**status.__dict__, "detail": detail})
 
 
 class AirflowClient:
@@ -167,7 +165,7 @@ class AirflowClient:
         if self.api_version == 2:
             body["logical_date"] = None  # Airflow 3 requires the key; null lets runs share a moment
         path = f"/dags/{_seg(dag_id)}/dagRuns"
-        await self._request("POST", path, json=body, what=f"DAG '{dag_id}'", ok_conflict=True)
+        await self._request("POST", path, json=body, what=f"DAG '{dag_id}'", hint=DAG_HINT, ok_conflict=True)
         return run_id
 
     async def status(self, dag_id: str, run_id: str) -> RunStatus:
@@ -179,7 +177,7 @@ class AirflowClient:
 
     async def unpause(self, dag_id: str) -> None:
         path = f"/dags/{_seg(dag_id)}"
-        await self._request("PATCH", path, json={"is_paused": False}, what=f"DAG '{dag_id}'")
+        await self._request("PATCH", path, json={"is_paused": False}, what=f"DAG '{dag_id}'", hint=DAG_HINT)
 
     async def cancel(self, dag_id: str, run_id: str) -> None:
         """Mark the run failed; Airflow then stops its running tasks."""
@@ -215,6 +213,7 @@ class AirflowClient:
         path: str,
         *,
         what: str,
+        hint: str = "",
         json: dict[str, Any] | None = None,
         ok_conflict: bool = False,
     ) -> Any:
@@ -233,10 +232,12 @@ class AirflowClient:
                         return None
                     if response.status < 400:
                         return await response.json()
-                    error = _http_error(response.status, await response.text(), method, url, what)
+                    error = _http_error(response.status, await response.text(), method, url, what, hint)
+            except AirflowError as exc:  # from fetching a token
+                error = exc
             except asyncio.TimeoutError:
                 error = AirflowError(
-                    f"Airflow at {self.base_url} did not answer {method} {path} within {self._timeout.total:.0f}s"
+                    f"Airflow at {self.base_url} did not answer {method} {path} within {self._timeout.total:g}s"
                 )
             except aiohttp.ClientConnectionError as exc:
                 error = AirflowError(
@@ -275,14 +276,14 @@ def _seg(value: str) -> str:
     return quote(value, safe="")
 
 
-def _http_error(status: int, body: str, method: str, url: str, what: str) -> AirflowError:
+def _http_error(status: int, body: str, method: str, url: str, what: str, hint: str = "") -> AirflowError:
     detail = body.strip()[:300]
     if status == 401:
         message = f"Airflow at {url} rejected the bot's credentials (401): {CREDENTIALS_HINT}"
     elif status == 403:
         message = f"Airflow's user for the bot may not {method} {what} (403): grant it access in Airflow"
     elif status == 404:
-        message = f"Airflow has no {what} (404 at {url}); check the model's retrain.dag_id and the run id"
+        message = f"Airflow has no {what} (404 at {url})" + (f"; {hint}" if hint else "")
     elif status >= 500:
         message = f"Airflow failed on {method} {url} ({status}): {detail}; check the Airflow API server's log"
     else:
