@@ -94,7 +94,7 @@ def help_message(topic: str | None = None) -> Message:
     lines = [f"{usage_line(v)}: {v.summary}" for v in sorted(VERBS.values(), key=lambda v: v.name)]
     head = f"Unknown verb `{topic}`. " if topic else ""
     text = head + "*/mlops* runs the team's ML production loop. Verbs:\n" + "\n".join(lines)
-    text += "\n`/mlops help <verb>` explains one."
+    text += "\n`/mlops help &lt;verb&gt;` explains one."
     return Message(text=text, blocks=[{"type": "section", "text": {"type": "mrkdwn", "text": text[:3000]}}])
 
 

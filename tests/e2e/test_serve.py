@@ -73,7 +73,8 @@ async def test_signed_help_is_answered_with_the_verbs(served):
     assert delivery.status == 200
     body = delivery.json()
     assert body["response_type"] == "ephemeral"
-    assert "/mlops deploy <model>" in body["text"] and "/mlops help <verb>" in body["text"]
+    # Slack's mrkdwn needs < and > escaped, or it reads <model> as a link.
+    assert "/mlops deploy &lt;model&gt;" in body["text"] and "/mlops help &lt;verb&gt;" in body["text"]
     assert ("help", "ok", "U0ALICE") in action_rows(db, "help")
 
 
@@ -88,7 +89,7 @@ async def test_bad_arguments_get_the_verbs_usage(served):
     _, _, client, _ = served
     delivery = await client.command("U0ALICE", "deploy nosuchmodel")
     text = delivery.json()["text"]
-    assert "unknown model `nosuchmodel`; known models: ranker" in text and "Usage: `/mlops deploy <model>" in text
+    assert "unknown model `nosuchmodel`; known models: ranker" in text and "Usage: `/mlops deploy &lt;model&gt;" in text
 
 
 def _command_body(user: str, text: str, trigger: str) -> bytes:
@@ -117,7 +118,7 @@ async def test_a_slack_retry_is_acknowledged_and_processed_once(served):
     first = await client.command("U0BOB", "help lock")
     again = await client.redeliver(first, retry_num=1)
     assert first.status == again.status == 200
-    assert "lock <model> <env>" in first.json()["text"]
+    assert "lock &lt;model&gt; &lt;env&gt;" in first.json()["text"]
     assert again.body == ""
     assert [r for r in action_rows(db, "help") if r[2] == "U0BOB"] == [("help", "ok", "U0BOB")]
 
