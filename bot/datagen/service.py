@@ -176,7 +176,7 @@ class DatagenService:
         an unreadable record becomes an alert and leaves the history as it was."""
         text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
         try:
-            report = parse_report(raw, run_date=run_date)
+            parse_report(raw, run_date=run_date)  # validate before storing; history keeps only readable records
         except ReportError as exc:
             breach = messages.unreadable(job_name, run_date, exc.reason, source)
             self.runtime.audit(actor=actor, verb="datagen.ingest", status="unreadable", model=job_name,
