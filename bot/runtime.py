@@ -19,8 +19,10 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.request.async_request import AsyncBoltRequest
 
+from bot.alertmanager import AlertmanagerIntake
 from bot.config import Config, Role, Secrets
 from bot.datagen.service import DatagenService
+from bot.digest import DigestService
 from bot.notifier import Notifier, SlackError, web_client
 from bot.oncall.service import OnCallService
 from bot.releases.service import ReleaseService
@@ -150,11 +152,13 @@ class Runtime:
         self.notifier = Notifier(self.client)
         self.roles = RoleDirectory(config, self.notifier)
         self.scheduler = Scheduler(self.store, clock)
-        self.home = None  # the App Home view builder, once the digest module is wired in
         # Domain services (each registers its scheduled jobs in its constructor).
         self.releases = ReleaseService(self)
         self.datagen = DatagenService(self)
         self.oncall = OnCallService(self)
+        self.digests = DigestService(self)
+        self.home = self.digests  # handlers/events.py publishes the App Home through it
+        self.alertmanager = AlertmanagerIntake(self)
         self.app = self._bolt_app()
 
     def _bolt_app(self) -> AsyncApp:
@@ -209,6 +213,7 @@ class Runtime:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_post("/hooks/datagen", self.datagen.hook)
+        app.router.add_post("/hooks/alertmanager", self.alertmanager.hook)
         return app
 
     async def _slack_events(self, request: web.Request) -> web.Response:

@@ -144,6 +144,23 @@ def _register_rollback() -> None:
 _register_rollback()
 
 
+# -- Alertmanager -------------------------------------------------------------------------------------
+
+def _register_alertmanager() -> None:
+    from bot.alertmanager import ROLLBACK, SILENCE, AlertRef
+    from bot.releases.messages import RollbackRef
+
+    async def silence(runtime: Runtime, press: Press, ref: AlertRef) -> None:
+        await _tell(runtime, press, await runtime.alertmanager.silence(ref.alert, press.user))
+
+    # Roll back opens the release card's rollback modal, which runs the code of `/mlops rollback`.
+    button(Button(ROLLBACK, RollbackRef, _rollback, "deployers"))
+    button(Button(SILENCE, AlertRef, silence))
+
+
+_register_alertmanager()
+
+
 # -- datagen ------------------------------------------------------------------------------------------
 
 def _register_datagen() -> None:

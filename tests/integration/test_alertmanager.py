@@ -1,0 +1,97 @@
+"""Alertmanager intake end to end: webhook notifications over HTTP into the bot, messages in the Slack emulator."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import aiohttp
+
+from bot.config import Secrets, load_config
+from bot.sandbox.local import local_bot
+from bot.sandbox.render import render_message
+from tests.conftest import write_config
+
+CHANNEL = "C0ERROR"
+TOKEN = "am-secret"
+
+
+def notification(status: str, *, group: str = '{}:{alertname="RankerLatencyHigh"}', model: str = "ranker",
+                 env: str = "prod") -> dict:
+    labels = {"alertname": "RankerLatencyHigh", "severity": "critical", "model": model, "env": env}
+    alert = {"status": status, "labels": {**labels, "instance": "triton-0:8000"},
+             "annotations": {"summary": "ranker p99 latency above 250 ms"},
+             "startsAt": "2026-11-20T10:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
+             "generatorURL": "http://prometheus:9090/graph", "fingerprint": "c0ffee"}
+    return {"version": "4", "groupKey": group, "status": status, "receiver": "mlops-bot", "groupLabels": {"alertname": labels["alertname"]},
+            "commonLabels": labels, "commonAnnotations": alert["annotations"], "externalURL": "http://alertmanager:9093",
+            "truncatedAlerts": 0, "alerts": [alert]}
+
+
+async def post(url: str, body: object, token: str | None = TOKEN) -> tuple[int, dict]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with aiohttp.ClientSession() as session:
+        data = body if isinstance(body, str) else json.dumps(body)
+        async with session.post(f"{url}/hooks/alertmanager", data=data, headers=headers) as resp:
+            return resp.status, await resp.json()
+
+
+def _text(message: dict) -> str:
+    return render_message(message)
+
+
+async def test_firing_then_resolved_edits_one_message_with_rollback_and_silence(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path))
+    async with local_bot(config, secrets=Secrets(alertmanager_token=TOKEN), post_rate=100, post_burst=100) as bot:
+        status, body = await post(bot.url, notification("firing"))
+        assert (status, body["state"]) == (200, "open")
+        assert await post(bot.url, notification("firing")) == (200, body)  # Alertmanager's repeat: no second post
+        [card] = bot.slack.messages(CHANNEL)
+        assert "*FIRING* · RankerLatencyHigh · ranker prod" in _text(card)
+        labels = [e["text"]["text"] for b in card["blocks"] if b["type"] == "actions" for e in b["elements"]]
+        assert labels == ["Roll back prod", "Silence 24h"]
+
+        # Roll back opens the same rollback modal as the release card and `/mlops rollback`.
+        await bot.client.press_button("U0ALICE", CHANNEL, card["ts"], "Roll back prod")
+        view = (await bot.slack.wait_for(lambda: bot.slack.views))[-1]["view"]
+        assert view["callback_id"] == "release.rollback"
+        assert json.loads(view["private_metadata"])["model"] == "ranker"
+        await bot.client.submit_view("U0ALICE", view, {"reason": {"reason": "latency incident"}})
+        # Nothing was ever deployed in this test, so the rollback code answers with what to do.
+        await bot.slack.wait_for(lambda: [m for m in bot.slack.messages("U0ALICE") if "nothing is deployed to ranker prod" in m["text"]])
+
+        status, body = await post(bot.url, notification("resolved"))
+        assert (status, body["state"]) == (200, "resolved")
+        [card] = bot.slack.messages(CHANNEL)
+        assert "*RESOLVED*" in _text(card) and "FIRING" not in _text(card)
+        assert not [b for b in card["blocks"] if b["type"] == "actions"]  # nothing to press on a resolved alert
+        assert len(bot.slack.calls_to("chat.update")) >= 1
+
+
+async def test_silence_button_quietens_the_model_env(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path))
+    async with local_bot(config, secrets=Secrets(alertmanager_token=TOKEN), post_rate=100, post_burst=100) as bot:
+        await post(bot.url, notification("firing"))
+        [card] = bot.slack.messages(CHANNEL)
+        await bot.client.press_button("U0BOB", CHANNEL, card["ts"], "Silence 24h")
+        await bot.slack.wait_for(lambda: "silenced by @U0BOB" in _text(bot.slack.messages(CHANNEL)[0]))
+        # Another group for the same model and environment is stored, not posted, while the silence lasts.
+        status, body = await post(bot.url, notification("firing", group='{}:{alertname="RankerErrors"}'))
+        assert (status, body["state"]) == (200, "silenced")
+        assert len(bot.slack.messages(CHANNEL)) == 1
+        assert [r["status"] for r in bot.runtime.store.actions() if r["verb"] == "alerts.silence"] == ["accepted", "ok"]
+
+
+async def test_bad_token_and_malformed_payloads_are_refused_with_the_reason(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path))
+    async with local_bot(config, secrets=Secrets(alertmanager_token=TOKEN)) as bot:
+        assert (await post(bot.url, notification("firing"), token="wrong"))[0] == 401
+        status, body = await post(bot.url, {**notification("firing"), "version": "3"})
+        assert status == 400 and "version" in body["error"]
+        status, body = await post(bot.url, {**notification("firing"), "alerts": []})
+        assert status == 400 and "alerts" in body["error"]
+        status, body = await post(bot.url, "not json at all")
+        assert status == 400 and "not an Alertmanager v4 notification" in body["error"]
+        audited = [r for r in bot.runtime.store.actions() if r["verb"] == "alertmanager.hook"]
+        assert [r["status"] for r in audited] == ["rejected", "invalid", "invalid", "invalid"]
+        assert "version" in audited[1]["detail"]["error"]
+        assert bot.slack.messages(CHANNEL) == []
