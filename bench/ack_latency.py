@@ -75,6 +75,12 @@ async def load(client: SlackEventsClient, http: aiohttp.ClientSession, url: str,
     return latencies, total / (time.perf_counter() - started)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process: a per-request cost that other load on the machine does not distort."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def figures(latencies: list[float]) -> tuple[float, float]:
     cuts = statistics.quantiles(latencies, n=100)
     return cuts[49] * 1000, cuts[98] * 1000
@@ -102,16 +108,18 @@ async def main(total: int) -> None:
             client = SlackEventsClient(urls["bot"], SECRET, slack)
             connector = aiohttp.TCPConnector(limit=0)
             async with aiohttp.ClientSession(connector=connector) as http:
-                print(f"{'target':<6} {'conc':>5} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}")
+                print(f"{'target':<6} {'conc':>5} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'cpu µs/req':>11}")
                 for concurrency in (1, 50, 200):
                     n = max(200, total if concurrency > 1 else total // 4)
                     result = {}
                     for name, url in urls.items():
                         await load(client, http, url, concurrency, 50)  # warm up connections and caches
+                        cpu_before = cpu_seconds(procs[name].pid)
                         latencies, rate = await load(client, http, url, concurrency, n)
+                        cpu = (cpu_seconds(procs[name].pid) - cpu_before) / n * 1e6
                         p50, p99 = figures(latencies)
                         result[name] = (p50, p99, rate)
-                        print(f"{name:<6} {concurrency:>5} {p50:>8.2f} {p99:>8.2f} {rate:>8.0f}")
+                        print(f"{name:<6} {concurrency:>5} {p50:>8.2f} {p99:>8.2f} {rate:>8.0f} {cpu:>11.0f}")
                     print(f"{'ratio':<6} {concurrency:>5} {result['bot'][0] / result['bare'][0]:>8.2f} "
                           f"{result['bot'][1] / result['bare'][1]:>8.2f} {result['bot'][2] / result['bare'][2]:>8.2f}  (bot / bare)")
             await client.close()

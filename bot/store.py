@@ -2,9 +2,15 @@
 
 One connection, used from the event loop's thread: every statement here is short, and a single writer
 keeps the audit chain ordered without cross-process coordination beyond SQLite's own BEGIN IMMEDIATE.
+
+Group commit: single-row appends (audit rows, delivery keys, slot claims) made while the event loop runs
+join one open transaction that is committed at the loop's next turn, so a burst of Slack requests pays
+for one commit rather than two each. Readers on this connection see the rows at once; an explicit
+`transaction()` commits the open group first, so its rollback can never take other rows with it.
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import sqlite3
@@ -41,8 +47,10 @@ MIGRATIONS: list[str] = [
         BEGIN SELECT RAISE(ABORT, 'actions is append-only'); END;
     CREATE TRIGGER actions_no_delete BEFORE DELETE ON actions
         BEGIN SELECT RAISE(ABORT, 'actions is append-only'); END;
-    -- The chain's head, so deleting the newest rows is caught too.
+    -- The chain's head, so deleting the newest rows is caught too; kept by a trigger in the same statement.
     CREATE TABLE audit_head (one INTEGER PRIMARY KEY CHECK (one = 1), last_id INTEGER NOT NULL, hash TEXT NOT NULL);
+    CREATE TRIGGER actions_head AFTER INSERT ON actions
+        BEGIN INSERT OR REPLACE INTO audit_head (one, last_id, hash) VALUES (1, NEW.id, NEW.hash); END;
 
     CREATE TABLE slack_requests (key TEXT PRIMARY KEY, ts TEXT NOT NULL);
 
@@ -240,6 +248,7 @@ class Store:
             self.db.enable_wal()
         conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across app crashes, fast commits
         conn.execute("PRAGMA foreign_keys=ON")
+        self._explicit = False  # inside transaction(); otherwise an open transaction is a commit group
         self.migrate()
 
     @property
@@ -247,6 +256,7 @@ class Store:
         return self.db.conn
 
     def close(self) -> None:
+        self.commit_group()
         self.conn.close()
 
     def migrate(self) -> int:
@@ -263,16 +273,36 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE: take the write lock up front so a compare-and-set cannot interleave."""
-        if self.conn.in_transaction:  # nested: the outer transaction owns commit/rollback
+        if self._explicit:  # nested: the outer transaction owns commit/rollback
             yield self.conn
             return
+        self.commit_group()
         self.conn.execute("BEGIN IMMEDIATE")
+        self._explicit = True
         try:
             yield self.conn
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
-        self.conn.execute("COMMIT")
+        else:
+            self.conn.execute("COMMIT")
+        finally:
+            self._explicit = False
+
+    def commit_group(self) -> None:
+        if self.conn.in_transaction and not self._explicit:
+            self.conn.execute("COMMIT")
+
+    def _append(self) -> None:
+        """Make the next statements part of a commit group, when there is a loop to commit it."""
+        if self.conn.in_transaction:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (CLI): the caller's statement autocommits
+        self.conn.execute("BEGIN IMMEDIATE")
+        loop.call_soon(self.commit_group)
 
     # -- audit log ---------------------------------------------------------------------------------
 
@@ -302,18 +332,19 @@ class Store:
             "detail": json.dumps(detail or {}, sort_keys=True, default=str),
             "key": key,
         }
-        with self.transaction() as conn:
-            head = conn.execute("SELECT hash FROM audit_head WHERE one = 1").fetchone()
-            row["prev_hash"] = head[0] if head else GENESIS
-            row["hash"] = row_hash(row["prev_hash"], row)
-            cursor = conn.execute(
-                f"INSERT INTO actions ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", tuple(row.values())
-            )
-            conn.execute(
-                "INSERT INTO audit_head (one, last_id, hash) VALUES (1, ?, ?) "
-                "ON CONFLICT(one) DO UPDATE SET last_id = excluded.last_id, hash = excluded.hash",
-                (cursor.lastrowid, row["hash"]),
-            )
+        self._append()
+        if self.conn.in_transaction:  # an explicit transaction or a commit group: the write lock is held
+            return self._chain(row)
+        with self.transaction():
+            return self._chain(row)
+
+    def _chain(self, row: dict[str, Any]) -> int:
+        head = self.conn.execute("SELECT hash FROM audit_head WHERE one = 1").fetchone()
+        row["prev_hash"] = head[0] if head else GENESIS
+        row["hash"] = row_hash(row["prev_hash"], row)
+        cursor = self.conn.execute(
+            f"INSERT INTO actions ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", tuple(row.values())
+        )
         return int(cursor.lastrowid)
 
     def verify_chain(self) -> ChainBreak | None:
@@ -353,11 +384,13 @@ class Store:
 
     def first_time(self, table: str, key: str, at: datetime | None = None) -> bool:
         """Record `key` in a (key, ts) table; True only the first time: the basis of exactly-once."""
+        self._append()
         cursor = self.conn.execute(f"INSERT OR IGNORE INTO {table} (key, ts) VALUES (?, ?)", (key, iso(at or utcnow())))
         return cursor.rowcount == 1
 
     def claim_slot(self, job: str, slot: str, at: datetime | None = None, detail: dict | None = None) -> bool:
         """Claim a scheduled job's slot; False if some earlier run (maybe before a restart) already had it."""
+        self._append()
         cursor = self.conn.execute(
             "INSERT OR IGNORE INTO job_runs (job, slot, ran_at, detail) VALUES (?, ?, ?, ?)",
             (job, slot, iso(at or utcnow()), json.dumps(detail or {})),
@@ -366,6 +399,7 @@ class Store:
 
     def writable(self) -> bool:
         """A real write, rolled back: catches a read-only file, a full disk or a lock held too long."""
+        self.commit_group()
         try:
             self.conn.execute("BEGIN IMMEDIATE")
             self.conn.execute("INSERT OR REPLACE INTO slack_requests (key, ts) VALUES ('healthz', '')")

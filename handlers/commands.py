@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp
+from slack_bolt.middleware.async_middleware import AsyncMiddleware
+from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_bolt.response import BoltResponse
 
 from bot.config import Role
@@ -105,43 +107,47 @@ async def _help(runtime: Runtime, cmd: Command, topic: str | None) -> None:
 verb(Verb("help", "help [verb]", "show the verbs, or how to use one", _help, parse=lambda rt, cmd: cmd.args[0] if cmd.args else None))
 
 
-def _command(body: dict[str, Any]) -> Command | None:
-    try:
-        name, args, options = tokenize(body.get("text", ""))
-    except UsageError:
-        return None
-    return Command(
-        user=body["user_id"],
-        channel=body["channel_id"],
-        verb=name,
-        args=args,
-        options=options,
-        response_url=body.get("response_url", ""),
-        trigger_id=body.get("trigger_id", ""),
-    )
+class RequireRole(AsyncMiddleware):
+    """Refuse a verb to a user without its role: an ephemeral "you need role X; ask @..." and a `denied` row.
+
+    It tokenizes the command once and leaves the result in the context for the listener.
+    """
+
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+
+    async def async_process(self, *, req: AsyncBoltRequest, resp: BoltResponse,
+                            next: Callable[[], Awaitable[BoltResponse]]) -> BoltResponse | None:
+        body = req.body
+        try:
+            req.context["mlops_tokens"] = tokens = tokenize(body.get("text", ""))
+        except UsageError as exc:
+            req.context["mlops_tokens"] = exc
+            return await next()
+        name, args, _ = tokens
+        v = VERBS.get(name)
+        if v is None or v.role is None or await self.runtime.roles.has(body["user_id"], v.role):
+            return await next()
+        who = ", ".join(self.runtime.roles.who_to_ask(v.role)) or "an admin"
+        ack = req.context.ack
+        await ack(text=f"You need the *{v.role}* role to run `/mlops {v.name}`; ask {who}.", response_type="ephemeral")
+        self.runtime.audit(actor=body["user_id"], channel=body["channel_id"], verb=v.name, status="denied",
+                           detail={"args": args, "role": v.role}, key=body.get("trigger_id"))
+        return ack.response
 
 
 def register(app: AsyncApp, runtime: Runtime) -> None:
-    async def require_role(body: dict[str, Any], ack: AsyncAck, next: Callable[[], Awaitable[BoltResponse]]):
-        cmd = _command(body)
-        v = VERBS.get(cmd.verb) if cmd else None
-        if v is None or v.role is None or await runtime.roles.has(cmd.user, v.role):
-            return await next()
-        who = ", ".join(runtime.roles.who_to_ask(v.role)) or "an admin"
-        await ack(text=f"You need the *{v.role}* role to run `/mlops {v.name}`; ask {who}.", response_type="ephemeral")
-        runtime.audit(actor=cmd.user, channel=cmd.channel, verb=v.name, status="denied", detail={"args": cmd.args, "role": v.role}, key=cmd.trigger_id)
-        return ack.response
-
-    @app.command("/mlops", middleware=[require_role])
-    async def mlops(body: dict[str, Any], ack: AsyncAck) -> None:
+    @app.command("/mlops", middleware=[RequireRole(runtime)])
+    async def mlops(body: dict[str, Any], ack: AsyncAck, context: dict[str, Any]) -> None:
         text = body.get("text", "")
         base = {"actor": body["user_id"], "channel": body["channel_id"], "key": body.get("trigger_id")}
-        try:
-            name, args, options = tokenize(text)
-        except UsageError as exc:
+        tokens = context["mlops_tokens"]
+        if isinstance(tokens, UsageError):
+            exc = tokens
             await ack(text=f"{exc}. Try `/mlops help`.", response_type="ephemeral")
             runtime.audit(**base, verb="invalid", status="invalid", detail={"text": text, "error": str(exc)})
             return
+        name, args, options = tokens
         v = VERBS.get(name)
         if v is None:
             msg = help_message(name)
