@@ -212,6 +212,14 @@ MIGRATIONS: list[str] = [
         updated_at TEXT NOT NULL
     );
     """,
+    # 3: retrain runs keep why they were asked for, how they ended and who cancelled them, so a card
+    # redrawn after a restart says the same as before.
+    """
+    ALTER TABLE retrain_runs ADD COLUMN reason TEXT;
+    ALTER TABLE retrain_runs ADD COLUMN detail TEXT;
+    ALTER TABLE retrain_runs ADD COLUMN cancelled_by TEXT;
+    CREATE INDEX retrain_runs_model ON retrain_runs(model, state);
+    """,
 ]
 
 GENESIS = "0" * 64
