@@ -5,6 +5,7 @@ input is answered in the ack itself; the work then runs in a tracked background 
 """
 from __future__ import annotations
 
+import functools
 import shlex
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -87,6 +88,7 @@ def usage_line(v: Verb) -> str:
     return f"`/mlops {usage}`"
 
 
+@functools.lru_cache(maxsize=64)  # the verb table is fixed once handlers are imported; help is the hottest reply
 def help_message(topic: str | None = None) -> Message:
     if topic and topic in VERBS:
         v = VERBS[topic]
