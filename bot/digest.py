@@ -213,7 +213,8 @@ def unverified_line(r: StagedRelease, now: datetime) -> str:
 
 def alert_line(a: OpenAlert) -> str:
     icon = ":red_circle:" if a.severity in ("crit", "critical", "page") else ":large_orange_circle:"
-    return f"{icon} {a.source} · {a.summary[:300]} ({a.state}, since {when(a.opened_at)})"
+    summary = a.summary if len(a.summary) <= 200 else a.summary[:199] + "…"
+    return f"{icon} {a.source} · {summary} ({a.state}, since {when(a.opened_at)})"
 
 
 def action_line(row: Mapping[str, Any]) -> str:
