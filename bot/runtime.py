@@ -26,6 +26,7 @@ from bot.digest import DigestService
 from bot.notifier import Notifier, SlackError, web_client
 from bot.oncall.service import OnCallService
 from bot.releases.service import ReleaseService
+from bot.retrain.service import RetrainService
 from bot.scheduler import Scheduler
 from bot.store import Store, utcnow
 
@@ -159,6 +160,7 @@ class Runtime:
         self.digests = DigestService(self)
         self.home = self.digests  # handlers/events.py publishes the App Home through it
         self.alertmanager = AlertmanagerIntake(self)
+        self.retrain = RetrainService(self)
         self.app = self._bolt_app()
 
     def _bolt_app(self) -> AsyncApp:
@@ -195,11 +197,13 @@ class Runtime:
 
     async def start(self) -> None:
         await self.releases.reconcile()
+        await self.retrain.resume()
         self.scheduler.start()
         await self.scheduler.run_due()  # catch up on slots missed while the bot was down
 
     async def stop(self) -> None:
         self.scheduler.shutdown()
+        await self.retrain.stop()  # followers only; the runs go on and are followed again at the next start
         for name in await self.tasks.drain(self.shutdown_grace):
             self.audit(actor="mlops-bot", verb="shutdown", status="interrupted", detail={"task": name})
         self.store.close()

@@ -161,6 +161,43 @@ def _register_alertmanager() -> None:
 _register_alertmanager()
 
 
+# -- retrain ------------------------------------------------------------------------------------------
+
+async def _retrain_op(runtime: Runtime, press: Press, work: Awaitable[Any]) -> None:
+    from bot.retrain.service import RetrainError
+
+    try:
+        text = await work
+    except RetrainError as exc:
+        text = f":warning: {exc}"
+    if isinstance(text, str):
+        await _tell(runtime, press, text)
+
+
+def _register_retrain() -> None:
+    from bot.retrain.messages import CANCEL, DEPLOY, START, ModelRef, RunRef
+
+    async def start(runtime: Runtime, press: Press, ref: ModelRef) -> None:
+        await _retrain_op(runtime, press, runtime.retrain.start(ref.model, press.user, press.channel))
+
+    async def cancel(runtime: Runtime, press: Press, ref: RunRef) -> None:
+        await _retrain_op(runtime, press, runtime.retrain.cancel_run(ref.run, press.user))
+
+    async def deploy(runtime: Runtime, press: Press, ref: RunRef) -> None:
+        async def work() -> None:
+            run = runtime.retrain.get(ref.run)
+            await runtime.releases.deploy(run.model, run.version, press.user, press.channel)
+
+        await _retrain_op(runtime, press, _release_op(runtime, press, work))
+
+    button(Button(START, ModelRef, start, "deployers"))
+    button(Button(CANCEL, RunRef, cancel, "deployers"))
+    button(Button(DEPLOY, RunRef, deploy, "deployers"))
+
+
+_register_retrain()
+
+
 # -- datagen ------------------------------------------------------------------------------------------
 
 def _register_datagen() -> None:
@@ -176,12 +213,11 @@ def _register_datagen() -> None:
         await _tell(runtime, press, await runtime.datagen.mark_expected(ref.job, ref.run_date, press.user))
 
     async def retrain(runtime: Runtime, press: Press, ref: AlertRef) -> None:
-        # The retrain service belongs to its own feature; until it is wired in, say so instead of failing.
-        service = getattr(runtime, "retrain", None)
-        if service is None or ref.job not in runtime.config.models:
+        if ref.job not in runtime.config.models:
             await _tell(runtime, press, f"Retraining is not available for `{ref.job}` in this bot.")
             return
-        await service.start(ref.job, press.user, press.channel, reason=f"datagen alert {ref.run_date}")
+        await _retrain_op(runtime, press, runtime.retrain.start(ref.job, press.user, press.channel,
+                                                                 reason=f"datagen alert {ref.run_date}"))
 
     button(Button("datagen.ack", AlertRef, ack))
     for duration in SILENCE_CHOICES:  # one button each: action ids must be unique within a message

@@ -330,7 +330,12 @@ verb(Verb("rollback", "rollback <model> [staging|prod] [to <version>] [reason=\"
 async def _status(runtime: Runtime, cmd: Command, model: str | None) -> None:
     from bot.releases import messages
 
-    await runtime.notifier.respond(cmd.response_url, messages.status_table(runtime.releases.status_rows(model)))
+    table = messages.status_table(runtime.releases.status_rows(model))
+    if model and runtime.config.models[model].retrain:
+        from bot.retrain.messages import with_retrain_button
+
+        table = with_retrain_button(table, model)
+    await runtime.notifier.respond(cmd.response_url, table)
 
 
 verb(Verb("status", "status [model]", "which version each environment serves, who shipped it, last verify", _status,
@@ -457,3 +462,34 @@ async def _oncall(runtime: Runtime, cmd: Command, request: oncall_grammar.OnCall
 
 verb(Verb("oncall", oncall_grammar.USAGE, oncall_grammar.SUMMARY, _oncall, parse=_parse_oncall,
           details=oncall_grammar.DETAILS))
+
+
+# -- retrain ------------------------------------------------------------------------------------------
+
+def _parse_retrain(runtime: Runtime, cmd: Command) -> Any:
+    from bot.retrain.service import parse_request
+
+    retrainable = {name: m.retrain is not None for name, m in runtime.config.models.items()}
+    try:
+        return parse_request(cmd.args, cmd.options, retrainable)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+async def _retrain(runtime: Runtime, cmd: Command, request: Any) -> None:
+    from bot.retrain.service import RetrainError
+
+    try:
+        if request.cancel:
+            await runtime.notifier.respond(cmd.response_url, Message(await runtime.retrain.cancel(request.model, cmd.user)))
+        else:
+            await runtime.retrain.start(request.model, cmd.user, cmd.channel, args=request.args, force=request.force)
+    except RetrainError as exc:
+        await runtime.notifier.respond(cmd.response_url, Message(f":warning: {exc}"))
+
+
+verb(Verb("retrain", "retrain <model> [key=value ...] [force=true] | retrain <model> cancel",
+          "run the model's training pipeline and follow it to a new version", _retrain, parse=_parse_retrain,
+          role="deployers", audit_fields=lambda r: {"model": r.model},
+          details="key=value arguments go to the pipeline (Airflow: in the run's conf). One run per model at a time; "
+                  "`force=true` starts another anyway. The card's *Deploy to staging* button ships the new version."))

@@ -1,0 +1,196 @@
+"""Retraining from Slack with the command backend: signed commands and button presses through the Slack
+emulator, the real example pipelines as processes, a copy of the example registry, the real SQLite store."""
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bot.config import load_config
+from bot.retrain.command import CommandRun, process_group_alive
+from bot.sandbox.local import LocalBot, local_bot
+from tests.conftest import EXAMPLE_CONFIG, ROOT, write_config
+from tests.support.airflow import free_port
+
+TRAIN = str(ROOT / "examples" / "pipelines" / "train.sh")
+TRAIN_FAILS = str(ROOT / "examples" / "pipelines" / "train_fails.sh")
+
+BotFactory = Callable[..., AbstractAsyncContextManager[LocalBot]]
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Path:
+    registry = tmp_path / "registry"
+    shutil.copytree(ROOT / "examples" / "registry", registry, ignore=shutil.ignore_patterns("__pycache__"))
+    return registry
+
+
+@pytest.fixture
+def make_bot(tmp_path: Path, registry: Path) -> BotFactory:
+    """`make_bot(command=[...])`: the example bot whose ranker retrains with `command` (or with `retrain`,
+    a whole retrain section, None for none), its state always in the same store."""
+
+    def factory(command: list[str] | None = None, retrain: dict | None | bool = True,
+                **top_level) -> AbstractAsyncContextManager[LocalBot]:
+        model = yaml.safe_load(EXAMPLE_CONFIG.read_text())["models"]["ranker"]
+        model["registry"] = str(registry)
+        # Nothing listens on the staging port: a deploy gets as far as loading and then fails cleanly.
+        model["environments"] = {
+            env: {"repository": str(tmp_path / "repos" / env), "endpoints": [f"http://127.0.0.1:{free_port()}"]}
+            for env in ("staging", "prod")
+        }
+        model["retrain"] = {"backend": "command", "command": command or [TRAIN, "15"]} if retrain is True else retrain
+        if retrain is None:
+            del model["retrain"]
+        path = write_config(tmp_path, models={"ranker": model}, datagen={"jobs": {}}, **top_level)
+        return local_bot(load_config(path))
+
+    return factory
+
+
+@pytest.fixture
+async def bot(make_bot: BotFactory) -> AsyncIterator[LocalBot]:
+    async with make_bot() as running:
+        yield running
+
+
+def cards(bot: LocalBot) -> list[dict]:
+    return [m for m in bot.slack.messages("C0MLOPS") if "retrain-" in json.dumps(m["blocks"])]
+
+
+async def card_saying(bot: LocalBot, words: str, timeout: float = 30) -> dict:
+    return await bot.slack.wait_for(lambda: next((c for c in cards(bot) if words in c["text"]), None), timeout=timeout)
+
+
+def thread(bot: LocalBot, card: dict) -> str:
+    return "\n".join(json.dumps(m["blocks"]) for m in bot.slack.replies("C0MLOPS", card["ts"]))
+
+
+def audit(bot: LocalBot, verb: str, status: str | None = None) -> list[dict]:
+    return [r for r in bot.runtime.store.actions() if r["verb"] == verb and status in (None, r["status"])]
+
+
+def runs(bot: LocalBot) -> list[dict]:
+    return [dict(r) for r in bot.runtime.store.db.query("SELECT * FROM retrain_runs ORDER BY id")]
+
+
+async def ephemeral(bot: LocalBot, words: str, timeout: float = 15) -> str:
+    return await bot.slack.wait_for(
+        lambda: next((e["text"] for e in bot.slack.ephemerals if words in e["text"]), None), timeout=timeout)
+
+
+async def test_retrain_to_a_ready_version_then_deploy_it_to_staging(bot: LocalBot, registry: Path) -> None:
+    assert (await bot.client.command("U0ALICE", "retrain ranker epochs=2")).status == 200
+
+    ready = await card_saying(bot, "is ready")
+    [run] = runs(bot)
+    version = registry / "ranker" / run["version"]
+    metadata = json.loads((version / "metadata.json").read_text())
+    assert metadata["pipeline_run_id"] == run["run_id"]
+    assert ready["text"] == f"ranker {run['version']} is ready"
+    blocks = json.dumps(ready["blocks"])
+    assert "Offline metrics" in blocks and f"auc `{metadata['metrics']['auc']:g}`" in blocks
+    assert "<@U0ALICE>" in blocks and "`epochs=2`" in blocks
+    replies = thread(bot, ready)
+    assert "running" in replies and "epoch" in replies and "is ready" in replies
+    assert [r["status"] for r in audit(bot, "retrain")] == ["accepted", "started", "succeeded"]
+    assert audit(bot, "retrain", "succeeded")[0]["version"] == run["version"]
+
+    await bot.client.press_button("U0BOB", "C0MLOPS", ready["ts"], "Deploy to staging")
+
+    started = await bot.slack.wait_for(lambda: audit(bot, "deploy", "started"), timeout=30)
+    assert started[0]["actor"] == "U0BOB" and started[0]["version"] == run["version"]
+    assert any(m["text"].startswith(f"ranker {run['version']} staging") for m in bot.slack.messages("C0MLOPS"))
+    # No Triton listens on staging here: the deploy fails, and says so, without touching the retrain card.
+    assert "failed" in await ephemeral(bot, f"deploy of ranker {run['version']}", timeout=60)
+
+
+async def test_a_failing_pipeline_shows_its_exit_code_and_last_lines_and_pages_on_call(make_bot: BotFactory) -> None:
+    async with make_bot(command=[TRAIN_FAILS]) as bot:
+        await bot.client.command("U0ALICE", "retrain ranker")
+
+        failed = await card_saying(bot, ": failed")
+        blocks = json.dumps(failed["blocks"])
+        assert "exited with code 3" in blocks and "no partition for today" in blocks
+        assert "Retrain again" in blocks and "Deploy to staging" not in blocks
+        note = thread(bot, failed)
+        assert "Retrain ranker failed" in note and "rerun datagen first" in note
+        assert "<!subteam^S0ONCALL>" in note
+        [row] = audit(bot, "retrain", "failed")
+        assert row["detail"]["detail"] == "exited with code 3"
+
+
+async def test_one_run_per_model_unless_forced_and_cancel_stops_it(bot: LocalBot, registry: Path) -> None:
+    await bot.client.command("U0ALICE", "retrain ranker epochs=100")
+    first = await card_saying(bot, ": running")
+
+    await bot.client.command("U0BOB", "retrain ranker")
+    refusal = await ephemeral(bot, "already retraining")
+    [run] = runs(bot)
+    assert run["run_id"] in refusal and "<@U0ALICE>" in refusal and "force=true" in refusal
+    assert audit(bot, "retrain", "refused")[0]["actor"] == "U0BOB"
+
+    await bot.client.command("U0BOB", "retrain ranker epochs=100 force=true")
+    await bot.slack.wait_for(lambda: len(runs(bot)) == 2 and len(cards(bot)) == 2)
+
+    await bot.client.command("U0CAROL", "retrain ranker cancel")  # the newest run in flight
+    await ephemeral(bot, "Cancelling retrain")
+    await bot.client.press_button("U0ALICE", "C0MLOPS", first["ts"], "Cancel")
+
+    await bot.slack.wait_for(lambda: len(audit(bot, "retrain", "cancelled")) == 2, timeout=20)
+    assert sorted(r["actor"] for r in audit(bot, "retrain", "cancelled")) == ["U0ALICE", "U0CAROL"]
+    for row in runs(bot):
+        assert row["state"] == "cancelled"
+        assert not process_group_alive(CommandRun.attach(Path(json.loads(row["handle"])["run_dir"])).pgid)
+    assert "Cancelled by <@U0ALICE>" in json.dumps(bot.slack.find_message("C0MLOPS", first["ts"])["blocks"])
+    assert sorted(p.name for p in (registry / "ranker").iterdir()) == ["v1", "v2", "v3", "v4"]
+
+    await bot.client.command("U0ALICE", "retrain ranker cancel")
+    assert "nothing to cancel" in await ephemeral(bot, "no retrain of ranker is running")
+
+
+async def test_a_restarted_bot_follows_the_run_to_its_end(make_bot: BotFactory) -> None:
+    async with make_bot() as bot:
+        await bot.client.command("U0ALICE", "retrain ranker epochs=10")
+        await card_saying(bot, ": running")
+        [before] = runs(bot)
+
+    async with make_bot() as bot:  # same store, a new process's worth of bot and a fresh Slack
+        ready = await card_saying(bot, "is ready")
+        [after] = runs(bot)
+        assert after["run_id"] == before["run_id"] and after["state"] == "success"
+        assert "following this run again" in thread(bot, ready)
+        assert [r["status"] for r in audit(bot, "retrain") if r["status"] != "accepted"] == ["started", "succeeded"]
+
+
+async def test_bad_requests_are_answered_and_audited_without_starting_anything(make_bot: BotFactory) -> None:
+    missing = str(ROOT / "examples" / "pipelines" / "no_such_pipeline.sh")
+    unreachable = {"base_url": f"http://127.0.0.1:{free_port()}", "auth": "none", "poll_seconds": 1}
+    async with make_bot(command=[missing]) as bot:
+        answer = (await bot.client.command("U0ALICE", "retrain rankr")).json()  # answered in the ack
+        assert "unknown model `rankr`; known models: ranker" in answer["text"]
+        assert answer["response_type"] == "ephemeral"
+
+        answer = (await bot.client.command("U0ALICE", "retrain ranker now please")).json()
+        assert "unexpected words: now please" in answer["text"] and "Usage:" in answer["text"]
+
+        await bot.client.command("U0ALICE", "retrain ranker")
+        text = await ephemeral(bot, "could not start retraining ranker")
+        assert "command not found" in text and "models.ranker.retrain.command" in text
+
+        assert [r["status"] for r in audit(bot, "retrain")] == ["invalid", "invalid", "accepted", "failed"]
+        assert runs(bot) == [] and cards(bot) == []
+
+    async with make_bot(retrain=None) as bot:
+        answer = (await bot.client.command("U0ALICE", "retrain ranker")).json()
+        assert "ranker has no retrain pipeline; add `models.ranker.retrain`" in answer["text"]
+
+    async with make_bot(retrain={"backend": "airflow", "dag_id": "train_model"}, airflow=unreachable) as bot:
+        await bot.client.command("U0ALICE", "retrain ranker")
+        assert "cannot reach Airflow" in await ephemeral(bot, "could not start retraining ranker", timeout=30)
+        assert runs(bot) == [] and audit(bot, "retrain", "failed")
