@@ -75,10 +75,10 @@ class ReleaseService:
                      timeout=self.config.deploy.load_timeout_s)
 
     def get(self, release_id: int) -> Release:
-        row = self.store.conn.execute("SELECT * FROM releases WHERE id = ?", (release_id,)).fetchone()
-        if row is None:
+        rows = self._rows("SELECT * FROM releases WHERE id = ?", release_id)
+        if not rows:
             raise ReleaseError(f"release {release_id} does not exist")
-        return _release(dict(zip([c[0] for c in self.store.conn.execute("SELECT * FROM releases LIMIT 0").description], row)))
+        return _release(rows[0])
 
     def _rows(self, sql: str, *params: Any) -> list[dict[str, Any]]:
         return [dict(r) for r in self.store.db.query(sql, params)]
@@ -97,7 +97,8 @@ class ReleaseService:
     # -- state changes: compare-and-set + lock + audit in one transaction -----------------------
 
     def _transition(self, release: Release, event: Event, actor: str, *, env: str, take_lock: bool = False,
-                    release_lock: bool = False, audit_status: str = "started", **fields: Any) -> Release:
+                    release_lock: bool = False, audit_status: str = "started", error: str | None = None,
+                    **fields: Any) -> Release:
         now = self.rt.clock()
         new = next_state(release.state, event)
         with self.store.transaction() as conn:
@@ -114,7 +115,8 @@ class ReleaseService:
             if release_lock:
                 conn.execute("DELETE FROM locks WHERE model = ? AND env = ? AND kind = 'operation'", (release.model, env))
             self.rt.audit(actor=actor, verb=_VERBS[event], status=audit_status, channel=release.channel,
-                          model=release.model, env=env, version=release.version, detail={"release": release.id, "state": new.value})
+                          model=release.model, env=env, version=release.version,
+                          detail={"release": release.id, "state": new.value, **({"error": error} if error else {})})
         return self.get(release.id)
 
     def _take_lock(self, model: str, env: str, actor: str, reason: str, kind: str, now: datetime) -> None:
@@ -222,8 +224,10 @@ class ReleaseService:
             async with self.fleet(model, "staging") as fleet:
                 await fleet.load(model, release.triton_version, config_json, on_progress=progress)
         except (RegistryError, ArtifactError, FleetError) as exc:
-            release = self._transition(release, Event.DEPLOY_FAILED, actor, env="staging", release_lock=True, audit_status="failed")
-            await self._card(release, "staging", note=f":x: Deploy failed: {exc}\nStaging still serves what it served before.")
+            release = self._transition(release, Event.DEPLOY_FAILED, actor, env="staging", release_lock=True, audit_status="failed",
+                                       error=str(exc))
+            await self._card(release, "staging", note=f":x: Deploy failed: {exc}\nNothing was switched over: staging keeps what it "
+                             "served wherever it is still up. Fix what is named above and deploy again.")
             raise ReleaseError(f"deploy of {model} {version} to staging failed: {exc}") from None
         with self.store.transaction() as conn:
             for old in self._rows("SELECT id FROM releases WHERE model = ? AND id != ? AND state IN (?, ?, ?)",
@@ -259,9 +263,10 @@ class ReleaseService:
         release = self._transition(release, event, actor, env=env, release_lock=True,
                                    audit_status="passed" if report.passed else "failed",
                                    verify_report=json.dumps(report_json), verified_at=iso(self.rt.clock()) if report.passed else None)
-        await self._card(release, env, report=report_json)
+        # The thread note first: once the card shows the outcome, its thread is complete.
         await self._thread(release, (":white_check_mark: Verified: ready to unblock for prod." if report.passed
                                      else f":x: Verification failed: {report.reason}. Roll back staging or deploy a fixed version."))
+        await self._card(release, env, report=report_json)
         return release
 
     async def verify_env(self, model: str, env: str, actor: str) -> Release:
@@ -326,7 +331,8 @@ class ReleaseService:
             await self._thread(release, f":large_green_circle: {release.model} {release.version} is serving in prod on every endpoint.")
             return release
         restored = await self._restore_prod(release.model, previous)
-        release = self._transition(release, Event.PROMOTE_FAILED, actor, env="prod", release_lock=True, audit_status="failed")
+        release = self._transition(release, Event.PROMOTE_FAILED, actor, env="prod", release_lock=True, audit_status="failed",
+                                   error=failure)
         loud = (f":rotating_light: <!here> Production verification of *{release.model} {release.version}* failed: {failure}. "
                 f"{restored}{self._oncall_mention()}")
         await self._card(release, "prod", note=loud)

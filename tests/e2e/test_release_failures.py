@@ -1,0 +1,126 @@
+"""The release train when things go wrong, end to end on real tritonservers: an endpoint killed mid-deploy,
+the bot stopped mid-operation and started again, prod failing after a good staging verify, a button on a
+stale card; and the whole train with its registry and repositories on S3 (moto_server)."""
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sqlite3
+from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import aiohttp
+import boto3
+import pytest
+import yaml
+
+from bot.config import Config, load_config
+from bot.releases.model import State
+from bot.sandbox.local import local_bot
+from bot.sandbox.tritonserver import TritonServer, triton_missing
+from bot.serving.artifacts import open_store
+from bot.serving.triton import Fleet, triton_repository_path
+from tests.conftest import EXAMPLE_CONFIG, ROOT, write_config
+from tests.e2e.test_release_train import MONDAY_10_LA, Clock, audit, card_in_state, deploy_verified, serving
+from tests.integration.test_serving import new_bucket, upload_examples
+from tests.support.s3 import AWS_ENV, MotoServer
+
+pytestmark = pytest.mark.skipif(triton_missing() is not None, reason=triton_missing() or "")
+
+SLOW_LOAD_S = 3
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory) -> Path:
+    """The example registry plus v5: v1 whose load takes a few seconds, so a test can act while it loads."""
+    path = tmp_path_factory.mktemp("failures") / "registry"
+    shutil.copytree(ROOT / "examples" / "registry", path)
+    slow = path / "ranker" / "v5"
+    shutil.copytree(path / "ranker" / "v1", slow)
+    source = (slow / "model.py").read_text()
+    hook = "    def initialize(self, args):\n"
+    assert hook in source
+    (slow / "model.py").write_text(source.replace(hook, f"{hook}        __import__('time').sleep({SLOW_LOAD_S})\n"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory) -> Iterator[tuple[dict[str, Path], dict[str, list[TritonServer]]]]:
+    root = tmp_path_factory.mktemp("repos")
+    repos = {env: root / env for env in ("staging", "prod")}
+    for path in repos.values():
+        path.mkdir()
+    servers = {"staging": [TritonServer(str(repos["staging"])).start()],
+               "prod": [TritonServer(str(repos["prod"])).start() for _ in range(2)]}
+    yield repos, servers
+    for group in servers.values():
+        for server in group:
+            server.stop()
+
+
+def bot_config(directory: Path, registry: str, environments: dict[str, tuple[str, list[str]]], **top: object) -> Config:
+    model = yaml.safe_load(EXAMPLE_CONFIG.read_text())["models"]["ranker"]
+    model["registry"] = registry
+    model["environments"] = {env: {"repository": repo, "endpoints": urls} for env, (repo, urls) in environments.items()}
+    model.pop("retrain")
+    return load_config(write_config(directory, models={"ranker": model}, datagen={"jobs": {}}, oncall={"rotations": []}, **top))
+
+
+@pytest.fixture
+async def fleet_config(fleet, registry, tmp_path) -> AsyncIterator[Config]:
+    """A config for the endpoints as they are now (a restarted server has a new port); afterwards every
+    server killed by the test is started again and ranker unloaded everywhere."""
+    repos, servers = fleet
+    yield bot_config(tmp_path, str(registry), {env: (str(repos[env]), [s.url for s in servers[env]]) for env in repos})
+    for group in servers.values():
+        for i, server in enumerate(group):
+            if server.process is None or server.process.poll() is not None:
+                group[i] = TritonServer(server.repository).start()
+    async with Fleet([s.url for group in servers.values() for s in group]) as everywhere:
+        await everywhere.unload("ranker")
+
+
+@pytest.fixture
+async def bot(fleet_config):
+    clock = Clock(MONDAY_10_LA)
+    async with local_bot(fleet_config, clock=clock) as running:
+        yield running
+
+
+async def index(server: TritonServer) -> list[dict]:
+    async with aiohttp.ClientSession() as http, http.post(f"{server.url}/v2/repository/index") as response:
+        return await response.json()
+
+
+async def until_loading(server: TritonServer, model: str = "ranker") -> None:
+    """Wait until `server` is in the middle of loading `model`, as its repository index shows."""
+
+    async def loading() -> bool:
+        return any(e.get("name") == model and e.get("state") == "LOADING" for e in await index(server))
+
+    for _ in range(300):
+        if await loading():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{server.url} never started loading {model}: {await index(server)}")
+
+
+async def test_a_tritonserver_killed_mid_deploy_fails_the_deploy_and_leaves_no_lock(bot, fleet):
+    _, servers = fleet
+    staging = servers["staging"][0]
+    await bot.client.command("U0ALICE", "deploy ranker v5")
+    await until_loading(staging)
+    staging.kill()
+
+    failed = await card_in_state(bot, "v5", "deploy_failed")
+    assert f"Deploy failed: {staging.url}" in str(failed["blocks"])
+    told = await bot.slack.wait_for(lambda: next((e["text"] for e in bot.slack.ephemerals if "failed" in e["text"]), None))
+    assert f"deploy of ranker v5 to staging failed: {staging.url}" in told
+    row = audit(bot, "deploy", "failed")[-1]
+    assert row["version"] == "v5" and staging.url in row["detail"]["error"]
+    assert "Traceback" not in str(bot.slack.all_messages())
+
+    await bot.client.command("U0BOB", "lock ranker staging while the staging server is replaced")
+    await bot.slack.wait_for(lambda: audit(bot, "lock", "succeeded"))
+    assert bot.runtime.releases.lock_of("ranker", "staging").kind == "manual"
