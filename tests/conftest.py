@@ -38,3 +38,13 @@ def config_path(tmp_path: Path) -> Path:
 @pytest.fixture
 def config(config_path: Path) -> Config:
     return load_config(config_path)
+
+
+@pytest.fixture(scope="session")
+def airflow():
+    """One real Airflow 3 for the whole session: it takes about 100 s to start."""
+    from tests.support.airflow import start_or_skip
+
+    server = start_or_skip()
+    yield server
+    server.stop()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -11,16 +11,9 @@ import pytest
 from aiohttp import web
 
 from bot.retrain.airflow import AirflowClient, AirflowError, RunStatus
-from tests.support.airflow import AirflowStandalone, free_port, start_or_skip
+from tests.support.airflow import AirflowStandalone, free_port
 
 airflow_only = pytest.mark.airflow
-
-
-@pytest.fixture(scope="session")
-def airflow() -> Iterator[AirflowStandalone]:
-    server = start_or_skip()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
