@@ -9,15 +9,21 @@ from __future__ import annotations
 import asyncio
 import sys
 from contextlib import ExitStack
+from datetime import date
 from pathlib import Path
 
 from bot.config import Config, ConfigError, EnvironmentConfig, load_config
+from bot.datagen.rules import evaluate
+from bot.datagen.service import save_record
+from bot.runtime import Runtime
 from bot.sandbox.local import LocalBot, local_bot
-from bot.sandbox.render import Button, render_message
+from bot.sandbox.render import Button, render_message, render_view
+from bot.sandbox.slack_emulator import dm_id
 from bot.sandbox.tritonserver import TritonServer, triton_missing
 
 HELP = """Type /mlops <verb> ... as the current user; a number presses that button; /as USER switches user;
-/wait SECONDS lets scheduled work run; /help shows this; /quit leaves."""
+/wait SECONDS lets scheduled work run; /home shows your App Home; /digest posts the daily digest now;
+/help shows this; /quit leaves."""
 
 
 def sandbox_config(config: Config, state: Path, servers: dict[str, str] | None) -> Config:
@@ -31,6 +37,28 @@ def sandbox_config(config: Config, state: Path, servers: dict[str, str] | None) 
         }
         models[name] = model.model_copy(update={"environments": envs})
     return config.model_copy(update={"store": str(state / "mlops-bot.db"), "models": models})
+
+
+async def seed_datagen(runtime: Runtime) -> None:
+    """Store the local example datagen records, announcing the newest day that raised an alert (or else the
+    newest day), so the sandbox opens with a summary and an alert as the team would have seen them."""
+    for name, job in runtime.config.datagen.jobs.items():
+        template = Path(job.source)
+        if "://" in job.source or not template.parent.is_dir():
+            continue
+        records = {}
+        for path in template.parent.glob(template.name.replace("{date}", "*")):
+            try:
+                records[date.fromisoformat(path.stem)] = path.read_text()
+            except ValueError:  # not a dated record
+                continue
+        if not records:
+            continue
+        for day, text in sorted(records.items()):
+            save_record(runtime.store, name, day, text, str(template.parent / f"{day}.json"), actor="sandbox", at=runtime.clock())
+        history, expected = runtime.datagen.history(name)
+        alerting = [day for day in sorted(history) if evaluate(job.rules, history, day, expected=expected)]
+        await runtime.datagen.announce(name, (alerting or sorted(history))[-1], actor="sandbox")
 
 
 class Shell:
@@ -85,6 +113,14 @@ class Shell:
             await asyncio.sleep(float(line.split()[1]) if len(line.split()) > 1 else 1)
             await self.bot.runtime.scheduler.run_due()
             await self.settle()
+        elif line == "/home":
+            await self.bot.client.home_opened(self.user)
+            await self.settle()
+            view = await self.bot.slack.wait_for(lambda: self.bot.slack.home.get(self.user))
+            self.say(render_view(view, buttons=self.buttons))
+        elif line == "/digest":
+            await self.bot.runtime.digests.post_daily(self.bot.runtime.clock())
+            await self.settle()
         elif line.startswith("/mlops"):
             delivery = await self.bot.client.command(self.user, line.removeprefix("/mlops").strip())
             if delivery.status != 200:
@@ -104,12 +140,15 @@ class Shell:
         if button is None:
             self.error(f"no button [{number}] on screen")
             return
-        msg = next(m for m in self.bot.slack.all_messages() if any(
+        msg = next((m for m in self.bot.slack.all_messages() if any(
             e.get("action_id") == button.action_id and e.get("value") == button.value
-            for b in m.get("blocks", []) if b.get("type") == "actions" for e in b.get("elements", [])))
+            for b in m.get("blocks", []) if b.get("type") == "actions" for e in b.get("elements", []))),
+            {"channel": dm_id(self.user), "ts": ""})  # not on a message: a button of the App Home
         await self.bot.client.press(self.user, button.action_id, button.value, channel=msg["channel"], message_ts=msg["ts"])
         await self.settle()
         for view in self.bot.slack.views[self.views_seen:]:
+            if view["method"] == "views.publish":  # the App Home, shown by /home
+                continue
             self.say(f"── a form opened for {view['user']}: {view['view'].get('title', {}).get('text')} ──")
         self.views_seen = len(self.bot.slack.views)
 
@@ -136,6 +175,7 @@ async def run_sandbox(config_path: str, *, script: Path | None = None, state_dir
             servers = {env: stack.enter_context(TritonServer(str(state / "repos" / env))).url for env in ("staging", "prod")
                        if (state / "repos" / env).mkdir(parents=True, exist_ok=True) is None}
         async with local_bot(sandbox_config(config, state, servers)) as bot:
+            await seed_datagen(bot.runtime)
             first = sorted({u for m in (config.roles.deployers, config.roles.admins) for u in m.users}) or ["U0SANDBOX"]
             shell = Shell(bot, first[0])
             print(f"mlops-bot sandbox: state in {state}; you are {shell.user}. {HELP}", flush=True)

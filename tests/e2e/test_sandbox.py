@@ -55,3 +55,33 @@ def test_deploy_verify_unblock_as_a_second_user_and_roll_back(tmp_path):
     assert "*ranker v2* · prod · *live*" in out
     assert "ranker prod is serving v1 again (was v2). Reason: demo rollback" in out
     assert "*ranker* · prod: `v1` (live)" in out
+
+
+def test_starts_with_the_datagen_summary_and_alert_and_shows_home_and_digest(tmp_path):
+    result = sandbox(tmp_path, ["/home", "/digest"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    # The example records were ingested at start: the newest alerting day's summary and its alert.
+    assert ":white_check_mark: datagen *recsys* 2026-11-19 succeeded" in out
+    assert ":rotating_light: datagen *recsys* 2026-11-19: 16 rule breaches" in out
+    home = out.split("U0ALICE> /home")[1].split("U0ALICE> /digest")[0]
+    assert "┌ App Home ┐" in home and "*ranker* · prod: not deployed" in home
+    assert "*recsys*: now @" in home and "*Waiting for you to unblock*\n_nothing_" in home
+    digest = out.split("U0ALICE> /digest")[1]
+    assert "== Daily digest" in digest and ":white_check_mark: *recsys* 2026-11-21: ran" in digest
+    assert "datagen · stage.feed_source.events rose 19.2%" in digest
+
+
+@pytest.mark.skipif(triton_missing() is not None, reason=triton_missing() or "")
+def test_an_approver_unblocks_from_the_app_home(tmp_path):
+    first = sandbox(tmp_path, ["/mlops deploy ranker v1", "/as U0BOB", "/home"])
+    assert first.returncode == 0, first.stdout + first.stderr
+    home = first.stdout.split("U0BOB> /home")[1]
+    assert "*Waiting for you to unblock*\n*ranker v1* verified" in home
+    # The sandbox keeps its state but starts a fresh Slack stand-in: the App Home's button is the only one, [1].
+    result = sandbox(tmp_path, ["/as U0BOB", "/home", "1"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[1] Unblock prod (primary)" in result.stdout
+    pressed = result.stdout.split("U0BOB> 1")[1]
+    # Inside deploy hours it goes live; outside them the urgent form asks for a reason.
+    assert "*ranker v1* · prod · *live*" in pressed or "a form opened for U0BOB" in pressed
