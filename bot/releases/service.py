@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from bot.notifier import Message
+from bot.notifier import Message, SlackError
 from bot.releases import messages
 from bot.releases.model import BUSY, Event, Release, State, next_state, sources
 from bot.releases.policy import may_promote
@@ -481,29 +481,55 @@ class ReleaseService:
     # -- restart --------------------------------------------------------------------------------
 
     async def reconcile(self) -> None:
-        """Operations cut short by a crash: check what each endpoint serves, mark them interrupted, free locks."""
+        """Operations cut short by a crash or restart (run at start, before anything takes a lock): read what
+        each endpoint serves, mark them interrupted, free their locks and tell the channel."""
         for row in self._rows("SELECT * FROM releases WHERE state IN (?, ?, ?)", *(s.value for s in BUSY)):
             release = _release(row)
             env = "prod" if release.state is State.PROMOTING else "staging"
-            try:
-                async with self.fleet(release.model, env) as fleet:
-                    serving = await fleet.ready_versions(release.model)
-                seen = ", ".join(f"{e}: {v or 'nothing'}" for e, v in serving.items())
-            except FleetError as exc:
-                seen = f"endpoints not reachable ({exc})"
+            seen = await self._served(release.model, env)
             with self.store.transaction() as conn:
                 conn.execute("UPDATE releases SET state = ?, updated_at = ? WHERE id = ?",
                              (State.INTERRUPTED.value, iso(self.rt.clock()), release.id))
                 conn.execute("DELETE FROM locks WHERE model = ? AND env = ? AND kind = 'operation'", (release.model, env))
                 self.rt.audit(actor="mlops-bot", verb="reconcile", status="interrupted", model=release.model, env=env,
                               version=release.version, detail={"was": release.state.value, "serving": seen})
-            release = self.get(release.id)
             text = (f":warning: The bot restarted while {release.model} {release.version} was {row['state']} on {env}. "
                     f"Marked interrupted; lock released. Triton index: {seen}. Verify or deploy again.")
-            await self._card(release, env, note=text)
-            if release.channel:
-                await self.rt.notifier.post(release.channel, Message(text))
+            await self._tell_after_restart(release.channel or self.config.channels.main, text, self.get(release.id), env)
+        # What is left is an operation that moves no release through a running state (a rollback): only its lock.
+        for lock in self._rows("SELECT * FROM locks WHERE kind = 'operation'"):
+            seen = await self._served(lock["model"], lock["env"])
+            with self.store.transaction() as conn:
+                conn.execute("DELETE FROM locks WHERE model = ? AND env = ?", (lock["model"], lock["env"]))
+                self.rt.audit(actor="mlops-bot", verb="reconcile", status="interrupted", model=lock["model"], env=lock["env"],
+                              detail={"was": lock["reason"], "holder": lock["holder"], "serving": seen})
+            text = (f":warning: The bot restarted while <@{lock['holder']}> was {lock['reason']} on {lock['model']} {lock['env']}. "
+                    f"Lock released. Triton index: {seen}. Check `/mlops status {lock['model']}` and run it again if needed.")
+            await self._tell_after_restart(self.config.channels.main, text)
 
+    async def _served(self, model: str, env: str) -> str:
+        """The Triton versions READY on each endpoint of (model, env), as one line for people."""
+        cfg = self.config.models.get(model)
+        if cfg is None or env not in cfg.environments:
+            return "not in the config any more"
+        try:
+            async with self.fleet(model, env) as fleet:
+                serving = await fleet.ready_versions(model)
+        except FleetError as exc:
+            return f"endpoints not reachable ({exc})"
+        return ", ".join(f"{e}: {v or 'nothing'}" for e, v in serving.items())
+
+    async def _tell_after_restart(self, channel: str, text: str, release: Release | None = None, env: str = "") -> None:
+        # The store is already reconciled; a Slack hiccup (or a deleted card) must not stop the bot from starting.
+        try:
+            if release is not None:
+                await self._card(release, env, note=text)
+        except SlackError as exc:
+            log.warning("could not update the card of release %s: %s", release.id if release else None, exc)
+        try:
+            await self.rt.notifier.post(channel, Message(text))
+        except SlackError as exc:
+            log.warning("could not tell %s after a restart: %s", channel, exc)
 
 _VERBS = {
     Event.DEPLOYED: "deploy", Event.DEPLOY_FAILED: "deploy", Event.VERIFY: "verify", Event.PASSED: "verify",

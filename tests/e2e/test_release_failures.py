@@ -124,3 +124,38 @@ async def test_a_tritonserver_killed_mid_deploy_fails_the_deploy_and_leaves_no_l
     await bot.client.command("U0BOB", "lock ranker staging while the staging server is replaced")
     await bot.slack.wait_for(lambda: audit(bot, "lock", "succeeded"))
     assert bot.runtime.releases.lock_of("ranker", "staging").kind == "manual"
+
+
+async def test_a_restart_reconciles_what_the_stopped_bot_left_running(fleet_config, fleet):
+    _, servers = fleet
+    staging = servers["staging"][0]
+    clock = Clock(MONDAY_10_LA)
+    async with local_bot(fleet_config, clock=clock) as first:
+        await first.client.command("U0ALICE", "deploy ranker v5")
+        await until_loading(staging)
+        first.runtime.shutdown_grace = 0  # stopped the way a crash or a killed pod stops it: the deploy is cut off
+    with sqlite3.connect(fleet_config.store) as db:
+        n, state = db.execute("SELECT id, state FROM releases WHERE version = 'v5'").fetchone()
+        assert state == "deploying" and db.execute("SELECT holder FROM locks WHERE env = 'staging'").fetchone() == ("U0ALICE",)
+        # A rollback of prod cut off the same way: it holds its lock, with no release in a running state.
+        db.execute("INSERT INTO locks (model, env, holder, reason, kind, expires_at, created_at) VALUES "
+                   "('ranker', 'prod', 'U0BOB', 'rolling back to v1', 'operation', ?, ?)",
+                   ((clock() + timedelta(hours=4)).isoformat(), clock().isoformat()))
+    async with Fleet([staging.url]) as fleet_client:  # Triton finishes the load on its own
+        for _ in range(100):
+            if (await fleet_client.ready_versions("ranker"))[staging.url] == [n]:
+                break
+            await asyncio.sleep(0.1)
+
+    async with local_bot(fleet_config, clock=clock) as second:
+        releases = second.runtime.releases
+        assert releases.get(n).state is State.INTERRUPTED
+        assert releases.lock_of("ranker", "staging") is None and releases.lock_of("ranker", "prod") is None
+        told = [m["text"] for m in second.slack.messages("C0MLOPS")]
+        deploy = next(t for t in told if "ranker v5 was deploying on staging" in t)
+        assert f"Triton index: {staging.url}: [{n}]" in deploy and "lock released" in deploy
+        rollback = next(t for t in told if "rolling back to v1" in t)
+        assert "ranker prod" in rollback and "<@U0BOB>" in rollback
+        assert {r["env"] for r in audit(second, "reconcile", "interrupted")} == {"staging", "prod"}
+
+        await deploy_verified(second, "v1")  # staging takes operations again
