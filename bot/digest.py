@@ -16,6 +16,7 @@ from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
+from bot.datagen.report import parse_report
 from bot.datagen.service import due_at
 from bot.notifier import Message
 from bot.oncall.schedule import Shift, next_shift, who_is_on_call
@@ -259,8 +260,8 @@ def weekly(facts: WeeklyFacts) -> Message:
         *sections("Releases per model", per_model, "no deploys or rollbacks"),
         section(mean),
     ]
-    text = f"Weekly digest: {sum(facts.alerts_per_rule.values())} alerts, {sum(facts.deploys.values())} deploys, " \
-           f"{sum(facts.rollbacks.values())} rollbacks"
+    text = (f"Weekly digest: {sum(facts.alerts_per_rule.values())} alerts, {sum(facts.deploys.values())} deploys, "
+            f"{sum(facts.rollbacks.values())} rollbacks")
     return Message(text=text, blocks=blocks)
 
 
@@ -346,9 +347,9 @@ class DigestService:
             if row is None:
                 statuses.append(DatagenStatus(name, None, expected, False, None))
                 continue
-            alert = self.rt.datagen.alert_row(name, date.fromisoformat(row["run_date"]))
-            failed = not json.loads(row["raw"]).get("SUCCESS", True)
-            statuses.append(DatagenStatus(name, date.fromisoformat(row["run_date"]), expected, failed,
+            day = date.fromisoformat(row["run_date"])
+            alert = self.rt.datagen.alert_row(name, day)
+            statuses.append(DatagenStatus(name, day, expected, parse_report(row["raw"], run_date=day).failed,
                                           alert["state"] if alert else None))
         return statuses
 

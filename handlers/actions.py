@@ -91,6 +91,8 @@ async def _tell(runtime: Runtime, press: Press, text: str) -> None:
         await runtime.notifier.ephemeral(press.channel, press.user, Message(text))
     elif press.response_url:
         await runtime.notifier.respond(press.response_url, Message(text))
+    else:  # a button of the App Home: no channel and no response_url, so answer in the app's DM
+        await runtime.notifier.dm(press.user, Message(text))
 
 
 # -- release train ------------------------------------------------------------------------------------
