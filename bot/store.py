@@ -257,6 +257,7 @@ class Store:
         conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across app crashes, fast commits
         conn.execute("PRAGMA foreign_keys=ON")
         self._explicit = False  # inside transaction(); otherwise an open transaction is a commit group
+        self._closed = False
         self.migrate()
 
     @property
@@ -266,6 +267,7 @@ class Store:
     def close(self) -> None:
         self.commit_group()
         self.conn.close()
+        self._closed = True
 
     def migrate(self) -> int:
         self.conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
@@ -298,7 +300,8 @@ class Store:
             self._explicit = False
 
     def commit_group(self) -> None:
-        if self.conn.in_transaction and not self._explicit:
+        # Scheduled with call_soon, so it may run after close() (which committed the group already).
+        if not self._closed and self.conn.in_transaction and not self._explicit:
             self.conn.execute("COMMIT")
 
     def _append(self) -> None:
