@@ -341,22 +341,33 @@ class ReleaseService:
         raise ReleaseError(f"promotion failed: {failure}. {restored}")
 
     async def _restore_prod(self, model: str, previous: dict[str, Any] | None) -> str:
-        if not previous or not previous["triton_version"]:
-            async with self.fleet(model, "prod") as fleet:
-                try:
-                    await fleet.unload(model)
-                except FleetError as exc:
-                    return f"Unloading the failed version also failed ({exc}); check the prod endpoints."
-            return "Nothing served in prod before, so the failed version was unloaded."
+        """Put prod back as it was before a failed promotion on every endpoint that answers; say where it could not."""
+        back = previous["version"] if previous and previous["triton_version"] else None
         try:
-            config_json = await self._config_for(model, previous["version"], previous["triton_version"])
-            async with self.fleet(model, "prod") as fleet:
-                await fleet.load(model, previous["triton_version"], config_json)
-        except (RegistryError, ArtifactError, FleetError) as exc:
-            return f"Rolling back to {previous['version']} ALSO FAILED ({exc}); prod needs a person now."
-        self.rt.audit(actor="mlops-bot", verb="rollback", status="succeeded", model=model, env="prod",
-                      version=previous["version"], detail={"automatic": True})
-        return f"The bot rolled prod back to {previous['version']} by itself."
+            config_json = await self._config_for(model, back, previous["triton_version"]) if back else ""
+        except (RegistryError, ArtifactError) as exc:
+            return f"Rolling back to {back} ALSO FAILED ({exc}); prod needs a person now."
+        failed: dict[str, str] = {}
+        async with self.fleet(model, "prod") as fleet:
+            try:
+                if back:
+                    await fleet.load(model, previous["triton_version"], config_json)
+                else:
+                    await fleet.unload(model)
+            except FleetError as exc:
+                failed = exc.failures
+        # An endpoint that is down serves nothing, so putting the others back is still worth doing and saying.
+        done = [e for e in self.model_config(model).environments["prod"].endpoints if e not in failed]
+        status = "partial" if failed and done else "failed" if failed else "succeeded"
+        self.rt.audit(actor="mlops-bot", verb="rollback", status=status, model=model, env="prod", version=back,
+                      detail={"automatic": True, "failed": failed})
+        what = f"rolled prod back to {back}" if back else "unloaded the failed version (nothing served in prod before)"
+        if not failed:
+            return f"The bot {what} by itself."
+        problems = "; ".join(f"{e}: {m}" for e, m in failed.items())
+        if not done:
+            return f"{f'Rolling back to {back}' if back else 'Unloading the failed version'} ALSO FAILED ({problems}); prod needs a person now."
+        return f"The bot {what} on {', '.join(done)}; {', '.join(failed)} still needs a person ({problems})."
 
     async def _config_for(self, model: str, version: str, n: int) -> str:
         return triton_config_json(await self.registry(model).validate(model, version), model, n)

@@ -159,3 +159,26 @@ async def test_a_restart_reconciles_what_the_stopped_bot_left_running(fleet_conf
         assert {r["env"] for r in audit(second, "reconcile", "interrupted")} == {"staging", "prod"}
 
         await deploy_verified(second, "v1")  # staging takes operations again
+
+
+async def test_prod_failing_after_a_good_staging_verify_is_rolled_back_by_the_bot(bot, fleet):
+    _, servers = fleet
+    first = await deploy_verified(bot, "v1")
+    await bot.client.press_button("U0CAROL", "C0MLOPS", first["ts"], "Unblock prod")
+    await card_in_state(bot, "v1", "live")
+    n1 = bot.runtime.releases.environment("ranker", "prod")["triton_version"]
+    second = await deploy_verified(bot, "v2")
+    survivor, dead = servers["prod"]
+    dead.kill()
+
+    await bot.client.press_button("U0CAROL", "C0MLOPS", second["ts"], "Unblock prod")
+    failed = await card_in_state(bot, "v2", "promote_failed")
+    loud = await bot.slack.wait_for(lambda: next((m["text"] for m in bot.slack.messages("C0MLOPS") if "<!here>" in m["text"]), None))
+    assert "Production verification of *ranker v2* failed" in loud and dead.url in loud
+    assert f"rolled prod back to v1 on {survivor.url}" in loud and f"{dead.url} still needs" in loud
+    assert "<!here>" in str(failed["blocks"])
+    assert await serving([survivor]) == {survivor.url: [n1]}
+    assert bot.runtime.releases.environment("ranker", "prod")["version"] == "v1"
+    assert audit(bot, "promote", "failed")[-1]["version"] == "v2"
+    restore = audit(bot, "rollback", "partial")[-1]
+    assert restore["version"] == "v1" and restore["detail"]["automatic"] and dead.url in restore["detail"]["failed"]
