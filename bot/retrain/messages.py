@@ -1,7 +1,7 @@
 """Block Kit for retraining: the one card a run lives on, its thread notes, and the Retrain button."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -52,6 +52,7 @@ class Run:
     requested_by: str
     args: dict[str, str]
     started_at: datetime
+    handle: dict[str, str] = field(default_factory=dict)  # how the backend finds the run: dag_id or run_dir
     ended_at: datetime | None = None
     version: str | None = None
     reason: str | None = None

@@ -127,7 +127,7 @@ class AirflowBackend:
 def _run(row: dict[str, Any]) -> Run:
     return Run(
         id=row["id"], model=row["model"], backend=row["backend"], run_id=row["run_id"], state=row["state"],
-        requested_by=row["requested_by"], args=json.loads(row["args"]),
+        requested_by=row["requested_by"], args=json.loads(row["args"]), handle=json.loads(row["handle"]),
         started_at=datetime.fromisoformat(row["started_at"]),
         ended_at=datetime.fromisoformat(row["ended_at"]) if row["ended_at"] else None,
         version=row["version"], reason=row["reason"], detail=row["detail"], cancelled_by=row["cancelled_by"],
@@ -185,11 +185,11 @@ class RetrainService:
 
     def where(self, run: Run) -> str:
         """Where the run executes, as the card says it."""
-        cfg = self.rt.config.models.get(run.model)
-        retrain = cfg.retrain if cfg else None
         if run.backend == "airflow":
-            return f"Airflow DAG `{retrain.dag_id if retrain else '?'}`"
-        return f"command `{' '.join([Path(retrain.command[0]).name, *retrain.command[1:]]) if retrain else '?'}`"
+            return f"Airflow DAG `{run.handle.get('dag_id', '?')}`"
+        cfg = self.rt.config.models.get(run.model)
+        argv = cfg.retrain.command if cfg and cfg.retrain else ["?"]
+        return f"command `{' '.join([Path(argv[0]).name, *argv[1:]])}`"
 
     # -- start ------------------------------------------------------------------------------------
 
@@ -202,13 +202,13 @@ class RetrainService:
         run_id = new_run_id(model, now)
         audit = {"actor": actor, "verb": "retrain", "channel": channel, "model": model}
         with self.store.transaction() as conn:
-            busy = self.in_flight(model)
-            if busy is None or force:
+            busy = None if force else self.in_flight(model)
+            if busy is None:
                 pk = int(conn.execute(
                     "INSERT INTO retrain_runs (model, backend, run_id, state, requested_by, args, channel, started_at, "
                     "reason) VALUES (?, ?, ?, 'starting', ?, ?, ?, ?, ?)",
                     (model, cfg.backend, run_id, actor, json.dumps(args), channel, iso(now), reason)).lastrowid)
-        if busy is not None and not force:
+        if busy is not None:
             self.rt.audit(**audit, status="refused", detail={"in_flight": busy.run_id, "args": args})
             raise RetrainError(
                 f"{model} is already retraining: run `{busy.run_id}` ({busy.state}), started by <@{busy.requested_by}> "
@@ -250,11 +250,10 @@ class RetrainService:
         return {"run_dir": str(run_dir)}
 
     def _backend(self, run: Run) -> Backend:
-        handle = json.loads(self.store.conn.execute("SELECT handle FROM retrain_runs WHERE id = ?", (run.id,)).fetchone()[0])
         if run.backend == "airflow":
             ui_url = self.rt.config.airflow.ui_url if self.rt.config.airflow else None
-            return AirflowBackend(self.airflow(), handle["dag_id"], run.run_id, ui_url)
-        return CommandBackend(CommandRun.attach(Path(handle["run_dir"])))
+            return AirflowBackend(self.airflow(), run.handle["dag_id"], run.run_id, ui_url)
+        return CommandBackend(CommandRun.attach(Path(run.handle["run_dir"])))
 
     # -- cancel -----------------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from bot.config import Secrets, load_config
 from bot.retrain.airflow import AirflowClient
 from bot.sandbox.local import LocalBot, local_bot
 from tests.conftest import EXAMPLE_CONFIG, ROOT, write_config
-from tests.integration.test_retrain import audit, card_saying, cards, ephemeral, runs, thread
+from tests.integration.test_retrain import audit, card_saying, cards, ephemeral, runs, thread, thread_saying
 from tests.support.airflow import AirflowStandalone, free_port
 
 pytestmark = pytest.mark.airflow
@@ -52,14 +52,15 @@ async def test_airflow_runs_end_on_a_ready_card_or_on_the_failed_task(bot: Local
     metadata = json.loads((tmp_path / "registry" / "ranker" / ranker["version"] / "metadata.json").read_text())
     assert metadata["pipeline_run_id"] == ranker["run_id"]
     assert "Deploy to staging" in json.dumps(ready["blocks"])
-    assert "`check_inputs` success" in json.dumps(ready["blocks"]) and "Open the run in Airflow" in json.dumps(ready["blocks"])
-    assert "`train` running" in thread(bot, ready) or "`train` success" in thread(bot, ready)
+    blocks = json.dumps(ready["blocks"])
+    assert "`check_inputs` success" in blocks and "`train` success" in blocks and "Open the run in Airflow" in blocks
+    assert ":gear: running" in thread(bot, ready)  # a state change seen on the way
     async with AirflowClient(airflow.base_url, username=airflow.username, password=airflow.password) as client:
         seen = await client.status("train_model", ranker["run_id"])
     assert seen.state == "success" and seen.tasks == [("check_inputs", "success"), ("train", "success")]
 
     # The failure: the failed task, its log's last lines, the Airflow link and on-call.
-    note = thread(bot, failed)
+    note = await thread_saying(bot, failed, "Retrain scorer failed")
     assert "Failed tasks: `train`" in note
     assert "RuntimeError: training diverged after 1000 rows: loss is NaN" in note
     assert "Open the run in Airflow" in note and "<!subteam^S0ONCALL>" in note

@@ -6,6 +6,7 @@ import json
 import shutil
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import yaml
 from bot.config import load_config
 from bot.retrain.command import CommandRun, process_group_alive
 from bot.sandbox.local import LocalBot, local_bot
+from bot.store import utcnow
 from tests.conftest import EXAMPLE_CONFIG, ROOT, write_config
 from tests.support.airflow import free_port
 
@@ -35,7 +37,7 @@ def make_bot(tmp_path: Path, registry: Path) -> BotFactory:
     """`make_bot(command=[...])`: the example bot whose ranker retrains with `command` (or with `retrain`,
     a whole retrain section, None for none), its state always in the same store."""
 
-    def factory(command: list[str] | None = None, retrain: dict | None | bool = True,
+    def factory(command: list[str] | None = None, retrain: dict | None | bool = True, clock=utcnow,
                 **top_level) -> AbstractAsyncContextManager[LocalBot]:
         model = yaml.safe_load(EXAMPLE_CONFIG.read_text())["models"]["ranker"]
         model["registry"] = str(registry)
@@ -48,7 +50,7 @@ def make_bot(tmp_path: Path, registry: Path) -> BotFactory:
         if retrain is None:
             del model["retrain"]
         path = write_config(tmp_path, models={"ranker": model}, datagen={"jobs": {}}, **top_level)
-        return local_bot(load_config(path))
+        return local_bot(load_config(path), clock=clock)
 
     return factory
 
@@ -69,6 +71,11 @@ async def card_saying(bot: LocalBot, words: str, timeout: float = 30) -> dict:
 
 def thread(bot: LocalBot, card: dict) -> str:
     return "\n".join(json.dumps(m["blocks"]) for m in bot.slack.replies("C0MLOPS", card["ts"]))
+
+
+async def thread_saying(bot: LocalBot, card: dict, words: str, timeout: float = 10) -> str:
+    """The card's thread once it says `words` (the card is edited just before its thread note is posted)."""
+    return await bot.slack.wait_for(lambda: text if words in (text := thread(bot, card)) else "", timeout)
 
 
 def audit(bot: LocalBot, verb: str, status: str | None = None) -> list[dict]:
@@ -96,7 +103,7 @@ async def test_retrain_to_a_ready_version_then_deploy_it_to_staging(bot: LocalBo
     blocks = json.dumps(ready["blocks"])
     assert "Offline metrics" in blocks and f"auc `{metadata['metrics']['auc']:g}`" in blocks
     assert "<@U0ALICE>" in blocks and "`epochs=2`" in blocks
-    replies = thread(bot, ready)
+    replies = await thread_saying(bot, ready, "is ready")
     assert "running" in replies and "epoch" in replies and "is ready" in replies
     assert [r["status"] for r in audit(bot, "retrain")] == ["accepted", "started", "succeeded"]
     assert audit(bot, "retrain", "succeeded")[0]["version"] == run["version"]
@@ -118,8 +125,8 @@ async def test_a_failing_pipeline_shows_its_exit_code_and_last_lines_and_pages_o
         blocks = json.dumps(failed["blocks"])
         assert "exited with code 3" in blocks and "no partition for today" in blocks
         assert "Retrain again" in blocks and "Deploy to staging" not in blocks
-        note = thread(bot, failed)
-        assert "Retrain ranker failed" in note and "rerun datagen first" in note
+        note = await thread_saying(bot, failed, "Retrain ranker failed")
+        assert "rerun datagen first" in note
         assert "<!subteam^S0ONCALL>" in note
         [row] = audit(bot, "retrain", "failed")
         assert row["detail"]["detail"] == "exited with code 3"
@@ -147,7 +154,7 @@ async def test_one_run_per_model_unless_forced_and_cancel_stops_it(bot: LocalBot
     for row in runs(bot):
         assert row["state"] == "cancelled"
         assert not process_group_alive(CommandRun.attach(Path(json.loads(row["handle"])["run_dir"])).pgid)
-    assert "Cancelled by <@U0ALICE>" in json.dumps(bot.slack.find_message("C0MLOPS", first["ts"])["blocks"])
+    await bot.slack.wait_for(lambda: "Cancelled by <@U0ALICE>" in json.dumps(bot.slack.find_message("C0MLOPS", first["ts"])))
     assert sorted(p.name for p in (registry / "ranker").iterdir()) == ["v1", "v2", "v3", "v4"]
 
     await bot.client.command("U0ALICE", "retrain ranker cancel")
@@ -194,3 +201,23 @@ async def test_bad_requests_are_answered_and_audited_without_starting_anything(m
         await bot.client.command("U0ALICE", "retrain ranker")
         assert "cannot reach Airflow" in await ephemeral(bot, "could not start retraining ranker", timeout=30)
         assert runs(bot) == [] and audit(bot, "retrain", "failed")
+
+
+async def test_the_status_card_retrains_and_a_run_past_its_time_limit_is_stopped(make_bot: BotFactory,
+                                                                              registry: Path) -> None:
+    shift = timedelta(0)
+    async with make_bot(command=[TRAIN, "15", "epochs=100"], clock=lambda: utcnow() + shift) as bot:
+        await bot.client.command("U0ALICE", "status ranker")
+        shown = await bot.slack.wait_for(
+            lambda: next((e for e in bot.slack.ephemerals if "Retrain" in json.dumps(e["blocks"])), None))
+        await bot.client.press_button("U0BOB", "C0MLOPS", shown["ts"], "Retrain")
+        card = await card_saying(bot, ": running")
+        assert "<@U0BOB>" in json.dumps(card["blocks"])
+
+        shift = timedelta(minutes=721)  # past the default 720-minute limit
+        failed = await card_saying(bot, ": failed")
+        assert "timed out after 720 minutes" in json.dumps(failed["blocks"])
+        [run] = runs(bot)
+        assert not process_group_alive(CommandRun.attach(Path(json.loads(run["handle"])["run_dir"])).pgid)
+        assert audit(bot, "retrain", "failed")[0]["detail"]["detail"].startswith("timed out after 720 minutes")
+        assert sorted(p.name for p in (registry / "ranker").iterdir()) == ["v1", "v2", "v3", "v4"]
