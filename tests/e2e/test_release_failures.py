@@ -182,3 +182,22 @@ async def test_prod_failing_after_a_good_staging_verify_is_rolled_back_by_the_bo
     assert audit(bot, "promote", "failed")[-1]["version"] == "v2"
     restore = audit(bot, "rollback", "partial")[-1]
     assert restore["version"] == "v1" and restore["detail"]["automatic"] and dead.url in restore["detail"]["failed"]
+
+
+async def test_a_button_on_a_superseded_card_is_refused_and_status_shows_the_train(bot):
+    first = await deploy_verified(bot, "v1")
+    await deploy_verified(bot, "v2", user="U0BOB")
+    await bot.client.press_button("U0CAROL", "C0MLOPS", first["ts"], "Unblock prod")
+    refused = await bot.slack.wait_for(lambda: next((e["text"] for e in bot.slack.ephemerals if "superseded" in e["text"]), None))
+    assert "ranker v1 was superseded by v2" in refused
+    assert not audit(bot, "promote", "started")
+
+    await bot.client.command("U0CAROL", "status ranker")
+    status = await bot.slack.wait_for(lambda: next((str(e["blocks"]) for e in bot.slack.ephemerals if e["text"] == "Models in service"), None))
+    assert "*ranker* · staging: `v2` (verified) deployed by <@U0BOB>" in status and "last verify: passed" in status
+    assert "*ranker* · prod: `—` (not deployed)" in status
+
+    await bot.client.command("U0CAROL", "provenance ranker v1")
+    provenance = await bot.slack.wait_for(lambda: next((e["text"] for e in bot.slack.ephemerals if "*ranker v1*" in e["text"]), None))
+    for fact in ("dataset `datagen-2026-11-17`", "git `4e1d2c7`", "pipeline run `ranker-train-2026-11-18`", "ndcg_at_20 0.412"):
+        assert fact in provenance
