@@ -22,7 +22,7 @@ pytestmark = pytest.mark.airflow
 
 
 @pytest.fixture
-async def bot(airflow: AirflowStandalone, tmp_path: Path) -> AsyncIterator[LocalBot]:
+def config_path(airflow: AirflowStandalone, tmp_path: Path) -> Path:
     registry = tmp_path / "registry"
     shutil.copytree(ROOT / "examples" / "registry", registry, ignore=shutil.ignore_patterns("__pycache__"))
     base = yaml.safe_load(EXAMPLE_CONFIG.read_text())["models"]["ranker"]
@@ -32,9 +32,13 @@ async def bot(airflow: AirflowStandalone, tmp_path: Path) -> AsyncIterator[Local
     models = {name: {**base, "retrain": {"backend": "airflow", "dag_id": dag}}
               for name, dag in (("ranker", "train_model"), ("scorer", "train_broken"), ("ghost", "train_rankr"))}
     settings = {"base_url": airflow.base_url, "auth": "token", "unpause": True, "poll_seconds": 1}
-    path = write_config(tmp_path, models=models, airflow=settings, datagen={"jobs": {}})
+    return write_config(tmp_path, models=models, airflow=settings, datagen={"jobs": {}})
+
+
+@pytest.fixture
+async def bot(airflow: AirflowStandalone, config_path: Path) -> AsyncIterator[LocalBot]:
     secrets = Secrets(airflow_username=airflow.username, airflow_password=airflow.password)
-    async with local_bot(load_config(path), secrets=secrets) as running:
+    async with local_bot(load_config(config_path), secrets=secrets) as running:
         yield running
 
 
@@ -75,3 +79,13 @@ async def test_an_unknown_dag_is_named_and_nothing_is_started(bot: LocalBot) -> 
     assert "no DAG 'train_rankr'" in text and "retrain.dag_id" in text
     assert runs(bot) == [] and cards(bot) == []
     assert audit(bot, "retrain", "failed")[0]["detail"]["error"].startswith("Airflow has no DAG")
+
+
+async def test_rejected_credentials_name_the_settings_to_fix(airflow: AirflowStandalone, config_path: Path) -> None:
+    secrets = Secrets(airflow_username=airflow.username, airflow_password="not-the-password")
+    async with local_bot(load_config(config_path), secrets=secrets) as bot:
+        await bot.client.command("U0ALICE", "retrain ranker")
+
+        text = await ephemeral(bot, "could not start retraining ranker", timeout=30)
+        assert "(401)" in text and "AIRFLOW_USERNAME and AIRFLOW_PASSWORD" in text
+        assert runs(bot) == [] and cards(bot) == [] and audit(bot, "retrain", "failed")
