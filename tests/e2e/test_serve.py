@@ -58,6 +58,14 @@ async def served(tmp_path_factory):
     await slack.stop()
 
 
+def rows_with(db, row: tuple, verb: str) -> list[tuple]:
+    """The bot commits audit rows in groups at its loop's next turn, just after the ack: allow it a moment."""
+    deadline = time.monotonic() + 5
+    while row not in (rows := action_rows(db, verb)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return rows
+
+
 def action_rows(db, verb: str | None = None) -> list[tuple]:
     conn = sqlite3.connect(db)
     try:
@@ -75,14 +83,14 @@ async def test_signed_help_is_answered_with_the_verbs(served):
     assert body["response_type"] == "ephemeral"
     # Slack's mrkdwn needs < and > escaped, or it reads <model> as a link.
     assert "/mlops deploy &lt;model&gt;" in body["text"] and "/mlops help &lt;verb&gt;" in body["text"]
-    assert ("help", "ok", "U0ALICE") in action_rows(db, "help")
+    assert ("help", "ok", "U0ALICE") in rows_with(db, ("help", "ok", "U0ALICE"), "help")
 
 
 async def test_unknown_verb_gets_usage(served):
     _, _, client, db = served
     delivery = await client.command("U0ALICE", "deplyo ranker")
     assert "Unknown verb `deplyo`" in delivery.json()["text"]
-    assert ("deplyo", "invalid", "U0ALICE") in action_rows(db, "deplyo")
+    assert ("deplyo", "invalid", "U0ALICE") in rows_with(db, ("deplyo", "invalid", "U0ALICE"), "deplyo")
 
 
 async def test_bad_arguments_get_the_verbs_usage(served):
@@ -99,7 +107,7 @@ def _command_body(user: str, text: str, trigger: str) -> bytes:
 
 async def test_forged_stale_and_replayed_requests_are_refused(served):
     _, _, client, db = served
-    before = len(action_rows(db))
+    rejected_before = len(action_rows(db, "slack.request"))
     body = _command_body("U0MALLORY", "help", "forged.1")
     forged = client.sign(body)
     forged["X-Slack-Signature"] = "v0=" + "0" * 64
@@ -109,8 +117,12 @@ async def test_forged_stale_and_replayed_requests_are_refused(served):
     genuine = client.sign(_command_body("U0ALICE", "help", "replay.1"))
     replayed = _command_body("U0ALICE", "lock ranker prod", "replay.1")
     assert (await client.send_raw(replayed, genuine)).status == 401
-    rows = action_rows(db)[before:]
-    assert rows and all(verb == "slack.request" and status == "rejected" for verb, status, _ in rows)
+    deadline = time.monotonic() + 5
+    while len(rejected := action_rows(db, "slack.request")) < rejected_before + 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [status for _, status, _ in rejected[rejected_before:]] == ["rejected"] * 3
+    # nothing ran: no row by the forger, and the replayed lock was never attempted
+    assert not [r for r in action_rows(db) if r[2] == "U0MALLORY" or r[0] == "lock"]
 
 
 async def test_a_slack_retry_is_acknowledged_and_processed_once(served):
@@ -120,6 +132,7 @@ async def test_a_slack_retry_is_acknowledged_and_processed_once(served):
     assert first.status == again.status == 200
     assert "lock &lt;model&gt; &lt;env&gt;" in first.json()["text"]
     assert again.body == ""
+    rows_with(db, ("help", "ok", "U0BOB"), "help")
     assert [r for r in action_rows(db, "help") if r[2] == "U0BOB"] == [("help", "ok", "U0BOB")]
 
 
@@ -128,7 +141,7 @@ async def test_role_middleware_refuses_and_audits(served):
     delivery = await client.command("U0DAVE", "promote ranker")
     text = delivery.json()["text"]
     assert "You need the *approvers* role" in text and "<@U0CAROL>" in text
-    assert ("promote", "denied", "U0DAVE") in action_rows(db, "promote")
+    assert ("promote", "denied", "U0DAVE") in rows_with(db, ("promote", "denied", "U0DAVE"), "promote")
 
 
 async def test_health_and_metrics(served):
