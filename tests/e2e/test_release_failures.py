@@ -81,10 +81,15 @@ async def fleet_config(fleet, registry, tmp_path) -> AsyncIterator[Config]:
         await everywhere.unload("ranker")
 
 
+def start_bot(config: Config, clock: Clock | None = None):
+    # Slack's one-post-a-second limit is the emulator's default and is tested with it elsewhere; relaxed here
+    # so these tests reach their failures without waiting on Retry-After.
+    return local_bot(config, clock=clock or Clock(MONDAY_10_LA), post_rate=20, post_burst=20)
+
+
 @pytest.fixture
 async def bot(fleet_config):
-    clock = Clock(MONDAY_10_LA)
-    async with local_bot(fleet_config, clock=clock) as running:
+    async with start_bot(fleet_config) as running:
         yield running
 
 
@@ -130,7 +135,7 @@ async def test_a_restart_reconciles_what_the_stopped_bot_left_running(fleet_conf
     _, servers = fleet
     staging = servers["staging"][0]
     clock = Clock(MONDAY_10_LA)
-    async with local_bot(fleet_config, clock=clock) as first:
+    async with start_bot(fleet_config, clock) as first:
         await first.client.command("U0ALICE", "deploy ranker v5")
         await until_loading(staging)
         first.runtime.shutdown_grace = 0  # stopped the way a crash or a killed pod stops it: the deploy is cut off
@@ -147,7 +152,7 @@ async def test_a_restart_reconciles_what_the_stopped_bot_left_running(fleet_conf
                 break
             await asyncio.sleep(0.1)
 
-    async with local_bot(fleet_config, clock=clock) as second:
+    async with start_bot(fleet_config, clock) as second:
         releases = second.runtime.releases
         assert releases.get(n).state is State.INTERRUPTED
         assert releases.lock_of("ranker", "staging") is None and releases.lock_of("ranker", "prod") is None
@@ -201,3 +206,51 @@ async def test_a_button_on_a_superseded_card_is_refused_and_status_shows_the_tra
     provenance = await bot.slack.wait_for(lambda: next((e["text"] for e in bot.slack.ephemerals if "*ranker v1*" in e["text"]), None))
     for fact in ("dataset `datagen-2026-11-17`", "git `4e1d2c7`", "pipeline run `ranker-train-2026-11-18`", "ndcg_at_20 0.412"):
         assert fact in provenance
+
+
+@pytest.fixture(scope="module")
+async def s3_fleet():
+    """Registry and both repositories in one bucket on moto_server; one staging and one prod tritonserver reading it."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in AWS_ENV.items():
+            patch.setenv(name, value)
+        with MotoServer() as moto:
+            bucket = new_bucket(moto)
+            await upload_examples(open_store(f"s3://{bucket}/registry", s3_endpoint_url=moto.endpoint_url))
+            repos = {env: f"s3://{bucket}/repos/{env}" for env in ("staging", "prod")}
+            servers = {}
+            for env, uri in repos.items():
+                # Triton refuses to start on a repository path with nothing under it.
+                boto3.client("s3", endpoint_url=moto.endpoint_url).put_object(Bucket=bucket, Key=f"repos/{env}/.keep", Body=b"")
+                servers[env] = TritonServer(triton_repository_path(uri, moto.endpoint_url), env=AWS_ENV).start()
+            yield moto, bucket, repos, servers
+            for server in servers.values():
+                server.kill()  # nothing left to shut down gracefully; waiting on the unload would only slow the run
+
+
+async def test_deploy_unblock_and_roll_back_with_everything_on_s3(s3_fleet, tmp_path):
+    moto, bucket, repos, servers = s3_fleet
+    config = bot_config(tmp_path, f"s3://{bucket}/registry", {env: (repos[env], [servers[env].url]) for env in repos},
+                        s3={"endpoint_url": moto.endpoint_url, "region": "us-east-1"})
+    async with start_bot(config) as bot:
+        first = await deploy_verified(bot, "v1")
+        thread = " ".join(m["text"] for m in bot.slack.replies("C0MLOPS", first["ts"]))
+        assert f"to s3://{bucket}/repos/staging/ranker/" in thread
+        await bot.client.press_button("U0CAROL", "C0MLOPS", first["ts"], "Unblock prod")
+        await card_in_state(bot, "v1", "live")
+        n1 = bot.runtime.releases.environment("ranker", "prod")["triton_version"]
+
+        second = await deploy_verified(bot, "v2")
+        await bot.client.press_button("U0BOB", "C0MLOPS", second["ts"], "Unblock prod")
+        await card_in_state(bot, "v2", "live")
+        n2 = bot.runtime.releases.environment("ranker", "prod")["triton_version"]
+        assert await serving([servers["prod"]]) == {servers["prod"].url: [n2]}
+
+        await bot.client.command("U0ALICE", 'rollback ranker prod reason="drill on the S3 fleet"')
+        await bot.slack.wait_for(lambda: audit(bot, "rollback", "succeeded"), timeout=60)
+        assert await serving([servers["prod"]]) == {servers["prod"].url: [n1]}
+        assert bot.runtime.releases.environment("ranker", "prod")["version"] == "v1"
+
+    listed = boto3.client("s3", endpoint_url=moto.endpoint_url).list_objects_v2(Bucket=bucket, Prefix="repos/prod/ranker/")
+    keys = {o["Key"].removeprefix("repos/prod/ranker/") for o in listed["Contents"]}
+    assert {"config.pbtxt", f"{n1}/model.py", f"{n1}/weights.json", f"{n2}/model.py", f"{n2}/weights.json"} <= keys
