@@ -229,12 +229,15 @@ class ReleaseService:
             await self._card(release, "staging", note=f":x: Deploy failed: {exc}\nNothing was switched over: staging keeps what it "
                              "served wherever it is still up. Fix what is named above and deploy again.")
             raise ReleaseError(f"deploy of {model} {version} to staging failed: {exc}") from None
+        superseded = [r["id"] for r in self._rows("SELECT id FROM releases WHERE model = ? AND id != ? AND state IN (?, ?, ?)",
+                                                    model, release.id, State.STAGED.value, State.VERIFIED.value, State.VERIFY_FAILED.value)]
         with self.store.transaction() as conn:
-            for old in self._rows("SELECT id FROM releases WHERE model = ? AND id != ? AND state IN (?, ?, ?)",
-                                  model, release.id, State.STAGED.value, State.VERIFIED.value, State.VERIFY_FAILED.value):
-                conn.execute("UPDATE releases SET state = ? WHERE id = ?", (State.SUPERSEDED.value, old["id"]))
+            for old in superseded:
+                conn.execute("UPDATE releases SET state = ? WHERE id = ?", (State.SUPERSEDED.value, old))
             release = self._transition(release, Event.DEPLOYED, actor, env="staging", release_lock=True, audit_status="succeeded")
             self._set_env(release, "staging")
+        for old in superseded:  # their buttons go; a press on a copy not yet refreshed is still refused
+            await self._card(self.get(old), "staging", note=f"Superseded on staging by {version}, deployed by <@{actor}>.")
         await self._thread(release, f":package: {model} {version} is serving on staging. Verifying…")
         return await self.verify_release(release, actor, env="staging")
 

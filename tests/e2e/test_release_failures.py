@@ -191,8 +191,12 @@ async def test_prod_failing_after_a_good_staging_verify_is_rolled_back_by_the_bo
 
 async def test_a_button_on_a_superseded_card_is_refused_and_status_shows_the_train(bot):
     first = await deploy_verified(bot, "v1")
+    unblock = next(e for b in first["blocks"] if b["type"] == "actions" for e in b["elements"] if e["text"]["text"] == "Unblock prod")
     await deploy_verified(bot, "v2", user="U0BOB")
-    await bot.client.press_button("U0CAROL", "C0MLOPS", first["ts"], "Unblock prod")
+    stale = await card_in_state(bot, "v1", "superseded")
+    assert "Superseded on staging by v2" in str(stale["blocks"]) and not [b for b in stale["blocks"] if b["type"] == "actions"]
+    # Pressed on a copy of the card that has not refreshed yet.
+    await bot.client.press("U0CAROL", unblock["action_id"], unblock["value"], channel="C0MLOPS", message_ts=first["ts"])
     refused = await bot.slack.wait_for(lambda: next((e["text"] for e in bot.slack.ephemerals if "superseded" in e["text"]), None))
     assert "ranker v1 was superseded by v2" in refused
     assert not audit(bot, "promote", "started")
