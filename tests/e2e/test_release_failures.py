@@ -41,7 +41,7 @@ def registry(tmp_path_factory) -> Path:
     source = (slow / "model.py").read_text()
     hook = "    def initialize(self, args):\n"
     assert hook in source
-    (slow / "model.py").write_text(source.replace(hook, f"{hook}        __import__('time').sleep({SLOW_LOAD_S})\n"))
+    (slow / "model.py").write_text("import time\n" + source.replace(hook, f"{hook}        time.sleep({SLOW_LOAD_S})\n"))
     return path
 
 
