@@ -22,7 +22,14 @@ from bot.sandbox.tritonserver import TritonServer, triton_missing
 from bot.serving.artifacts import open_store
 from bot.serving.triton import Fleet, triton_repository_path
 from tests.conftest import EXAMPLE_CONFIG, ROOT, write_config
-from tests.e2e.test_release_train import MONDAY_10_LA, Clock, audit, card_in_state, deploy_verified, serving
+from tests.e2e.test_release_train import (
+    MONDAY_10_LA,
+    Clock,
+    audit,
+    card_in_state,
+    deploy_verified,
+    serving,
+)
 from tests.integration.test_serving import new_bucket, upload_examples
 from tests.support.s3 import AWS_ENV, MotoServer
 
