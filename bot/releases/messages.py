@@ -87,7 +87,7 @@ def card(release: Release, *, env: str, verify_report: dict[str, Any] | None = N
     facts = [
         f"deployed by <@{release.deployed_by}> {when(release.deployed_at)}" if release.deployed_by else "",
         f"unblocked by <@{release.approved_by}> {when(release.approved_at)}" if release.approved_by else "",
-        f"digest `{release.digest[:12]}` · triton version {release.triton_version}",
+        f"digest `{release.digest.removeprefix('sha256:')[:12]}` · triton version {release.triton_version}",
     ]
     blocks = [section(head), context(" · ".join(f for f in facts if f))]
     if note:
@@ -138,7 +138,7 @@ def reason_modal(callback_id: str, title: str, prompt: str, submit: str, metadat
 
 def provenance(model: str, version: str, metadata: dict[str, Any] | None, digest: str) -> Message:
     if metadata is None:
-        return note(f"*{model} {version}* has no readable metadata.json (digest `{digest[:12]}`).")
+        return note(f"*{model} {version}* has no readable metadata.json (digest `{digest.removeprefix('sha256:')[:12]}`).")
     metrics = ", ".join(f"{k} {v}" for k, v in (metadata.get("metrics") or {}).items()) or "none recorded"
     text = (
         f"*{model} {version}*\ncreated {metadata.get('created_at', '—')} · dataset `{metadata.get('dataset_version', '—')}`"

@@ -243,9 +243,8 @@ class ReleaseService:
 
     # -- verify -----------------------------------------------------------------------------------
 
-    async def verify_release(self, release: Release, actor: str, *, env: str = "staging") -> Release:
-        release = self._transition(release, Event.VERIFY, actor, env=env, take_lock=True)
-        await self._card(release, env)
+    async def _check(self, release: Release, env: str) -> tuple[bool, str | None, dict[str, Any]]:
+        """Run verify against `env`'s fleet: (passed, reason, the report as stored and shown)."""
         cfg = self.model_config(release.model)
         try:
             spec = await self.registry(release.model).verify_spec(release.model, release.version)
@@ -261,22 +260,51 @@ class ReleaseService:
                                   slo_p99_ms=cfg.slo_p99_ms, baseline=baseline)
         if baseline:
             await baseline[0].close()
-        report_json = {**report.model_dump(mode="json"), "reason": report.reason}
-        event = Event.PASSED if report.passed else Event.FAILED
+        return report.passed, report.reason, {**report.model_dump(mode="json"), "reason": report.reason}
+
+    async def verify_release(self, release: Release, actor: str, *, env: str = "staging") -> Release:
+        release = self._transition(release, Event.VERIFY, actor, env=env, take_lock=True)
+        await self._card(release, env)
+        passed, reason, report = await self._check(release, env)
+        event = Event.PASSED if passed else Event.FAILED
         release = self._transition(release, event, actor, env=env, release_lock=True,
-                                   audit_status="passed" if report.passed else "failed",
-                                   verify_report=json.dumps(report_json), verified_at=iso(self.rt.clock()) if report.passed else None)
+                                   audit_status="passed" if passed else "failed",
+                                   verify_report=json.dumps(report), verified_at=iso(self.rt.clock()) if passed else None)
         # The thread note first: once the card shows the outcome, its thread is complete.
-        await self._thread(release, (":white_check_mark: Verified: ready to unblock for prod." if report.passed
-                                     else f":x: Verification failed: {report.reason}. Roll back staging or deploy a fixed version."))
-        await self._card(release, env, report=report_json)
+        await self._thread(release, (":white_check_mark: Verified: ready to unblock for prod." if passed
+                                     else f":x: Verification failed: {reason}. Roll back staging or deploy a fixed version."))
+        await self._card(release, env, report=report)
+        return release
+
+    async def verify_live(self, release: Release, actor: str) -> Release:
+        """Check what prod serves now; the release stays live either way, the report says what to do."""
+        with self.store.transaction():
+            self._take_lock(release.model, "prod", actor, f"verify {release.version}", "operation", self.rt.clock())
+            self.rt.audit(actor=actor, verb="verify", status="started", channel=release.channel, model=release.model,
+                          env="prod", version=release.version, detail={"release": release.id})
+        try:
+            passed, reason, report = await self._check(release, "prod")
+        finally:
+            with self.store.transaction() as conn:
+                conn.execute("DELETE FROM locks WHERE model = ? AND env = 'prod' AND kind = 'operation'", (release.model,))
+        with self.store.transaction() as conn:
+            conn.execute("UPDATE releases SET verify_report = ? WHERE id = ?", (json.dumps(report), release.id))
+            self.rt.audit(actor=actor, verb="verify", status="passed" if passed else "failed", channel=release.channel,
+                          model=release.model, env="prod", version=release.version, detail={"reason": reason})
+        await self._thread(release, (f":white_check_mark: Prod re-verified by <@{actor}>: {release.model} {release.version} is healthy."
+                                     if passed else f":x: Prod verification of {release.version} failed: {reason}. "
+                                     f"Consider `/mlops rollback {release.model} prod`."))
+        await self._card(release, "prod", report=report)
         return release
 
     async def verify_env(self, model: str, env: str, actor: str) -> Release:
         current = self.environment(model, env)
         if current is None or current["release_id"] is None:
             raise ReleaseError(f"nothing is deployed to {model} {env} yet; `/mlops deploy {model}` first")
-        return await self.verify_release(self.get(current["release_id"]), actor, env=env)
+        release = self.get(current["release_id"])
+        if env == "prod":
+            return await self.verify_live(release, actor)
+        return await self.verify_release(release, actor, env=env)
 
     # -- promote ----------------------------------------------------------------------------------
 

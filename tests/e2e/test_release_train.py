@@ -106,6 +106,11 @@ async def test_deploy_verify_unblock_and_roll_back(bot, fleet_servers):
     await card_in_state(bot, "v1", "live")
     assert list((await serving(servers["prod"])).values()) == [[n1], [n1]]
 
+    await bot.client.command("U0ALICE", "verify ranker prod")
+    await bot.slack.wait_for(lambda: [r for r in audit(bot, "verify", "passed") if r["env"] == "prod"], timeout=60)
+    assert any("Prod re-verified by <@U0ALICE>" in m["text"] for m in bot.slack.replies("C0MLOPS", first["ts"]))
+    assert card(bot, "v1")["text"].endswith(": live")
+
     second = await deploy_verified(bot, "v2")
     n2 = bot.runtime.releases.environment("ranker", "staging")["triton_version"]
     await bot.client.press_button("U0BOB", "C0MLOPS", second["ts"], "Unblock prod")
