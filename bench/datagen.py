@@ -1,9 +1,10 @@
 """Benchmark: an alert storm through the real bot and the Slack emulator (Slack's 1 post/s per channel, burst 4).
 
-10,000 rule breaches arrive one by one, spread over 5 jobs x 20 run dates (100 breaches each, half of the
-jobs critical). Every arrival goes through `DatagenService.sync_alert`, which keeps one message per run
-date and edits it as breaches accumulate. Printed: breaches stored, messages posted and edited, the busiest
-second per channel, 429s answered by Slack and whether any call failed for good.
+10,000 rule breaches arrive over 60 s, spread over 5 jobs (each with its own channel) x 20 run dates (100
+breaches each). Every arrival is its own task through `DatagenService.sync_alert`, as concurrent reports
+would be; the service keeps one message per run date and edits it to its newest state. Printed: breaches
+stored and when, when Slack had caught up, messages posted and edited, the busiest second per channel,
+429s answered by Slack and whether any call failed for good.
 
 Run from the repository root: python -m bench.datagen
 """
@@ -23,6 +24,7 @@ from bot.sandbox.local import local_bot
 from tests.conftest import write_config
 
 JOBS, DATES, PER_ALERT = 5, 20, 100
+WINDOW = 60.0  # seconds over which the breaches arrive
 FIRST = date(2026, 11, 1)
 
 
@@ -33,18 +35,26 @@ def breach(job: int, k: int) -> Breach:
 
 
 async def storm(directory: Path) -> None:
-    jobs = {f"job{j}": {"source": str(directory / f"job{j}" / "{date}.json")} for j in range(JOBS)}
+    jobs = {f"job{j}": {"source": str(directory / f"job{j}" / "{date}.json"), "channel": f"C0STORM{j}"}
+            for j in range(JOBS)}
     config = load_config(write_config(directory, datagen={"jobs": jobs}))
     async with local_bot(config) as bot:
         service = bot.runtime.datagen
         started = time.perf_counter()
-        arrivals = 0
+        gap = WINDOW / (PER_ALERT * JOBS * DATES)
+        arrivals = []
         for k in range(PER_ALERT):
             for j in range(JOBS):
                 for d in range(DATES):
                     so_far = [breach(j, i) for i in range(k + 1)]
-                    await service.sync_alert(f"job{j}", FIRST + timedelta(days=d), so_far, None, actor="bench")
-                    arrivals += 1
+                    arrivals.append(asyncio.create_task(
+                        service.sync_alert(f"job{j}", FIRST + timedelta(days=d), so_far, None, actor="bench")))
+                    await asyncio.sleep(max(0.0, started + len(arrivals) * gap - time.perf_counter()))
+        arrived = time.perf_counter() - started
+        await asyncio.sleep(0)  # let the last arrivals store themselves; storing never waits on Slack
+        stored_on_arrival = sum(len(json.loads(detail)["breaches"]) for (detail,) in
+                                bot.runtime.store.conn.execute("SELECT detail FROM alerts"))
+        await asyncio.gather(*arrivals)
         elapsed = time.perf_counter() - started
         stored = sum(len(json.loads(detail)["breaches"]) for (detail,) in
                      bot.runtime.store.conn.execute("SELECT detail FROM alerts"))
@@ -54,8 +64,9 @@ async def storm(directory: Path) -> None:
         busiest = {}
         for (channel, _), n in per_second.items():
             busiest[channel] = max(busiest.get(channel, 0), n)
-        print(f"{arrivals:,} breach arrivals in {elapsed:.1f} s; {stored:,} breaches stored in "
-              f"{bot.runtime.store.conn.execute('SELECT count(*) FROM alerts').fetchone()[0]} alerts")
+        print(f"{len(arrivals):,} breach arrivals over {arrived:.1f} s; Slack caught up at {elapsed:.1f} s; {stored:,} breaches stored in "
+              f"{bot.runtime.store.conn.execute('SELECT count(*) FROM alerts').fetchone()[0]} alerts "
+              f"({stored_on_arrival:,} already stored when the last breach arrived)")
         print(f"chat.postMessage ok: {sum(c.ok for c in posts)}, answered 429: {sum(c.status == 429 for c in posts)}; "
               f"chat.update ok: {sum(c.ok for c in calls if c.method == 'chat.update')}")
         print(f"busiest second per channel (posts): {busiest}")

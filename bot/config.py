@@ -205,6 +205,7 @@ class DatagenJob(Strict):
     typical_runtime_minutes: int = Field(default=200, ge=0)
     grace_hours: float = Field(default=3, ge=0)
     poll_minutes: float = Field(default=10, gt=0)
+    channel: ChannelId | None = Field(default=None, description="alerts of this job go here, whatever the severity")
     rules: RuleSet = Field(default_factory=default_rules)
 
     @field_validator("source")

@@ -55,9 +55,38 @@ def chunks(blocks: list[dict[str, Any]], size: int = MAX_BLOCKS) -> list[list[di
     return [blocks[i : i + size] for i in range(0, len(blocks), size)] or [[]]
 
 
+class ChannelPacer:
+    """A token bucket per channel: `rate` writes per second with bursts of `burst`, as Slack allows.
+
+    Waiting here rather than on Slack's 429s keeps a storm from hammering the API, and a writer that waits
+    lets the callers queued behind it (see DatagenService._show) fold their edits into one.
+    """
+
+    def __init__(self, rate: float = 1.0, burst: int = 4):
+        self.rate = rate
+        self.burst = burst
+        self._buckets: dict[str, tuple[float, float]] = {}  # channel -> (tokens, when counted)
+
+    async def take(self, channel: str) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            now = loop.time()
+            tokens, counted = self._buckets.get(channel, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - counted) * self.rate)
+            if tokens >= 1:
+                self._buckets[channel] = (tokens - 1, now)
+                return
+            self._buckets[channel] = (tokens, now)
+            await asyncio.sleep((1 - tokens) / self.rate)
+
+
 class Notifier:
-    def __init__(self, client: AsyncWebClient):
+    def __init__(self, client: AsyncWebClient, *, rate: float = 1.0, burst: int = 4):
         self.client = client
+        # Posts follow Slack's documented ~1 message/s per channel; edits get a bucket of their own so a
+        # card's few edits never wait behind its thread replies.
+        self.posts = ChannelPacer(rate, burst)
+        self.edits = ChannelPacer(rate, burst)
 
     async def _call(self, method: str, **kwargs: Any) -> AsyncSlackResponse:
         try:
@@ -71,9 +100,11 @@ class Notifier:
     async def post(self, channel: str, msg: Message, *, thread_ts: str | None = None) -> str:
         """Post a message; one longer than Slack's 50 blocks continues in its own thread, never rejected."""
         first, *rest = chunks(msg.blocks)
+        await self.posts.take(channel)
         resp = await self._call("chat.postMessage", channel=channel, text=msg.text, blocks=first, thread_ts=thread_ts)
         ts = resp["ts"]
         for part in rest:
+            await self.posts.take(channel)
             await self._call("chat.postMessage", channel=resp["channel"], text=msg.text, blocks=part, thread_ts=thread_ts or ts)
         return ts
 
@@ -81,6 +112,7 @@ class Notifier:
         return await self.post(channel, msg, thread_ts=thread_ts)
 
     async def update(self, channel: str, ts: str, msg: Message) -> None:
+        await self.edits.take(channel)
         await self._call("chat.update", channel=channel, ts=ts, text=msg.text, blocks=chunks(msg.blocks)[0])
 
     async def ephemeral(self, channel: str, user: str, msg: Message) -> None:

@@ -8,6 +8,8 @@ later report no longer breaches any of its (rule, metric) pairs.
 """
 from __future__ import annotations
 
+import asyncio
+
 import hashlib
 import hmac
 import json
@@ -134,6 +136,11 @@ class DatagenService:
         self.runtime = runtime
         self.store = runtime.store
         self.jobs = runtime.config.datagen.jobs
+        # Per alert message: one writer at a time, and how many changes were asked for / already shown, so a
+        # storm of changes to one alert becomes a few edits of its newest state (see _show).
+        self._writers: dict[tuple[str, date], asyncio.Lock] = {}
+        self._asked: dict[tuple[str, date], int] = {}
+        self._shown: dict[tuple[str, date], int] = {}
         for name, job in self.jobs.items():
             every = timedelta(minutes=job.poll_minutes)
             trigger = IntervalTrigger(minutes=job.poll_minutes, start_date=datetime(2000, 1, 1, tzinfo=UTC),
@@ -247,7 +254,8 @@ class DatagenService:
             return  # nothing new to say
         if row is None:
             silenced = self._silenced_until(job, now) is not None
-            channel = self.runtime.config.channels.error if severity == "crit" else self.runtime.config.channels.info
+            channels = self.runtime.config.channels
+            channel = self.jobs[job].channel or (channels.error if severity == "crit" else channels.info)
             self.store.db["alerts"].insert({
                 "source": SOURCE, "key": f"{job}/{run_date}", "state": "silenced" if silenced else "open",
                 "severity": severity, "summary": summary, "detail": detail, "channel": channel,
@@ -256,10 +264,7 @@ class DatagenService:
             assert row is not None
             self.runtime.audit(actor=actor, verb="datagen.alert", status=row["state"], channel=channel, model=job,
                                version=run_date.isoformat(), detail={"severity": severity, "breaches": len(breaches)})
-            if silenced:
-                return
-            ts = await self.runtime.notifier.post(channel, self._render(job, run_date, row))
-            self.store.db["alerts"].update(row["id"], {"ts": ts})
+            await self._show(job, run_date)
             return
         state = "open" if row["state"] == "resolved" else row["state"]
         self.store.db["alerts"].update(row["id"], {"detail": detail, "summary": summary, "severity": severity,
@@ -269,15 +274,27 @@ class DatagenService:
         await self._show(job, run_date)
 
     async def _show(self, job: str, run_date: date) -> None:
-        row = self.alert_row(job, run_date)
-        if row is None:
-            return
-        if row["ts"] is None:
-            if row["state"] in ("open", "acked"):  # silenced until now; people see it from here on
-                ts = await self.runtime.notifier.post(row["channel"], self._render(job, run_date, row))
-                self.store.db["alerts"].update(row["id"], {"ts": ts})
-            return
-        await self.runtime.notifier.update(row["channel"], row["ts"], self._render(job, run_date, row))
+        """Bring the alert's message up to its stored state: post it once, then edit it.
+
+        Callers queue on the message's lock; whoever gets it renders the newest row, so the callers behind it
+        whose change that already covers return without another call to Slack.
+        """
+        key = (job, run_date)
+        self._asked[key] = asked = self._asked.get(key, 0) + 1
+        async with self._writers.setdefault(key, asyncio.Lock()):
+            if self._shown.get(key, 0) >= asked:
+                return
+            covered = self._asked[key]
+            row = self.alert_row(job, run_date)
+            if row is None:
+                return
+            if row["ts"] is None:
+                if row["state"] in ("open", "acked"):  # silenced until now; people see it from here on
+                    ts = await self.runtime.notifier.post(row["channel"], self._render(job, run_date, row))
+                    self.store.db["alerts"].update(row["id"], {"ts": ts})
+            else:
+                await self.runtime.notifier.update(row["channel"], row["ts"], self._render(job, run_date, row))
+            self._shown[key] = covered
 
     async def _resolve(self, job: str, run_date: date, row: dict[str, Any], *, actor: str) -> None:
         self.store.db["alerts"].update(row["id"], {"state": "resolved", "resolved_at": iso(self.runtime.clock())})

@@ -64,6 +64,8 @@ async def local_bot(
         update={"slack_bot_token": BOT_TOKEN, "slack_signing_secret": SIGNING_SECRET, "slack_api_url": emulator.api_url}
     )
     runtime = Runtime(config, secrets, clock=clock)
+    for pacer in (runtime.notifier.posts, runtime.notifier.edits):  # the bot knows its workspace's limits
+        pacer.rate, pacer.burst = post_rate, post_burst
     runner = web.AppRunner(runtime.web_app(), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
