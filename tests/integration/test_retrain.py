@@ -92,7 +92,8 @@ async def ephemeral(bot: LocalBot, words: str, timeout: float = 15) -> str:
 
 
 async def test_retrain_to_a_ready_version_then_deploy_it_to_staging(bot: LocalBot, registry: Path) -> None:
-    assert (await bot.client.command("U0ALICE", "retrain ranker epochs=2")).status == 200
+    # Long enough (8 x 0.2 s) that the follower sees it running and posts its output lines.
+    assert (await bot.client.command("U0ALICE", "retrain ranker epochs=8")).status == 200
 
     ready = await card_saying(bot, "is ready")
     [run] = runs(bot)
@@ -102,7 +103,7 @@ async def test_retrain_to_a_ready_version_then_deploy_it_to_staging(bot: LocalBo
     assert ready["text"] == f"ranker {run['version']} is ready"
     blocks = json.dumps(ready["blocks"])
     assert "Offline metrics" in blocks and f"auc `{metadata['metrics']['auc']:g}`" in blocks
-    assert "<@U0ALICE>" in blocks and "`epochs=2`" in blocks
+    assert "<@U0ALICE>" in blocks and "`epochs=8`" in blocks
     replies = await thread_saying(bot, ready, "is ready")
     assert "running" in replies and "epoch" in replies and "is ready" in replies
     assert [r["status"] for r in audit(bot, "retrain")] == ["accepted", "started", "succeeded"]
