@@ -83,9 +83,13 @@ def verb(v: Verb) -> Verb:
     return v
 
 
+def escape(text: str) -> str:
+    """Slack's mrkdwn escapes: without them <model> reads as a link and echoed input could @-mention."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def usage_line(v: Verb) -> str:
-    usage = v.usage.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")  # Slack's mrkdwn escapes
-    return f"`/mlops {usage}`"
+    return f"`/mlops {escape(v.usage)}`"
 
 
 @functools.lru_cache(maxsize=64)  # the verb table is fixed once handlers are imported; help is the hottest reply
@@ -96,7 +100,7 @@ def help_message(topic: str | None = None) -> Message:
         text = f"{usage_line(v)}\n{v.summary}{role}" + (f"\n{v.details}" if v.details else "")
         return Message(text=text, blocks=[{"type": "section", "text": {"type": "mrkdwn", "text": text}}])
     lines = [f"{usage_line(v)}: {v.summary}" for v in sorted(VERBS.values(), key=lambda v: v.name)]
-    head = f"Unknown verb `{topic}`. " if topic else ""
+    head = f"Unknown verb `{escape(topic)}`. " if topic else ""
     text = head + "*/mlops* runs the team's ML production loop. Verbs:\n" + "\n".join(lines)
     text += "\n`/mlops help &lt;verb&gt;` explains one."
     return Message(text=text, blocks=[{"type": "section", "text": {"type": "mrkdwn", "text": text[:3000]}}])
