@@ -106,8 +106,9 @@ async def test_deploy_verify_unblock_and_roll_back(bot, fleet_servers):
     assert list((await serving(servers["prod"])).values()) == [[n1], [n1]]
 
     await bot.client.command("U0ALICE", "verify ranker prod")
-    await bot.slack.wait_for(lambda: [r for r in audit(bot, "verify", "passed") if r["env"] == "prod"], timeout=60)
-    assert any("Prod re-verified by <@U0ALICE>" in m["text"] for m in bot.slack.replies("C0MLOPS", first["ts"]))
+    await bot.slack.wait_for(lambda: any("Prod re-verified by <@U0ALICE>" in m["text"]
+                                         for m in bot.slack.replies("C0MLOPS", first["ts"])), timeout=60)
+    assert [r for r in audit(bot, "verify", "passed") if r["env"] == "prod"]
     assert card(bot, "v1")["text"].endswith(": live")
 
     second = await deploy_verified(bot, "v2")
