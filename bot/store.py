@@ -4,8 +4,9 @@ One connection, used from the event loop's thread: every statement here is short
 keeps the audit chain ordered without cross-process coordination beyond SQLite's own BEGIN IMMEDIATE.
 
 Group commit: single-row appends (audit rows, delivery keys, slot claims) made while the event loop runs
-join one open transaction that is committed at the loop's next turn, so a burst of Slack requests pays
-for one commit rather than two each. Readers on this connection see the rows at once; an explicit
+join one group that is committed at the loop's next turn, so a burst of Slack requests pays for one
+commit rather than two each. Audit rows wait in memory until then and are chained and inserted in one
+batch; the reads of the log here (`actions`, `verify_chain`, `query`) write them first. An explicit
 `transaction()` commits the open group first, so its rollback can never take other rows with it.
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ import asyncio
 import hashlib
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -224,6 +225,7 @@ MIGRATIONS: list[str] = [
 
 GENESIS = "0" * 64
 AUDIT_FIELDS = ("ts", "actor", "channel", "verb", "model", "env", "version", "status", "detail", "key")
+_INSERT_ACTION = f"INSERT INTO actions ({', '.join(AUDIT_FIELDS)}, prev_hash, hash) VALUES ({', '.join('?' * (len(AUDIT_FIELDS) + 2))})"
 
 
 def utcnow() -> datetime:
@@ -234,8 +236,14 @@ def iso(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
 
 
-def row_hash(prev_hash: str, row: dict[str, Any]) -> str:
-    body = json.dumps([prev_hash, *(row.get(f) for f in AUDIT_FIELDS)], separators=(",", ":"), sort_keys=True)
+# Built once: json.dumps with options builds an encoder per call, a visible share of an audit row's cost.
+_canonical = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode
+_detail = json.JSONEncoder(sort_keys=True, default=str).encode
+
+
+def row_hash(prev_hash: str, values: Sequence[Any]) -> str:
+    """The hash of a row given its values in AUDIT_FIELDS order and the previous row's hash."""
+    body = _canonical([prev_hash, *values])
     return hashlib.sha256(body.encode()).hexdigest()
 
 
@@ -257,6 +265,9 @@ class Store:
         conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across app crashes, fast commits
         conn.execute("PRAGMA foreign_keys=ON")
         self._explicit = False  # inside transaction(); otherwise an open transaction is a commit group
+        self._head: str | None = None  # the chain's last hash, known while this connection holds the write lock
+        self._pending: list[tuple[Any, ...]] = []  # audit rows of the commit group, not yet chained
+        self._scheduled = False  # a commit of the group is scheduled on the loop
         self._closed = False
         self.migrate()
 
@@ -298,22 +309,59 @@ class Store:
             self.conn.execute("COMMIT")
         finally:
             self._explicit = False
+            self._head = None
 
     def commit_group(self) -> None:
+        """Write the pending audit rows and commit the group. Outside a transaction only."""
+        self._scheduled = False
         # Scheduled with call_soon, so it may run after close() (which committed the group already).
-        if not self._closed and self.conn.in_transaction and not self._explicit:
-            self.conn.execute("COMMIT")
-
-    def _append(self) -> None:
-        """Make the next statements part of a commit group, when there is a loop to commit it."""
-        if self.conn.in_transaction:
+        if self._closed or self._explicit:
             return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return  # no loop (CLI): the caller's statement autocommits
-        self.conn.execute("BEGIN IMMEDIATE")
-        loop.call_soon(self.commit_group)
+        self._flush()
+        if self.conn.in_transaction:
+            self.conn.execute("COMMIT")
+            self._head = None
+
+    def _defer(self) -> bool:
+        """Join the commit group if a loop will commit it at its next turn; False means write now."""
+        if self._explicit:
+            return False
+        if not self._scheduled:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return False  # no loop (CLI): the caller's statement autocommits
+            loop.call_soon(self.commit_group)
+            self._scheduled = True
+        return True
+
+    def _begin_group(self) -> None:
+        """Open the commit group's transaction for a statement whose result the caller needs now."""
+        if self._defer() and not self.conn.in_transaction:
+            self.conn.execute("BEGIN IMMEDIATE")
+
+    def _flush(self) -> None:
+        """Chain and insert the pending audit rows into the open group (opening it if need be)."""
+        if not self._pending:
+            return
+        if not self.conn.in_transaction:
+            self.conn.execute("BEGIN IMMEDIATE")
+        rows, self._pending = self._pending, []
+        self._write(rows)
+
+    def _write(self, rows: list[tuple[Any, ...]]) -> None:
+        """Link rows (values in AUDIT_FIELDS order) into the chain and insert them; the write lock is held."""
+        head = self._head
+        if head is None:  # once per transaction: no other writer can move the head while we hold the lock
+            found = self.conn.execute("SELECT hash FROM audit_head WHERE one = 1").fetchone()
+            head = found[0] if found else GENESIS
+        chained = []
+        for values in rows:
+            digest = row_hash(head, values)
+            chained.append((*values, head, digest))
+            head = digest
+        self.conn.executemany(_INSERT_ACTION, chained)
+        self._head = head
 
     # -- audit log ---------------------------------------------------------------------------------
 
@@ -330,44 +378,28 @@ class Store:
         detail: dict[str, Any] | None = None,
         key: str | None = None,
         at: datetime | None = None,
-    ) -> int:
-        row = {
-            "ts": iso(at or utcnow()),
-            "actor": actor,
-            "channel": channel,
-            "verb": verb,
-            "model": model,
-            "env": env,
-            "version": version,
-            "status": status,
-            "detail": json.dumps(detail or {}, sort_keys=True, default=str),
-            "key": key,
-        }
-        self._append()
-        if self.conn.in_transaction:  # an explicit transaction or a commit group: the write lock is held
-            return self._chain(row)
+    ) -> None:
+        """Append a row. On the event loop it is chained and written with its group at the loop's next turn
+        (in a tight batch, which costs far less per row than one statement each); reads here flush first."""
+        values = (iso(at or utcnow()), actor, channel, verb, model, env, version, status, _detail(detail or {}), key)
+        if self._defer():
+            self._pending.append(values)
+            return
         with self.transaction():
-            return self._chain(row)
-
-    def _chain(self, row: dict[str, Any]) -> int:
-        head = self.conn.execute("SELECT hash FROM audit_head WHERE one = 1").fetchone()
-        row["prev_hash"] = head[0] if head else GENESIS
-        row["hash"] = row_hash(row["prev_hash"], row)
-        cursor = self.conn.execute(
-            f"INSERT INTO actions ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", tuple(row.values())
-        )
-        return int(cursor.lastrowid)
+            self._write([values])
 
     def verify_chain(self) -> ChainBreak | None:
         """The first row whose content or link no longer matches, or None when the log is intact."""
+        self._flush()
         prev_hash, prev_id = GENESIS, 0
-        for row in self.conn.execute(f"SELECT id, {', '.join(AUDIT_FIELDS)}, prev_hash, hash FROM actions ORDER BY id"):
-            record = dict(zip(("id", *AUDIT_FIELDS, "prev_hash", "hash"), row))
-            if record["prev_hash"] != prev_hash:
-                return ChainBreak(record["id"], f"row {record['id']} does not follow row {prev_id}: a row was deleted or edited")
-            if row_hash(prev_hash, record) != record["hash"]:
-                return ChainBreak(record["id"], f"row {record['id']} was edited after it was written")
-            prev_hash, prev_id = record["hash"], record["id"]
+        for row_id, *values, linked_to, digest in self.conn.execute(
+            f"SELECT id, {', '.join(AUDIT_FIELDS)}, prev_hash, hash FROM actions ORDER BY id"
+        ):
+            if linked_to != prev_hash:
+                return ChainBreak(row_id, f"row {row_id} does not follow row {prev_id}: a row was deleted or edited")
+            if row_hash(prev_hash, values) != digest:
+                return ChainBreak(row_id, f"row {row_id} was edited after it was written")
+            prev_hash, prev_id = digest, row_id
         head = self.conn.execute("SELECT last_id, hash FROM audit_head WHERE one = 1").fetchone()
         if head and (head[0], head[1]) != (prev_id, prev_hash):
             return ChainBreak(prev_id + 1, f"the log ends at row {prev_id} but row {head[0]} was written: rows were deleted")
@@ -377,6 +409,7 @@ class Store:
         self, *, limit: int | None = None, model: str | None = None, since: datetime | None = None
     ) -> list[dict[str, Any]]:
         where, params = [], []
+        self._flush()
         if model:
             where.append("model = ?")
             params.append(model)
@@ -391,17 +424,22 @@ class Store:
             r["detail"] = json.loads(r["detail"])
         return rows[::-1]
 
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Rows as dicts, with this process's pending audit rows written first."""
+        self._flush()
+        return [dict(r) for r in self.db.query(sql, params)]
+
     # -- small helpers -----------------------------------------------------------------------------
 
     def first_time(self, table: str, key: str, at: datetime | None = None) -> bool:
         """Record `key` in a (key, ts) table; True only the first time: the basis of exactly-once."""
-        self._append()
+        self._begin_group()
         cursor = self.conn.execute(f"INSERT OR IGNORE INTO {table} (key, ts) VALUES (?, ?)", (key, iso(at or utcnow())))
         return cursor.rowcount == 1
 
     def claim_slot(self, job: str, slot: str, at: datetime | None = None, detail: dict | None = None) -> bool:
         """Claim a scheduled job's slot; False if some earlier run (maybe before a restart) already had it."""
-        self._append()
+        self._begin_group()
         cursor = self.conn.execute(
             "INSERT OR IGNORE INTO job_runs (job, slot, ran_at, detail) VALUES (?, ?, ?, ?)",
             (job, slot, iso(at or utcnow()), json.dumps(detail or {})),

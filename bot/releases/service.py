@@ -81,7 +81,7 @@ class ReleaseService:
         return _release(rows[0])
 
     def _rows(self, sql: str, *params: Any) -> list[dict[str, Any]]:
-        return [dict(r) for r in self.store.db.query(sql, params)]
+        return self.store.query(sql, params)
 
     def environment(self, model: str, env: str) -> dict[str, Any] | None:
         rows = self._rows("SELECT * FROM environments WHERE model = ? AND env = ?", model, env)

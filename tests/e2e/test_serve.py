@@ -90,7 +90,7 @@ async def test_unknown_verb_gets_usage(served):
     _, _, client, db = served
     delivery = await client.command("U0ALICE", "deplyo ranker")
     assert "Unknown verb `deplyo`" in delivery.json()["text"]
-    assert ("deplyo", "invalid", "U0ALICE") in rows_with(db, ("deplyo", "invalid", "U0ALICE"), "deplyo")
+    assert ("unknown", "invalid", "U0ALICE") in rows_with(db, ("unknown", "invalid", "U0ALICE"), "unknown")
 
 
 async def test_bad_arguments_get_the_verbs_usage(served):

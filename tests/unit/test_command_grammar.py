@@ -1,6 +1,10 @@
-import pytest
+import shlex
 
-from handlers.commands import UsageError, tokenize
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from handlers.commands import UsageError, split_words, tokenize
 
 
 def test_verb_args_and_options():
@@ -18,3 +22,13 @@ def test_empty_text_is_help():
 def test_unbalanced_quote_is_a_usage_error():
     with pytest.raises(UsageError, match="quotes"):
         tokenize('lock ranker prod "oops')
+
+
+
+# ASCII without quotes, backslashes and the control characters str.split() treats as spaces but shlex does not.
+UNQUOTED = st.characters(codec="ascii", exclude_characters="\"'\\\x0b\x0c\x1c\x1d\x1e\x1f")
+
+
+@given(st.text(alphabet=UNQUOTED, max_size=60))
+def test_unquoted_text_splits_as_shlex_does(text):
+    assert split_words(text) == shlex.split(text)

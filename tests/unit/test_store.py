@@ -1,3 +1,4 @@
+import asyncio
 import sqlite3
 
 import pytest
@@ -65,3 +66,22 @@ def test_first_time_and_slots_are_exactly_once(store):
     assert not store.first_time("slack_requests", "trigger:1")
     assert store.claim_slot("digest.daily", "2026-11-22T17:00")
     assert not store.claim_slot("digest.daily", "2026-11-22T17:00")
+
+
+async def test_rows_written_on_the_loop_are_committed_in_order_and_survive_a_rollback(tmp_path):
+    store = Store(tmp_path / "state.db")
+    other = sqlite3.connect(tmp_path / "state.db")  # what `mlops-bot audit` in another process sees
+    for i in range(3):
+        store.audit(actor="U0ALICE", verb="help", status="ok", detail={"i": i})
+    assert [r["detail"]["i"] for r in store.actions()] == [0, 1, 2]  # readers here see the group at once
+    with pytest.raises(RuntimeError), store.transaction() as conn:
+        conn.execute("INSERT INTO locks VALUES ('ranker', 'prod', 'U0BOB', 'x', 'manual', NULL, '', '')")
+        store.audit(actor="U0BOB", verb="lock", status="ok")
+        raise RuntimeError("the compare-and-set lost")
+    store.audit(actor="U0ALICE", verb="help", status="ok", detail={"i": 3})
+    await asyncio.sleep(0)  # the loop's next turn commits the group
+    await asyncio.sleep(0)
+    assert [v for (v,) in other.execute("SELECT verb FROM actions ORDER BY id")] == ["help"] * 4
+    assert store.verify_chain() is None
+    other.close()
+    store.close()
