@@ -1,7 +1,9 @@
 """Ack latency and throughput of signed slash commands: the bot versus a bare slack-bolt app that only acks.
 
 Both run as their own processes against the Slack emulator; this process only sends signed requests.
-    python -m bench.ack_latency [--requests 2000]
+The two targets take turns over several rounds and each ratio is taken within a round, so a noisy
+neighbour on a shared machine slows both sides of a pair rather than one side of the comparison.
+    python -m bench.ack_latency [--requests 2000] [--rounds 3]
 """
 from __future__ import annotations
 
@@ -86,7 +88,7 @@ def figures(latencies: list[float]) -> tuple[float, float]:
     return cuts[49] * 1000, cuts[98] * 1000
 
 
-async def main(total: int) -> None:
+async def main(total: int, rounds: int) -> None:
     slack = SlackEmulator(bot_token=TOKEN, signing_secret=SECRET)
     await slack.start()
     env = {**os.environ, "SLACK_BOT_TOKEN": TOKEN, "SLACK_SIGNING_SECRET": SECRET, "SLACK_API_URL": slack.api_url}
@@ -111,17 +113,23 @@ async def main(total: int) -> None:
                 print(f"{'target':<6} {'conc':>5} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'cpu µs/req':>11}")
                 for concurrency in (1, 50, 200):
                     n = max(200, total if concurrency > 1 else total // 4)
+                    runs: dict[str, list[tuple[list[float], float, float]]] = {name: [] for name in urls}
+                    for _ in range(rounds):
+                        for name, url in urls.items():
+                            await load(client, http, url, concurrency, 50)  # warm up connections and caches
+                            cpu_before = cpu_seconds(procs[name].pid)
+                            latencies, rate = await load(client, http, url, concurrency, n)
+                            runs[name].append((latencies, rate, (cpu_seconds(procs[name].pid) - cpu_before) / n * 1e6))
                     result = {}
-                    for name, url in urls.items():
-                        await load(client, http, url, concurrency, 50)  # warm up connections and caches
-                        cpu_before = cpu_seconds(procs[name].pid)
-                        latencies, rate = await load(client, http, url, concurrency, n)
-                        cpu = (cpu_seconds(procs[name].pid) - cpu_before) / n * 1e6
-                        p50, p99 = figures(latencies)
-                        result[name] = (p50, p99, rate)
+                    for name, rows in runs.items():
+                        p50, p99 = figures([x for latencies, _, _ in rows for x in latencies])
+                        rate, cpu = statistics.median(r for _, r, _ in rows), statistics.median(c for _, _, c in rows)
+                        result[name] = (p50, p99)
                         print(f"{name:<6} {concurrency:>5} {p50:>8.2f} {p99:>8.2f} {rate:>8.0f} {cpu:>11.0f}")
+                    ratios = [bot[1] / bare[1] for bot, bare in zip(runs["bot"], runs["bare"])]
                     print(f"{'ratio':<6} {concurrency:>5} {result['bot'][0] / result['bare'][0]:>8.2f} "
-                          f"{result['bot'][1] / result['bare'][1]:>8.2f} {result['bot'][2] / result['bare'][2]:>8.2f}  (bot / bare)")
+                          f"{result['bot'][1] / result['bare'][1]:>8.2f} {statistics.median(ratios):>8.2f}  "
+                          f"(bot / bare; req/s: median of {rounds} paired rounds, range {min(ratios):.2f}-{max(ratios):.2f})")
             await client.close()
         finally:
             for proc in procs.values():
@@ -133,4 +141,6 @@ async def main(total: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=2000)
-    asyncio.run(main(parser.parse_args().requests))
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    asyncio.run(main(args.requests, args.rounds))
