@@ -1,7 +1,8 @@
 """Alertmanager intake: `POST /hooks/alertmanager` (webhook format version 4) into one Slack message per group.
 
 A notification group (Alertmanager's groupKey) gets one message: posted when it first fires, edited on
-every later notification, ending as RESOLVED. When the labels name a configured model and environment
+every later notification, ending as RESOLVED. A group that fires again after it resolved gets a new
+message, since nobody notices an edit to one that scrolled away; the old one stays as history. When the labels name a configured model and environment
 the message carries "Roll back" (the same modal and code as `/mlops rollback`) and "Silence" buttons.
 """
 from __future__ import annotations
@@ -167,6 +168,9 @@ class AlertmanagerIntake:
             if existing is None:
                 self.rt.store.db["alerts"].insert({"source": SOURCE, "key": n.groupKey, "channel": self.channel,
                                                    "opened_at": iso(now), **fields})
+            elif existing["state"] == "resolved" and state != "resolved":  # fired again: a fresh message
+                self.rt.store.db["alerts"].update(existing["id"], {**fields, "ts": None, "acked_by": None,
+                                                                   "opened_at": iso(now), "channel": self.channel})
             else:
                 self.rt.store.db["alerts"].update(existing["id"], fields)
             row = self.row(n.groupKey)

@@ -66,6 +66,13 @@ async def test_firing_then_resolved_edits_one_message_with_rollback_and_silence(
         assert not [b for b in card["blocks"] if b["type"] == "actions"]  # nothing to press on a resolved alert
         assert len(bot.slack.calls_to("chat.update")) >= 1
 
+        # Firing again later is news: a new message, while the resolved one stays as it was.
+        status, body = await post(bot.url, notification("firing"))
+        assert (status, body["state"]) == (200, "open")
+        old, new = bot.slack.messages(CHANNEL)
+        assert "*RESOLVED*" in _text(old) and "*FIRING*" in _text(new) and new["ts"] != old["ts"]
+        assert [e["text"]["text"] for b in new["blocks"] if b["type"] == "actions" for e in b["elements"]] == labels
+
 
 async def test_silence_button_quietens_the_model_env(tmp_path: Path) -> None:
     config = load_config(write_config(tmp_path))
