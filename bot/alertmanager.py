@@ -130,13 +130,9 @@ class AlertmanagerIntake:
     def row(self, key: str) -> dict[str, Any] | None:
         return next(iter(self.rt.store.db.query("SELECT * FROM alerts WHERE source = ? AND key = ?", [SOURCE, key])), None)
 
-    def _silence(self, target: tuple[str, str] | None, now: datetime) -> tuple[str, datetime] | None:
-        if target is None:
-            return None
-        found = self.rt.store.conn.execute(
-            "SELECT created_by, until FROM silences WHERE source = ? AND matcher = ? AND until > ? ORDER BY until DESC LIMIT 1",
-            (SOURCE, "/".join(target), iso(now))).fetchone()
-        return (found[0], datetime.fromisoformat(found[1])) if found else None
+    def _silence(self, target: tuple[str, str] | None) -> tuple[str, datetime] | None:
+        found = self.rt.silences.current(SOURCE, "/".join(target)) if target else None
+        return (found.created_by, found.until) if found else None
 
     async def hook(self, request: web.Request) -> web.Response:
         token = self.rt.secrets.alertmanager_token
@@ -156,7 +152,7 @@ class AlertmanagerIntake:
         async with self._groups[n.groupKey]:
             now = self.rt.clock()
             target = self.target(n)
-            silenced = self._silence(target, now)
+            silenced = self._silence(target)
             existing = self.row(n.groupKey)
             state = "resolved" if n.status == "resolved" else "silenced" if silenced else "open"
             fields = {
@@ -200,8 +196,7 @@ class AlertmanagerIntake:
         now = self.rt.clock()
         until = now + SILENCE_FOR
         with self.rt.store.transaction():
-            self.rt.store.db["silences"].insert({"source": SOURCE, "matcher": f"{model}/{env}", "until": iso(until),
-                                                 "created_by": user, "created_at": iso(now)})
+            self.rt.silences.add(SOURCE, f"{model}/{env}", until, user)
             self.rt.store.db["alerts"].update(alert_id, {"state": "silenced", "acked_by": user})
             self.rt.audit(actor=user, verb=SILENCE, status="ok", model=model, env=env, detail={"alert": alert_id, "until": iso(until)})
         n = Notification.model_validate(detail["notification"])

@@ -28,6 +28,7 @@ from bot.oncall.service import OnCallService
 from bot.releases.service import ReleaseService
 from bot.retrain.service import RetrainService
 from bot.scheduler import Scheduler
+from bot.silences import Silences
 from bot.store import Store, utcnow
 
 log = logging.getLogger(__name__)
@@ -162,6 +163,7 @@ class Runtime:
         self.notifier = Notifier(self.client)
         self.roles = RoleDirectory(config, self.notifier)
         self.scheduler = Scheduler(self.store, clock)
+        self.silences = Silences(self)
         # Domain services (each registers its scheduled jobs in its constructor).
         self.releases = ReleaseService(self)
         self.datagen = DatagenService(self)

@@ -10,6 +10,7 @@ import json
 import shlex
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp
@@ -503,3 +504,79 @@ verb(Verb("retrain", "retrain <model> [key=value ...] [force=true] | retrain <mo
           role="deployers", audit_fields=lambda r: {"model": r.model},
           details="key=value arguments go to the pipeline (Airflow: in the run's conf). One run per model at a time; "
                   "`force=true` starts another anyway. The card's *Deploy to staging* button ships the new version."))
+
+
+# -- silences -----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SilenceRequest:
+    """No source: list the silences in force. `end`: end one early. Otherwise: silence these alerts."""
+
+    source: str | None = None
+    matcher: str = ""
+    span: timedelta = timedelta(hours=24)
+    end: int | None = None
+
+
+def _parse_silence(runtime: Runtime, cmd: Command) -> SilenceRequest:
+    from bot.silences import SilenceError, parse_duration
+
+    args = cmd.args
+    if not args:
+        return SilenceRequest()
+    if args[0] == "end":
+        if len(args) != 2 or not args[1].lstrip("#").isdigit():
+            raise UsageError("name the silence to end by its number, as `/mlops silence` lists them")
+        return SilenceRequest(end=int(args[1].lstrip("#")))
+    if args[0] == "datagen":
+        jobs = runtime.config.datagen.jobs
+        if len(args) < 2 or args[1] not in jobs:
+            raise UsageError(f"name a datagen job; jobs: {', '.join(sorted(jobs)) or 'none'}")
+        source, matcher, rest = "datagen", args[1], args[2:]
+    else:
+        model = _model(runtime, cmd)
+        if len(args) < 2:
+            raise UsageError(f"name the environment: {', '.join(runtime.config.models[model].environments)}")
+        source, matcher, rest = "alertmanager", f"{model}/{_env(runtime, model, args[1])}", args[2:]
+    if len(rest) > 1:
+        raise UsageError(f"unexpected words: {escape(' '.join(rest[1:]))}")
+    try:
+        return SilenceRequest(source, matcher, parse_duration(rest[0])) if rest else SilenceRequest(source, matcher)
+    except SilenceError as exc:
+        raise UsageError(str(exc)) from None
+
+
+async def _silence(runtime: Runtime, cmd: Command, req: SilenceRequest) -> None:
+    from bot.releases.messages import when
+    from bot.silences import SilenceError, describe
+
+    silences = runtime.silences
+    if req.end is not None:
+        try:
+            ended = silences.end(req.end, cmd.user)
+        except SilenceError as exc:
+            await runtime.notifier.respond(cmd.response_url, Message(f":warning: {exc}"))
+            return
+        await runtime.notifier.post(cmd.channel, Message(f":bell: <@{cmd.user}> ended silence #{ended.id}: alerts for "
+                                                         f"{describe(ended.source, ended.matcher)} are posted again."))
+    elif req.source is None:
+        lines = [f"• #{s.id} {describe(s.source, s.matcher)} until {when(s.until)}, by <@{s.created_by}>"
+                 for s in silences.active()]
+        text = ("Silences in force:\n" + "\n".join(lines) + "\n`/mlops silence end ID` ends one early.") if lines else (
+            "No silences are in force.")
+        await runtime.notifier.respond(cmd.response_url, Message(text))
+    else:
+        until = runtime.clock() + req.span
+        silence_id = silences.add(req.source, req.matcher, until, cmd.user)
+        runtime.audit(actor=cmd.user, channel=cmd.channel, verb="silence", status="ok",
+                      detail={"silence": silence_id, "source": req.source, "matcher": req.matcher, "until": until.isoformat()})
+        await runtime.notifier.post(cmd.channel, Message(
+            f":no_bell: <@{cmd.user}> silenced alerts for {describe(req.source, req.matcher)} until {when(until)} (#{silence_id}): they are "
+            f"stored, not posted. `/mlops silence end {silence_id}` ends it early."))
+
+
+verb(Verb("silence", "silence [<model> <env> | datagen <job>] [30m|4h|2d] | silence end <id>",
+          "hold back alerts for a model's environment or a datagen job for a while (24h unless told); alone, list silences",
+          _silence, parse=_parse_silence,
+          details="Alerts that arrive while silenced are stored (and counted in the weekly digest) but not posted. "
+                  "A silence lasts at most 7d."))

@@ -222,12 +222,6 @@ class DatagenService:
                                         [SOURCE, f"{job}/{run_date}"]))
         return rows[0] if rows else None
 
-    def _silenced_until(self, job: str, now: datetime) -> datetime | None:
-        row = self.store.conn.execute(
-            "SELECT max(until) FROM silences WHERE source = ? AND matcher = ? AND until > ?",
-            (SOURCE, job, iso(now))).fetchone()
-        return datetime.fromisoformat(row[0]) if row[0] else None
-
     def _retrain_available(self, job: str) -> bool:
         model = self.runtime.config.models.get(job)
         return bool(model and model.retrain and getattr(self.runtime, "retrain", None))
@@ -253,7 +247,7 @@ class DatagenService:
         if row is not None and json.loads(row["detail"])["breaches"] == json.loads(detail)["breaches"]:
             return  # nothing new to say
         if row is None:
-            silenced = self._silenced_until(job, now) is not None
+            silenced = self.runtime.silences.current(SOURCE, job) is not None
             channels = self.runtime.config.channels
             channel = self.jobs[job].channel or (channels.error if severity == "crit" else channels.info)
             self.store.db["alerts"].insert({
@@ -320,8 +314,7 @@ class DatagenService:
         now = self.runtime.clock()
         until = due_at(self.jobs[job], run_date + timedelta(days=1)) if duration == "next_run" else (
             now + SILENCE_SPANS[duration])
-        self.store.db["silences"].insert({"source": SOURCE, "matcher": job, "until": iso(until), "created_by": user,
-                                          "created_at": iso(now)})
+        self.runtime.silences.add(SOURCE, job, until, user)
         return await self._mark(job, run_date, user, "silenced", "datagen.silence",
                                 extra={"until": iso(until), "duration": duration})
 
