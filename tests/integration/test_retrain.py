@@ -92,8 +92,8 @@ async def ephemeral(bot: LocalBot, words: str, timeout: float = 15) -> str:
 
 
 async def test_retrain_to_a_ready_version_then_deploy_it_to_staging(bot: LocalBot, registry: Path) -> None:
-    # Long enough (8 x 0.2 s) that the follower sees it running and posts its output lines.
-    assert (await bot.client.command("U0ALICE", "retrain ranker epochs=8")).status == 200
+    # Long enough (15 x 0.2 s) that the follower, polling every 0.5 s, sees it running and shows its output on the card.
+    assert (await bot.client.command("U0ALICE", "retrain ranker epochs=15")).status == 200
 
     ready = await card_saying(bot, "is ready")
     [run] = runs(bot)
@@ -103,9 +103,12 @@ async def test_retrain_to_a_ready_version_then_deploy_it_to_staging(bot: LocalBo
     assert ready["text"] == f"ranker {run['version']} is ready"
     blocks = json.dumps(ready["blocks"])
     assert "Offline metrics" in blocks and f"auc `{metadata['metrics']['auc']:g}`" in blocks
-    assert "<@U0ALICE>" in blocks and "`epochs=8`" in blocks
+    assert "<@U0ALICE>" in blocks and "`epochs=15`" in blocks
     replies = await thread_saying(bot, ready, "is ready")
-    assert "running" in replies and "epoch" in replies and "is ready" in replies
+    assert "running" in replies and "is ready" in replies
+    # While it ran, the card (edited in place) showed the pipeline's latest output.
+    edits = [json.dumps(c.args.get("blocks")) for c in bot.slack.calls_to("chat.update") if c.args.get("ts") == ready["ts"]]
+    assert any("running" in e and "epoch" in e for e in edits)
     assert [r["status"] for r in audit(bot, "retrain")] == ["accepted", "started", "succeeded"]
     assert audit(bot, "retrain", "succeeded")[0]["version"] == run["version"]
 
