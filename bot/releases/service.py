@@ -524,10 +524,15 @@ class ReleaseService:
 
     async def reconcile(self) -> None:
         """Operations cut short by a crash or restart (run at start, before anything takes a lock): read what
-        each endpoint serves, mark them interrupted, free their locks and tell the channel."""
+        each endpoint serves, mark them interrupted, free their locks and tell the channel. A promotion cut
+        short may have left prod serving an unverified version on some endpoints, so prod is put back on
+        the last version it served, as after a failed promotion."""
         for row in self._rows("SELECT * FROM releases WHERE state IN (?, ?, ?)", *(s.value for s in BUSY)):
             release = _release(row)
             env = "prod" if release.state is State.PROMOTING else "staging"
+            restored = ""
+            if release.state is State.PROMOTING:
+                restored = await self._restore_prod(release.model, self.environment(release.model, "prod")) + " "
             seen = await self._served(release.model, env)
             with self.store.transaction() as conn:
                 conn.execute("UPDATE releases SET state = ?, updated_at = ? WHERE id = ?",
@@ -536,7 +541,7 @@ class ReleaseService:
                 self.rt.audit(actor="mlops-bot", verb="reconcile", status="interrupted", model=release.model, env=env,
                               version=release.version, detail={"was": release.state.value, "serving": seen})
             text = (f":warning: The bot restarted while {release.model} {release.version} was {row['state']} on {env}. "
-                    f"Marked interrupted; lock released. Triton index: {seen}. Verify or deploy again.")
+                    f"Marked interrupted; lock released. {restored}Triton index: {seen}. Verify or deploy again.")
             await self._tell_after_restart(release.channel or self.config.channels.main, text, self.get(release.id), env)
         # What is left is an operation that moves no release through a running state (a rollback): only its lock.
         for lock in self._rows("SELECT * FROM locks WHERE kind = 'operation'"):

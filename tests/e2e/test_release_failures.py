@@ -265,3 +265,34 @@ async def test_deploy_unblock_and_roll_back_with_everything_on_s3(s3_fleet, tmp_
     listed = boto3.client("s3", endpoint_url=moto.endpoint_url).list_objects_v2(Bucket=bucket, Prefix="repos/prod/ranker/")
     keys = {o["Key"].removeprefix("repos/prod/ranker/") for o in listed["Contents"]}
     assert {"config.pbtxt", f"{n1}/model.py", f"{n1}/weights.json", f"{n2}/model.py", f"{n2}/weights.json"} <= keys
+
+
+async def test_a_restart_during_a_promotion_puts_prod_back_on_the_version_it_served(fleet_config, fleet):
+    _, servers = fleet
+    clock = Clock(MONDAY_10_LA)
+    async with start_bot(fleet_config, clock) as first:
+        live = await deploy_verified(first, "v1")
+        await first.client.press_button("U0CAROL", "C0MLOPS", live["ts"], "Unblock prod")
+        await card_in_state(first, "v1", "live")
+        n1 = first.runtime.releases.environment("ranker", "prod")["triton_version"]
+        slow = await deploy_verified(first, "v5")
+        await first.client.press_button("U0CAROL", "C0MLOPS", slow["ts"], "Unblock prod")
+        await until_loading(servers["prod"][0])
+        first.runtime.shutdown_grace = 0  # cut off mid-promotion, as a crash would
+    n5 = next(n for version, n in sqlite3.connect(fleet_config.store).execute("SELECT version, id FROM releases")
+              if version == "v5")
+    for _ in range(100):  # Triton finishes loading the unverified version on its own
+        if any(n5 in versions for versions in (await serving(servers["prod"])).values()):
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("prod never served the interrupted version, so there would be nothing to put back")
+
+    async with start_bot(fleet_config, clock) as second:
+        assert second.runtime.releases.get(n5).state is State.INTERRUPTED
+        assert set(map(tuple, (await serving(servers["prod"])).values())) == {(n1,)}
+        assert second.runtime.releases.environment("ranker", "prod")["version"] == "v1"
+        told = next(m["text"] for m in second.slack.messages("C0MLOPS") if "ranker v5 was promoting on prod" in m["text"])
+        assert "The bot rolled prod back to v1 by itself." in told and "lock released" in told
+        restore = audit(second, "rollback", "succeeded")[-1]
+        assert restore["version"] == "v1" and restore["detail"]["automatic"]
