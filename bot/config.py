@@ -10,7 +10,7 @@ import os
 import re
 from datetime import time
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -206,6 +206,8 @@ class DatagenJob(Strict):
     grace_hours: float = Field(default=3, ge=0)
     poll_minutes: float = Field(default=10, gt=0)
     channel: ChannelId | None = Field(default=None, description="alerts of this job go here, whatever the severity")
+    models: list[ModelName] = Field(default=[], max_length=5,
+                                    description="models trained on this data: its alerts offer to retrain them")
     rules: RuleSet = Field(default_factory=default_rules)
 
     @field_validator("source")
@@ -268,6 +270,10 @@ class Config(Strict):
         for name, model in self.models.items():
             if model.retrain and model.retrain.backend == "airflow" and self.airflow is None:
                 raise ValueError(f"models.{name}.retrain uses airflow but there is no `airflow` section")
+        for name, job in self.datagen.jobs.items():
+            for model in job.models:
+                if model not in self.models:
+                    raise ValueError(f"datagen.jobs.{name}.models: `{model}` is not one of `models`")
         return self
 
 
@@ -308,10 +314,12 @@ class ConfigError(Exception):
         self.problems = problems
 
 
-def _key_path(loc: tuple[str | int, ...]) -> str:
+def _problem(path: Path, err: Any) -> str:
     # pydantic puts validator names (e.g. "function-after[...]") in loc for Annotated types; drop them.
-    parts = [str(p) for p in loc if not (isinstance(p, str) and "[" in p)]
-    return ".".join(parts) or "(top level)"
+    key = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and "[" in p))
+    message = err["msg"].removeprefix("Value error, ")
+    # With no key, the error is one of Config's cross-references, whose message starts with its own key path.
+    return f"{path}: {key}: {message}" if key else f"{path}: {message}"
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -331,7 +339,5 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     try:
         config = Config.model_validate(raw, context={"base": path.parent.resolve()})
     except ValidationError as exc:
-        raise ConfigError(
-            [f"{path}: {_key_path(err['loc'])}: {err['msg'].removeprefix('Value error, ')}" for err in exc.errors()]
-        ) from None
+        raise ConfigError([_problem(path, err) for err in exc.errors()]) from None
     return config

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 from slack_bolt.async_app import AsyncAck, AsyncApp
 
 from bot.config import Role
-from bot.notifier import Message
+from bot.notifier import Message, SlackError
 from bot.oncall.messages import ACK_HANDOFF, TAKE_COVER, CoverRef, HandoffRef
 
 if TYPE_CHECKING:
@@ -70,12 +70,14 @@ def register(app: AsyncApp, runtime: Runtime) -> None:
             value = spec.value.model_validate_json(action.get("value") or "{}")
         except (ValidationError, ValueError) as exc:
             runtime.audit(**base, status="invalid", detail={"value": action.get("value"), "error": str(exc)[:500]})
-            await _tell(runtime, press, f":warning: That button could not be used ({str(exc).splitlines()[0]}). Run the command again to get a fresh card.")
+            refusal = f":warning: That button could not be used ({str(exc).splitlines()[0]}). Run the command again to get a fresh card."
+            runtime.spawn(_tell(runtime, press, refusal), name=f"{press.action_id} refused")
             return
         if spec.role and not await runtime.roles.has(press.user, spec.role):
             who = ", ".join(runtime.roles.who_to_ask(spec.role)) or "an admin"
             runtime.audit(**base, status="denied", detail={"role": spec.role, **value.model_dump()})
-            await _tell(runtime, press, f"You need the *{spec.role}* role for that button; ask {who}.")
+            refusal = f"You need the *{spec.role}* role for that button; ask {who}."
+            runtime.spawn(_tell(runtime, press, refusal), name=f"{press.action_id} denied")
             return
         runtime.audit(**base, status="accepted", detail=value.model_dump())
 
@@ -87,9 +89,15 @@ def register(app: AsyncApp, runtime: Runtime) -> None:
 
 
 async def _tell(runtime: Runtime, press: Press, text: str) -> None:
+    """Answer the presser alone: ephemeral in the channel, else through the press's response_url, else by DM."""
     if press.channel and press.channel.startswith(("C", "G", "D")):
-        await runtime.notifier.ephemeral(press.channel, press.user, Message(text))
-    elif press.response_url:
+        try:
+            await runtime.notifier.ephemeral(press.channel, press.user, Message(text))
+            return
+        except SlackError:  # e.g. a private channel the bot is not in; the response_url still reaches them
+            if not press.response_url:
+                raise
+    if press.response_url:
         await runtime.notifier.respond(press.response_url, Message(text))
     else:  # a button of the App Home: no channel and no response_url, so answer in the app's DM
         await runtime.notifier.dm(press.user, Message(text))
@@ -203,7 +211,7 @@ _register_retrain()
 # -- datagen ------------------------------------------------------------------------------------------
 
 def _register_datagen() -> None:
-    from bot.datagen.messages import SILENCE_CHOICES, AlertRef, SilenceRef
+    from bot.datagen.messages import RETRAIN_BUTTONS, SILENCE_CHOICES, AlertRef, RetrainRef, SilenceRef
 
     async def ack(runtime: Runtime, press: Press, ref: AlertRef) -> None:
         await _tell(runtime, press, await runtime.datagen.ack(ref.job, ref.run_date, press.user))
@@ -214,18 +222,20 @@ def _register_datagen() -> None:
     async def expected(runtime: Runtime, press: Press, ref: AlertRef) -> None:
         await _tell(runtime, press, await runtime.datagen.mark_expected(ref.job, ref.run_date, press.user))
 
-    async def retrain(runtime: Runtime, press: Press, ref: AlertRef) -> None:
-        if ref.job not in runtime.config.models:
-            await _tell(runtime, press, f"Retraining is not available for `{ref.job}` in this bot.")
+    async def retrain(runtime: Runtime, press: Press, ref: RetrainRef) -> None:
+        if ref.model not in runtime.datagen.retrainable(ref.job):  # the config changed since the alert was posted
+            await _tell(runtime, press, f"Retraining {ref.model} from datagen {ref.job} is not configured any more "
+                                        f"(datagen.jobs.{ref.job}.models); use `/mlops retrain {ref.model}`.")
             return
-        await _retrain_op(runtime, press, runtime.retrain.start(ref.job, press.user, press.channel,
-                                                                 reason=f"datagen alert {ref.run_date}"))
+        await _retrain_op(runtime, press, runtime.retrain.start(ref.model, press.user, press.channel,
+                                                                 reason=f"datagen {ref.job} alert {ref.run_date}"))
 
     button(Button("datagen.ack", AlertRef, ack))
     for duration in SILENCE_CHOICES:  # one button each: action ids must be unique within a message
         button(Button(f"datagen.silence.{duration}", SilenceRef, silence))
     button(Button("datagen.expected", AlertRef, expected))
-    button(Button("datagen.retrain", AlertRef, retrain, "deployers"))
+    for i in range(RETRAIN_BUTTONS):
+        button(Button(f"datagen.retrain.{i}", RetrainRef, retrain, "deployers"))
 
 
 _register_datagen()

@@ -1,6 +1,7 @@
 """Block Kit for datagen monitoring: the alert of one run date, the daily summary and its thread details."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import date, timedelta
 from typing import Any, Literal
 
@@ -31,6 +32,15 @@ class AlertRef(BaseModel):
 
 class SilenceRef(AlertRef):
     duration: Literal["next_run", "24h", "7d"]
+
+
+class RetrainRef(AlertRef):
+    model: str
+
+
+# Action ids must be unique within a message, so each model's Retrain button has its own (as many as
+# datagen.jobs.<job>.models may list).
+RETRAIN_BUTTONS = 5
 
 
 def _section(text: str) -> dict[str, Any]:
@@ -81,7 +91,7 @@ def severity_of(breaches: list[Breach]) -> str:
 
 def alert(
     job: str, run_date: date, breaches: list[Breach], *, state: AlertState = "open", mover: StageMove | None = None,
-    by: str | None = None, note: str = "", retrain: bool = False,
+    by: str | None = None, note: str = "", retrain: Sequence[str] = (),
 ) -> Message:
     """The one alert message of a run date: every breach, the biggest mover, and what people can do."""
     head = f"{_STATE_HEAD[state]} datagen *{job}* {run_date}: {len(breaches)} rule breach" + (
@@ -115,8 +125,8 @@ def alert(
         buttons += [_button(label, f"datagen.silence.{key}", SilenceRef(job=job, run_date=run_date, duration=key))
                     for key, label in SILENCE_CHOICES.items()]
         buttons.append(_button("Mark expected", "datagen.expected", ref))
-        if retrain:
-            buttons.append(_button("Retrain", "datagen.retrain", ref, style="danger"))
+        buttons += [_button(f"Retrain {model}", f"datagen.retrain.{i}", RetrainRef(job=job, run_date=run_date, model=model))
+                    for i, model in enumerate(retrain[:RETRAIN_BUTTONS])]
         blocks.append({"type": "actions", "elements": buttons})
     return Message(text=text, blocks=blocks)
 

@@ -222,15 +222,16 @@ class DatagenService:
                                         [SOURCE, f"{job}/{run_date}"]))
         return rows[0] if rows else None
 
-    def _retrain_available(self, job: str) -> bool:
-        model = self.runtime.config.models.get(job)
-        return bool(model and model.retrain and getattr(self.runtime, "retrain", None))
+    def retrainable(self, job: str) -> list[str]:
+        """The models trained on this job's data that the bot can retrain."""
+        models = self.runtime.config.models
+        return [m for m in self.jobs[job].models if models[m].retrain] if job in self.jobs else []
 
     def _render(self, job: str, run_date: date, row: dict[str, Any]) -> Message:
         detail = json.loads(row["detail"])
         mover = StageMove(**detail["mover"]) if detail.get("mover") else None
         return messages.alert(job, run_date, [_breach(b) for b in detail["breaches"]], state=row["state"],
-                              mover=mover, by=row["acked_by"], retrain=self._retrain_available(job))
+                              mover=mover, by=row["acked_by"], retrain=self.retrainable(job))
 
     async def sync_alert(self, job: str, run_date: date, breaches: list[Breach], mover: StageMove | None,
                           *, actor: str) -> None:

@@ -6,7 +6,7 @@ import json
 import shutil
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
@@ -49,7 +49,7 @@ def make_bot(tmp_path: Path, registry: Path) -> BotFactory:
         model["retrain"] = {"backend": "command", "command": command or [TRAIN, "15"]} if retrain is True else retrain
         if retrain is None:
             del model["retrain"]
-        path = write_config(tmp_path, models={"ranker": model}, datagen={"jobs": {}}, **top_level)
+        path = write_config(tmp_path, models={"ranker": model}, **{"datagen": {"jobs": {}}, **top_level})
         return local_bot(load_config(path), clock=clock)
 
     return factory
@@ -225,3 +225,25 @@ async def test_the_status_card_retrains_and_a_run_past_its_time_limit_is_stopped
         assert not process_group_alive(CommandRun.attach(Path(json.loads(run["handle"])["run_dir"])).pgid)
         assert audit(bot, "retrain", "failed")[0]["detail"]["detail"].startswith("timed out after 720 minutes")
         assert sorted(p.name for p in (registry / "ranker").iterdir()) == ["v1", "v2", "v3", "v4"]
+
+
+async def test_a_datagen_alert_retrains_the_models_trained_on_its_data(make_bot: BotFactory, tmp_path: Path) -> None:
+    job = {"source": str(tmp_path / "{date}.json"), "models": ["ranker"]}
+    async with make_bot(datagen={"jobs": {"recsys": job}}) as bot:
+        day = date(2026, 11, 21)
+        await bot.runtime.datagen.ingest("recsys", day, "{not json", "the job's output", actor="datagen")
+        alert = await bot.slack.wait_for(lambda: next((m for m in bot.slack.messages("C0ERROR")
+                                                       if m["text"].startswith(f"datagen recsys {day}")), None))
+        # U0DAVE is no deployer, and unknown to this workspace, so the ephemeral fails: the refusal goes back
+        # through the press's response_url instead.
+        await bot.client.press_button("U0DAVE", "C0ERROR", alert["ts"], "Retrain ranker")
+        refused = await bot.slack.wait_for(lambda: [e["text"] for e in bot.slack.ephemerals if e["user"] == "U0DAVE"])
+        assert "You need the *deployers* role" in refused[0]
+
+        await bot.client.press_button("U0ALICE", "C0ERROR", alert["ts"], "Retrain ranker")
+        ready = await bot.slack.wait_for(lambda: next((m for m in bot.slack.messages("C0ERROR")
+                                                       if "retrain-" in json.dumps(m["blocks"]) and "is ready" in m["text"]), None),
+                                         timeout=30)
+        assert f"reason: datagen recsys alert {day}" in json.dumps(ready["blocks"]) and "<@U0ALICE>" in json.dumps(ready["blocks"])
+        assert [r["status"] for r in audit(bot, "retrain")] == ["started", "succeeded"]
+        assert [r["status"] for r in audit(bot, "datagen.retrain.0")] == ["denied", "accepted"]

@@ -67,3 +67,13 @@ def test_broken_yaml_names_the_line(tmp_path):
 def test_missing_file_says_how_to_point_at_one(tmp_path):
     result = check(tmp_path / "nope.yaml")
     assert result.returncode == 2 and "--config" in result.stderr
+
+
+def test_a_reference_to_an_unknown_model_is_named_with_its_key_path(tmp_path):
+    raw = yaml.safe_load(EXAMPLE_CONFIG.read_text())
+    raw["datagen"]["jobs"]["recsys"]["models"] = ["ranker", "rnaker"]
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    result = check(path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"{path}: datagen.jobs.recsys.models: `rnaker` is not one of `models`"
