@@ -555,6 +555,8 @@ async def _silence(runtime: Runtime, cmd: Command, req: SilenceRequest) -> None:
         try:
             ended = silences.end(req.end, cmd.user)
         except SilenceError as exc:
+            runtime.audit(actor=cmd.user, channel=cmd.channel, verb="silence.end", status="refused",
+                          detail={"silence": req.end, "reason": str(exc)})
             await runtime.notifier.respond(cmd.response_url, Message(f":warning: {exc}"))
             return
         await runtime.notifier.post(cmd.channel, Message(f":bell: <@{cmd.user}> ended silence #{ended.id}: alerts for "

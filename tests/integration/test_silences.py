@@ -70,4 +70,5 @@ async def test_silence_mistakes_get_usage_and_change_nothing(tmp_path: Path) -> 
         assert not delivery.body  # well formed: answered after the ack
         said = await bot.slack.wait_for(lambda: [e["text"] for e in bot.slack.ephemerals if "#7" in e["text"]])
         assert said == [":warning: there is no active silence #7; `/mlops silence` lists them"]
+        assert [r["status"] for r in bot.runtime.store.actions() if r["verb"] == "silence.end"] == ["refused"]
         assert bot.runtime.silences.active() == []
