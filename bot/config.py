@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from bot.datagen.messages import RETRAIN_BUTTONS
 from bot.datagen.rules import RuleSet, default_rules
 from bot.oncall.schedule import WEEKDAYS, Rotation, Weekday
 
@@ -206,7 +207,7 @@ class DatagenJob(Strict):
     grace_hours: float = Field(default=3, ge=0)
     poll_minutes: float = Field(default=10, gt=0)
     channel: ChannelId | None = Field(default=None, description="alerts of this job go here, whatever the severity")
-    models: list[ModelName] = Field(default=[], max_length=5,
+    models: list[ModelName] = Field(default=[], max_length=RETRAIN_BUTTONS,
                                     description="models trained on this data: its alerts offer to retrain them")
     rules: RuleSet = Field(default_factory=default_rules)
 

@@ -159,6 +159,7 @@ class Runtime:
         self.store = Store(config.store)
         self.metrics = Metrics()
         self.tasks = Tasks()
+        self.spawn = self.tasks.spawn  # how listeners and services start tracked background work
         self.client = web_client(secrets.slack_bot_token or "", base_url=secrets.slack_api_url)
         self.notifier = Notifier(self.client)
         self.roles = RoleDirectory(config, self.notifier)
@@ -191,20 +192,11 @@ class Runtime:
         register(app, self)
         return app
 
-    # -- audit and background work ----------------------------------------------------------------
+    # -- audit -----------------------------------------------------------------------------------------
 
     def audit(self, **fields: Any) -> None:
         self.store.audit(at=self.clock(), **fields)
         self.metrics.count(self.metrics.actions, fields["verb"], fields["status"])
-
-    def spawn(
-        self,
-        coro: Coroutine[Any, Any, Any],
-        *,
-        name: str,
-        on_error: Callable[[Exception], Awaitable[None]] | None = None,
-    ) -> asyncio.Task[Any]:
-        return self.tasks.spawn(coro, name=name, on_error=on_error)
 
     # -- lifecycle --------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+from bot.releases.messages import when
 from bot.store import iso
 
 if TYPE_CHECKING:
@@ -72,15 +73,35 @@ class Silences:
                                                    "created_by": user, "created_at": iso(self.rt.clock())})
         return int(row.last_pk)
 
-    def end(self, silence_id: int, user: str) -> Silence:
-        """End a silence now; later alerts are posted again."""
+    def silence(self, source: str, matcher: str, span: timedelta, user: str, channel: str) -> str:
+        """`/mlops silence`: hold back these alerts for `span`; returns the channel's announcement."""
+        until = self.rt.clock() + span
+        with self.rt.store.transaction():
+            silence_id = self.add(source, matcher, until, user)
+            self.rt.audit(actor=user, channel=channel, verb="silence", status="ok",
+                          detail={"silence": silence_id, "source": source, "matcher": matcher, "until": iso(until)})
+        return (f":no_bell: <@{user}> silenced alerts for {describe(source, matcher)} until {when(until)} (#{silence_id}): "
+                f"they are stored, not posted. `/mlops silence end {silence_id}` ends it early.")
+
+    def listing(self) -> str:
+        lines = [f"• #{s.id} {describe(s.source, s.matcher)} until {when(s.until)}, by <@{s.created_by}>"
+                 for s in self.active()]
+        if not lines:
+            return "No silences are in force."
+        return "Silences in force:\n" + "\n".join(lines) + "\n`/mlops silence end ID` ends one early."
+
+    def end(self, silence_id: int, user: str, channel: str) -> str:
+        """End a silence now, so later alerts are posted again; returns the channel's announcement."""
         now = self.rt.clock()
         found = self._active("AND id = ?", (silence_id,))
         if not found:
-            raise SilenceError(f"there is no active silence #{silence_id}; `/mlops silence` lists them")
+            reason = f"there is no active silence #{silence_id}; `/mlops silence` lists them"
+            self.rt.audit(actor=user, channel=channel, verb="silence.end", status="refused",
+                          detail={"silence": silence_id, "reason": reason})
+            raise SilenceError(reason)
+        ended = found[0]
         with self.rt.store.transaction() as conn:
             conn.execute("UPDATE silences SET until = ? WHERE id = ?", (iso(now), silence_id))
-            self.rt.audit(actor=user, verb="silence.end", status="ok", detail={"silence": silence_id,
-                                                                               "source": found[0].source,
-                                                                               "matcher": found[0].matcher})
-        return found[0]
+            self.rt.audit(actor=user, channel=channel, verb="silence.end", status="ok",
+                          detail={"silence": silence_id, "source": ended.source, "matcher": ended.matcher})
+        return f":bell: <@{user}> ended silence #{silence_id}: alerts for {describe(ended.source, ended.matcher)} are posted again."

@@ -224,6 +224,8 @@ def _register_datagen() -> None:
 
     async def retrain(runtime: Runtime, press: Press, ref: RetrainRef) -> None:
         if ref.model not in runtime.datagen.retrainable(ref.job):  # the config changed since the alert was posted
+            runtime.audit(actor=press.user, channel=press.channel, verb=press.action_id, status="refused", model=ref.model,
+                          detail={"job": ref.job, "reason": "not in datagen.jobs.<job>.models"})
             await _tell(runtime, press, f"Retraining {ref.model} from datagen {ref.job} is not configured any more "
                                         f"(datagen.jobs.{ref.job}.models); use `/mlops retrain {ref.model}`.")
             return

@@ -547,34 +547,19 @@ def _parse_silence(runtime: Runtime, cmd: Command) -> SilenceRequest:
 
 
 async def _silence(runtime: Runtime, cmd: Command, req: SilenceRequest) -> None:
-    from bot.releases.messages import when
-    from bot.silences import SilenceError, describe
+    from bot.silences import SilenceError
 
     silences = runtime.silences
-    if req.end is not None:
-        try:
-            ended = silences.end(req.end, cmd.user)
-        except SilenceError as exc:
-            runtime.audit(actor=cmd.user, channel=cmd.channel, verb="silence.end", status="refused",
-                          detail={"silence": req.end, "reason": str(exc)})
-            await runtime.notifier.respond(cmd.response_url, Message(f":warning: {exc}"))
-            return
-        await runtime.notifier.post(cmd.channel, Message(f":bell: <@{cmd.user}> ended silence #{ended.id}: alerts for "
-                                                         f"{describe(ended.source, ended.matcher)} are posted again."))
-    elif req.source is None:
-        lines = [f"• #{s.id} {describe(s.source, s.matcher)} until {when(s.until)}, by <@{s.created_by}>"
-                 for s in silences.active()]
-        text = ("Silences in force:\n" + "\n".join(lines) + "\n`/mlops silence end ID` ends one early.") if lines else (
-            "No silences are in force.")
-        await runtime.notifier.respond(cmd.response_url, Message(text))
-    else:
-        until = runtime.clock() + req.span
-        silence_id = silences.add(req.source, req.matcher, until, cmd.user)
-        runtime.audit(actor=cmd.user, channel=cmd.channel, verb="silence", status="ok",
-                      detail={"silence": silence_id, "source": req.source, "matcher": req.matcher, "until": until.isoformat()})
-        await runtime.notifier.post(cmd.channel, Message(
-            f":no_bell: <@{cmd.user}> silenced alerts for {describe(req.source, req.matcher)} until {when(until)} (#{silence_id}): they are "
-            f"stored, not posted. `/mlops silence end {silence_id}` ends it early."))
+    if req.source is None and req.end is None:
+        await runtime.notifier.respond(cmd.response_url, Message(silences.listing()))
+        return
+    try:
+        said = (silences.end(req.end, cmd.user, cmd.channel) if req.end is not None
+                else silences.silence(req.source, req.matcher, req.span, cmd.user, cmd.channel))
+    except SilenceError as exc:
+        await runtime.notifier.respond(cmd.response_url, Message(f":warning: {exc}"))
+        return
+    await runtime.notifier.post(cmd.channel, Message(said))
 
 
 verb(Verb("silence", "silence [<model> <env> | datagen <job>] [30m|4h|2d] | silence end <id>",

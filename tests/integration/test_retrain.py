@@ -247,3 +247,10 @@ async def test_a_datagen_alert_retrains_the_models_trained_on_its_data(make_bot:
         assert f"reason: datagen recsys alert {day}" in json.dumps(ready["blocks"]) and "<@U0ALICE>" in json.dumps(ready["blocks"])
         assert [r["status"] for r in audit(bot, "retrain")] == ["started", "succeeded"]
         assert [r["status"] for r in audit(bot, "datagen.retrain.0")] == ["denied", "accepted"]
+
+        # A card posted before the config stopped listing a model: its button is refused, with what to do.
+        stale = json.dumps({"job": "recsys", "run_date": str(day), "model": "ranker-old"})
+        await bot.client.press("U0ALICE", "datagen.retrain.0", stale, channel="C0ERROR", message_ts=alert["ts"])
+        told = await bot.slack.wait_for(lambda: [e["text"] for e in bot.slack.ephemerals if "ranker-old" in e["text"]])
+        assert "use `/mlops retrain ranker-old`" in told[0]
+        assert [r["status"] for r in audit(bot, "datagen.retrain.0")] == ["denied", "accepted", "accepted", "refused"]
