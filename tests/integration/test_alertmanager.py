@@ -9,7 +9,7 @@ import aiohttp
 from bot.config import Secrets, load_config
 from bot.sandbox.local import local_bot
 from bot.sandbox.render import render_message
-from tests.conftest import write_config
+from tests.conftest import Clock, write_config
 
 CHANNEL = "C0ERROR"
 TOKEN = "am-secret"
@@ -41,7 +41,7 @@ def _text(message: dict) -> str:
 
 async def test_firing_then_resolved_edits_one_message_with_rollback_and_silence(tmp_path: Path) -> None:
     config = load_config(write_config(tmp_path))
-    async with local_bot(config, secrets=Secrets(alertmanager_token=TOKEN), post_rate=100, post_burst=100) as bot:
+    async with local_bot(config, clock=Clock(), secrets=Secrets(alertmanager_token=TOKEN), post_rate=100, post_burst=100) as bot:
         status, body = await post(bot.url, notification("firing"))
         assert (status, body["state"]) == (200, "open")
         assert await post(bot.url, notification("firing")) == (200, body)  # Alertmanager's repeat: no second post
@@ -76,7 +76,7 @@ async def test_firing_then_resolved_edits_one_message_with_rollback_and_silence(
 
 async def test_silence_button_quietens_the_model_env(tmp_path: Path) -> None:
     config = load_config(write_config(tmp_path))
-    async with local_bot(config, secrets=Secrets(alertmanager_token=TOKEN), post_rate=100, post_burst=100) as bot:
+    async with local_bot(config, clock=Clock(), secrets=Secrets(alertmanager_token=TOKEN), post_rate=100, post_burst=100) as bot:
         await post(bot.url, notification("firing"))
         [card] = bot.slack.messages(CHANNEL)
         await bot.client.press_button("U0BOB", CHANNEL, card["ts"], "Silence 24h")
@@ -90,7 +90,7 @@ async def test_silence_button_quietens_the_model_env(tmp_path: Path) -> None:
 
 async def test_bad_token_and_malformed_payloads_are_refused_with_the_reason(tmp_path: Path) -> None:
     config = load_config(write_config(tmp_path))
-    async with local_bot(config, secrets=Secrets(alertmanager_token=TOKEN)) as bot:
+    async with local_bot(config, clock=Clock(), secrets=Secrets(alertmanager_token=TOKEN)) as bot:
         assert (await post(bot.url, notification("firing"), token="wrong"))[0] == 401
         status, body = await post(bot.url, {**notification("firing"), "version": "3"})
         assert status == 400 and "version" in body["error"]

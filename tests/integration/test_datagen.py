@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -14,21 +14,13 @@ import pytest
 from bot.config import Secrets, load_config
 from bot.datagen.service import due_at, sign
 from bot.sandbox.local import local_bot
-from tests.conftest import write_config
+from tests.conftest import Clock, write_config
 from tests.support.datagen_history import make_history, real_record
 from tests.support.s3 import AWS_ENV, MotoServer
 
 INFO, ERROR, MAIN = "C0INFO", "C0ERROR", "C0MLOPS"
 START = date(2026, 10, 1)
 DROP, LATE, FAILED = date(2026, 10, 10), date(2026, 10, 15), date(2026, 10, 20)
-
-
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 def _config(tmp_path: Path, source: str, **s3):

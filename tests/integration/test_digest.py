@@ -11,20 +11,12 @@ from bot.datagen.service import save_record
 from bot.sandbox.local import local_bot
 from bot.sandbox.render import render_message, render_view
 from bot.store import Store, iso
-from tests.conftest import ROOT, write_config
+from tests.conftest import ROOT, Clock, write_config
 
 MAIN = "C0MLOPS"
 # Thursday 2026-11-19, 09:05 in Los Angeles: five minutes after the daily digest's slot.
 DIGEST_TIME = datetime(2026, 11, 19, 17, 5, tzinfo=UTC)
 EXAMPLES = ROOT / "examples" / "datagen"
-
-
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 def _config(tmp_path: Path):

@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 from bot.config import Config
 from bot.sandbox.local import LocalBot, local_bot
 from bot.store import iso
+from tests.conftest import Clock
 
 LA = ZoneInfo("America/Los_Angeles")
 CHANNEL = "C0MLOPS"
@@ -22,16 +23,6 @@ GROUP = "S0ONCALL"
 
 def march(day: int, hour: int, minute: int = 0) -> datetime:
     return datetime(2026, 3, day, hour, minute, tzinfo=LA)
-
-
-class Clock:
-    """The bot's clock, moved by the test."""
-
-    def __init__(self, now: datetime):
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 def bot_for(config: Config, clock: Clock):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from bot.config import Secrets, load_config
 from bot.sandbox.local import local_bot
-from tests.conftest import write_config
+from tests.conftest import Clock, write_config
 from tests.integration.test_alertmanager import CHANNEL, TOKEN, notification, post
 
 TEAM = "C0MLOPS"
@@ -13,7 +13,7 @@ TEAM = "C0MLOPS"
 
 async def test_silence_holds_back_alerts_until_it_is_ended(tmp_path: Path) -> None:
     config = load_config(write_config(tmp_path))
-    async with local_bot(config, secrets=Secrets(alertmanager_token=TOKEN), post_rate=100, post_burst=100) as bot:
+    async with local_bot(config, clock=Clock(), secrets=Secrets(alertmanager_token=TOKEN), post_rate=100, post_burst=100) as bot:
         slack = bot.slack
 
         async def answer(user: str, text: str) -> str:
@@ -55,7 +55,7 @@ async def test_silence_holds_back_alerts_until_it_is_ended(tmp_path: Path) -> No
 
 async def test_silence_mistakes_get_usage_and_change_nothing(tmp_path: Path) -> None:
     config = load_config(write_config(tmp_path))
-    async with local_bot(config, post_rate=100, post_burst=100) as bot:
+    async with local_bot(config, clock=Clock(), post_rate=100, post_burst=100) as bot:
         async def refused(text: str) -> str:
             delivery = await bot.client.command("U0ALICE", text, channel=TEAM)
             return delivery.json()["text"]
