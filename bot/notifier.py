@@ -31,6 +31,10 @@ class Message:
 MAX_BLOCKS = 50
 
 
+# chat.update's answers for a message that is no longer there to edit.
+MESSAGE_GONE = frozenset({"message_not_found", "cant_update_message"})
+
+
 class SlackError(Exception):
     """A Slack Web API call that failed even after the client's retries; `error` is Slack's code."""
 
@@ -114,6 +118,16 @@ class Notifier:
     async def update(self, channel: str, ts: str, msg: Message) -> None:
         await self.edits.take(channel)
         await self._call("chat.update", channel=channel, ts=ts, text=msg.text, blocks=chunks(msg.blocks)[0])
+
+    async def edit_or_repost(self, channel: str, ts: str, msg: Message) -> str:
+        """Edit a message in place, or post it again when it is gone (someone deleted it); the ts now showing it."""
+        try:
+            await self.update(channel, ts, msg)
+            return ts
+        except SlackError as exc:
+            if exc.error not in MESSAGE_GONE:
+                raise
+        return await self.post(channel, msg)
 
     async def ephemeral(self, channel: str, user: str, msg: Message) -> None:
         await self._call("chat.postEphemeral", channel=channel, user=user, text=msg.text, blocks=msg.blocks)

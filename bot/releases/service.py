@@ -161,13 +161,35 @@ class ReleaseService:
 
     # -- Slack side -------------------------------------------------------------------------------
 
+    # Slack shows a release; the store holds it. So a card that cannot be edited or a note that cannot be posted
+    # is logged and the release goes on: a promotion never stops half-way because someone deleted its card.
+
+    def _card_ts(self, release: Release) -> str | None:
+        """Where the card is now: an earlier edit may have posted it again."""
+        row = self.store.conn.execute("SELECT card_ts FROM releases WHERE id = ?", (release.id,)).fetchone()
+        return row[0] if release.channel and row else None
+
     async def _card(self, release: Release, env: str, *, report: dict | None = None, note: str = "") -> None:
-        if release.channel and release.card_ts:
-            await self.rt.notifier.update(release.channel, release.card_ts, messages.card(release, env=env, verify_report=report, note=note))
+        ts = self._card_ts(release)
+        if ts is None:
+            return
+        card = messages.card(release, env=env, verify_report=report, note=note)
+        try:
+            shown = await self.rt.notifier.edit_or_repost(release.channel, ts, card)
+        except SlackError:
+            log.warning("could not show the card of release %s", release.id, exc_info=True)
+            return
+        if shown != ts:
+            self.store.conn.execute("UPDATE releases SET card_ts = ? WHERE id = ?", (shown, release.id))
 
     async def _thread(self, release: Release, text: str) -> None:
-        if release.channel and release.card_ts:
-            await self.rt.notifier.reply(release.channel, release.card_ts, messages.note(text))
+        ts = self._card_ts(release)
+        if ts is None:
+            return
+        try:
+            await self.rt.notifier.reply(release.channel, ts, messages.note(text))
+        except SlackError:
+            log.warning("could not post a note on release %s", release.id, exc_info=True)
 
     def _report(self, release: Release) -> dict | None:
         row = self.store.conn.execute("SELECT verify_report FROM releases WHERE id = ?", (release.id,)).fetchone()

@@ -425,20 +425,14 @@ class RetrainService:
         if not run.channel:
             return
         card = messages.card(run, self.where(run), status, **extra)
+        notifier = self.rt.notifier
         try:
-            if run.card_ts:
-                await self.rt.notifier.update(run.channel, run.card_ts, card)
-                return
-        except SlackError as exc:
-            if exc.error not in ("message_not_found", "cant_update_message"):
-                log.warning("could not update the card of retrain %s", run.run_id, exc_info=True)
-                return
-        try:
-            ts = await self.rt.notifier.post(run.channel, card)
+            ts = await (notifier.edit_or_repost(run.channel, run.card_ts, card) if run.card_ts else notifier.post(run.channel, card))
         except SlackError:
-            log.warning("could not post the card of retrain %s", run.run_id, exc_info=True)
+            log.warning("could not show the card of retrain %s", run.run_id, exc_info=True)
             return
-        self.store.conn.execute("UPDATE retrain_runs SET card_ts = ? WHERE id = ?", (ts, run.id))
+        if ts != run.card_ts:
+            self.store.conn.execute("UPDATE retrain_runs SET card_ts = ? WHERE id = ?", (ts, run.id))
 
     async def _reply(self, run: Run, msg: Message) -> None:
         run = self.get(run.id)  # the card may have been posted again

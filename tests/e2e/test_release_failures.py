@@ -14,10 +14,11 @@ import aiohttp
 import boto3
 import pytest
 import yaml
+from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.config import Config, load_config
 from bot.releases.model import State
-from bot.sandbox.local import local_bot
+from bot.sandbox.local import BOT_TOKEN, local_bot
 from bot.sandbox.tritonserver import TritonServer, triton_missing
 from bot.serving.artifacts import open_store
 from bot.serving.triton import Fleet, triton_repository_path
@@ -217,6 +218,22 @@ async def test_a_button_on_a_superseded_card_is_refused_and_status_shows_the_tra
     provenance = await bot.slack.wait_for(lambda: next((e["text"] for e in bot.slack.ephemerals if "*ranker v1*" in e["text"]), None))
     for fact in ("dataset `datagen-2026-11-17`", "git `4e1d2c7`", "pipeline run `ranker-train-2026-11-18`", "ndcg_at_20 0.412"):
         assert fact in provenance
+
+
+async def test_a_deleted_card_does_not_stop_the_promotion_and_is_posted_again(bot, fleet):
+    _, servers = fleet
+    first = await deploy_verified(bot, "v1")
+    deleter = AsyncWebClient(token=BOT_TOKEN, base_url=bot.slack.api_url)  # as an admin deleting it in Slack would
+    await deleter.chat_delete(channel="C0MLOPS", ts=first["ts"])
+
+    await bot.client.command("U0CAROL", "promote ranker")
+    live = await card_in_state(bot, "v1", "live")
+    assert live["ts"] != first["ts"]
+    n1 = bot.runtime.releases.environment("ranker", "prod")["triton_version"]
+    assert list((await serving(servers["prod"])).values()) == [[n1], [n1]]
+    notes = " ".join(m["text"] for m in bot.slack.replies("C0MLOPS", live["ts"]))
+    assert "v1 is serving in prod on every endpoint" in notes
+    assert bot.runtime.releases.lock_of("ranker", "prod") is None
 
 
 @pytest.fixture(scope="module")
