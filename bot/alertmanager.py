@@ -176,7 +176,9 @@ class AlertmanagerIntake:
                           model=model, env=env, detail={"group": n.groupKey, "alerts": len(n.alerts)})
             shown = message(n, row_id=row["id"], target=target, silenced=silenced)
             if row["ts"]:
-                await self.rt.notifier.update(row["channel"], row["ts"], shown)
+                ts = await self.rt.notifier.edit_or_repost(row["channel"], row["ts"], shown)
+                if ts != row["ts"]:
+                    self.rt.store.db["alerts"].update(row["id"], {"ts": ts})
             elif state == "open":  # a group silenced or resolved before anyone saw it stays quiet
                 ts = await self.rt.notifier.post(row["channel"], shown)
                 self.rt.store.db["alerts"].update(row["id"], {"ts": ts})

@@ -288,7 +288,9 @@ class DatagenService:
                     ts = await self.runtime.notifier.post(row["channel"], self._render(job, run_date, row))
                     self.store.db["alerts"].update(row["id"], {"ts": ts})
             else:
-                await self.runtime.notifier.update(row["channel"], row["ts"], self._render(job, run_date, row))
+                ts = await self.runtime.notifier.edit_or_repost(row["channel"], row["ts"], self._render(job, run_date, row))
+                if ts != row["ts"]:
+                    self.store.db["alerts"].update(row["id"], {"ts": ts})
             self._shown[key] = covered
 
     async def _resolve(self, job: str, run_date: date, row: dict[str, Any], *, actor: str) -> None:

@@ -5,9 +5,10 @@ import json
 from pathlib import Path
 
 import aiohttp
+from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.config import Secrets, load_config
-from bot.sandbox.local import local_bot
+from bot.sandbox.local import BOT_TOKEN, local_bot
 from bot.sandbox.render import render_message
 from tests.conftest import Clock, write_config
 
@@ -86,6 +87,21 @@ async def test_silence_button_quietens_the_model_env(tmp_path: Path) -> None:
         assert (status, body["state"]) == (200, "silenced")
         assert len(bot.slack.messages(CHANNEL)) == 1
         assert [r["status"] for r in bot.runtime.store.actions() if r["verb"] == "alerts.silence"] == ["accepted", "ok"]
+
+
+async def test_a_deleted_alert_message_is_posted_again_when_the_alert_changes(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path))
+    async with local_bot(config, clock=Clock(), secrets=Secrets(alertmanager_token=TOKEN), post_rate=100, post_burst=100) as bot:
+        await post(bot.url, notification("firing"))
+        [card] = bot.slack.messages(CHANNEL)
+        deleter = AsyncWebClient(token=BOT_TOKEN, base_url=bot.slack.api_url)  # as an admin deleting it in Slack would
+        await deleter.chat_delete(channel=CHANNEL, ts=card["ts"])
+        await post(bot.url, notification("firing"))  # Alertmanager's repeat finds the message gone: posted again
+        [again] = bot.slack.messages(CHANNEL)
+        assert again["ts"] != card["ts"] and "*FIRING*" in _text(again)
+        await post(bot.url, notification("resolved"))  # and the copy is the one edited from then on
+        [resolved] = bot.slack.messages(CHANNEL)
+        assert resolved["ts"] == again["ts"] and "*RESOLVED*" in _text(resolved)
 
 
 async def test_bad_token_and_malformed_payloads_are_refused_with_the_reason(tmp_path: Path) -> None:
