@@ -10,10 +10,11 @@ from pathlib import Path
 import aiohttp
 import boto3
 import pytest
+from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.config import Secrets, load_config
 from bot.datagen.service import due_at, sign
-from bot.sandbox.local import local_bot
+from bot.sandbox.local import BOT_TOKEN, local_bot
 from tests.conftest import Clock, write_config
 from tests.support.datagen_history import make_history, real_record
 from tests.support.s3 import AWS_ENV, MotoServer
@@ -179,3 +180,24 @@ async def test_broken_record_hook_and_command(tmp_path: Path) -> None:
         assert f"datagen *recsys* {day + timedelta(days=1)} succeeded" in said
         assert f"compared with {day + timedelta(days=1)}" in said
         assert "no datagen report for recsys 2020-01-01; the latest is" in said
+
+
+async def test_a_deleted_alert_message_is_posted_again_when_the_alert_resolves(tmp_path: Path) -> None:
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    config = _config(tmp_path, str(reports / "{date}.json"))
+    job = config.datagen.jobs["recsys"]
+    day = date(2026, 11, 21)
+    clock = Clock(due_at(job, day) + timedelta(minutes=5))
+    async with local_bot(config, clock=clock, start=False) as bot:
+        (reports / f"{day}.json").write_text("{not json")
+        await bot.runtime.scheduler.run_due(clock.now)
+        alert = _alerts(bot.slack, ERROR)[str(day)]
+        deleter = AsyncWebClient(token=BOT_TOKEN, base_url=bot.slack.api_url)  # as an admin deleting it in Slack would
+        await deleter.chat_delete(channel=ERROR, ts=alert["ts"])
+
+        (reports / f"{day}.json").write_text(json.dumps(real_record()))
+        clock.now += timedelta(minutes=10)
+        await bot.runtime.scheduler.run_due(clock.now)
+        again = _alerts(bot.slack, ERROR)[str(day)]
+        assert again["ts"] != alert["ts"] and again["text"].endswith("resolved")
