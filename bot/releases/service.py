@@ -162,7 +162,7 @@ class ReleaseService:
     # -- Slack side -------------------------------------------------------------------------------
 
     # Slack shows a release; the store holds it. So a card that cannot be edited or a note that cannot be posted
-    # is logged and the release goes on: a promotion never stops half-way because someone deleted its card.
+    # is logged and audited, and the release goes on: a promotion never stops half-way because someone deleted its card.
 
     def _card_ts(self, release: Release) -> str | None:
         """Where the card is now: an earlier edit may have posted it again."""
@@ -176,8 +176,8 @@ class ReleaseService:
         card = messages.card(release, env=env, verify_report=report, note=note)
         try:
             shown = await self.rt.notifier.edit_or_repost(release.channel, ts, card)
-        except SlackError:
-            log.warning("could not show the card of release %s", release.id, exc_info=True)
+        except SlackError as exc:
+            self._unshown(release, "card", exc)
             return
         if shown != ts:
             self.store.conn.execute("UPDATE releases SET card_ts = ? WHERE id = ?", (shown, release.id))
@@ -188,8 +188,13 @@ class ReleaseService:
             return
         try:
             await self.rt.notifier.reply(release.channel, ts, messages.note(text))
-        except SlackError:
-            log.warning("could not post a note on release %s", release.id, exc_info=True)
+        except SlackError as exc:
+            self._unshown(release, "note", exc)
+
+    def _unshown(self, release: Release, what: str, exc: SlackError) -> None:
+        log.warning("could not show the %s of release %s", what, release.id, exc_info=True)
+        self.rt.audit(actor="bot", verb=f"release.{what}", status="unshown", channel=release.channel, model=release.model,
+                      version=release.version, detail={"release": release.id, "error": exc.error})
 
     def _report(self, release: Release) -> dict | None:
         row = self.store.conn.execute("SELECT verify_report FROM releases WHERE id = ?", (release.id,)).fetchone()

@@ -226,9 +226,13 @@ async def test_a_deleted_card_does_not_stop_the_promotion_and_is_posted_again(bo
     deleter = AsyncWebClient(token=BOT_TOKEN, base_url=bot.slack.api_url)  # as an admin deleting it in Slack would
     await deleter.chat_delete(channel="C0MLOPS", ts=first["ts"])
 
+    bot.slack.inject_fault("chat.update", "fatal_error")  # and Slack fails the next edit outright
+
     await bot.client.command("U0CAROL", "promote ranker")
     live = await card_in_state(bot, "v1", "live")
     assert live["ts"] != first["ts"]
+    [unshown] = audit(bot, "release.card", "unshown")
+    assert unshown["detail"]["error"] == "fatal_error" and unshown["version"] == "v1"
     n1 = bot.runtime.releases.environment("ranker", "prod")["triton_version"]
     assert list((await serving(servers["prod"])).values()) == [[n1], [n1]]
     notes = " ".join(m["text"] for m in bot.slack.replies("C0MLOPS", live["ts"]))
