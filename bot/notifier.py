@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-from slack_sdk.errors import SlackApiError
+from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
     AsyncRateLimitErrorRetryHandler,
@@ -42,6 +42,44 @@ class SlackError(Exception):
         super().__init__(f"Slack {method} failed: {error}")
         self.method = method
         self.error = error
+
+
+# What a call into slack_sdk raises for reasons outside our code: Slack's refusals and the SDK's own errors, the
+# network, and the SDK tripping over an answer that is not Slack's JSON (a proxy's text/plain page makes it call
+# .get on a str; an undecodable body is a ValueError). Caught around the client call only. TypeError is left
+# out: there it means arguments of ours the SDK cannot send (a block that is not JSON), which is our bug.
+CLIENT_FAILURES = (SlackClientError, aiohttp.ClientError, asyncio.TimeoutError, AttributeError, ValueError)
+# files_upload_v2 also reads Slack's answers with len() and passes the upload URL on, so a reply missing
+# `files` or `upload_url` is a TypeError inside it.
+UPLOAD_FAILURES = (*CLIENT_FAILURES, TypeError)
+
+ERROR_CHARS = 200
+
+
+def _short(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= ERROR_CHARS else text[: ERROR_CHARS - 1] + "…"
+
+
+def _failure(exc: BaseException) -> str:
+    """A readable `SlackError.error` for a failed client call: Slack's error code when Slack answered with one."""
+    if isinstance(exc, SlackApiError):
+        response = exc.response
+        data = getattr(response, "data", None)
+        if isinstance(data, dict) and data.get("error"):
+            return str(data["error"])
+        status = getattr(response, "status_code", None) or getattr(response, "status", None)
+        if isinstance(data, str) and data.strip():
+            return f"HTTP {status}: {_short(data)}"
+        if isinstance(response, AsyncSlackResponse):
+            return f"HTTP {status}"
+        # A body that did not parse as JSON: the SDK kept only its message, which quotes the body.
+        first_line = str(exc).split("\n", 1)[0].removeprefix("Unexpectedly failed to read the response body: ")
+        return f"HTTP {status}: {_short(first_line)}"
+    raised = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if isinstance(exc, (AttributeError, ValueError, TypeError)) and not isinstance(exc, aiohttp.ClientError):
+        return _short(f"slack_sdk could not read the answer ({raised})")
+    return _short(raised)
 
 
 def web_client(token: str, *, base_url: str | None = None) -> AsyncWebClient:
@@ -93,13 +131,13 @@ class Notifier:
         self.edits = ChannelPacer(rate, burst)
 
     async def _call(self, method: str, **kwargs: Any) -> AsyncSlackResponse:
+        # The SDK's named methods know each endpoint's encoding (JSON or form), so use them; looked up outside
+        # the try so that a method name of ours that does not exist stays an AttributeError.
+        call = getattr(self.client, method.replace(".", "_"))
         try:
-            # The SDK's named methods know each endpoint's encoding (JSON or form), so use them.
-            return await getattr(self.client, method.replace(".", "_"))(**kwargs)
-        except SlackApiError as exc:
-            raise SlackError(method, str(exc.response.get("error", exc.response.status_code))) from exc
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise SlackError(method, f"{type(exc).__name__}: {exc}") from exc
+            return await call(**kwargs)
+        except CLIENT_FAILURES as exc:
+            raise SlackError(method, _failure(exc)) from exc
 
     async def post(self, channel: str, msg: Message, *, thread_ts: str | None = None) -> str:
         """Post a message; one longer than Slack's 50 blocks continues in its own thread, never rejected."""
@@ -135,23 +173,28 @@ class Notifier:
     async def respond(self, response_url: str, msg: Message, *, replace_original: bool = False) -> None:
         """Answer through a command's or button's response_url (ephemeral unless replacing the card)."""
         webhook = AsyncWebhookClient(response_url, timeout=15, retry_handlers=self.client.retry_handlers)
-        resp = await webhook.send(
-            text=msg.text, blocks=msg.blocks, response_type="ephemeral", replace_original=replace_original
-        )
+        try:
+            resp = await webhook.send(
+                text=msg.text, blocks=msg.blocks, response_type="ephemeral", replace_original=replace_original
+            )
+        except CLIENT_FAILURES as exc:
+            raise SlackError("response_url", _failure(exc)) from exc
         if resp.status_code != 200:
-            raise SlackError("response_url", f"HTTP {resp.status_code}: {resp.body}")
+            body = _short(resp.body or "")
+            raise SlackError("response_url", f"HTTP {resp.status_code}: {body}" if body else f"HTTP {resp.status_code}")
 
     async def dm(self, user: str, msg: Message) -> str:
         opened = await self._call("conversations.open", users=user)
         return await self.post(opened["channel"]["id"], msg)
 
     async def upload(self, channel: str, filename: str, content: bytes, *, title: str, thread_ts: str | None = None) -> None:
+        # Three requests inside (get an upload URL, upload, complete), any of which can fail.
         try:
             await self.client.files_upload_v2(
                 channel=channel, filename=filename, content=content, title=title, thread_ts=thread_ts
             )
-        except SlackApiError as exc:
-            raise SlackError("files.upload", str(exc.response.get("error"))) from exc
+        except UPLOAD_FAILURES as exc:
+            raise SlackError("files.upload", _failure(exc)) from exc
 
     async def set_topic(self, channel: str, topic: str) -> None:
         await self._call("conversations.setTopic", channel=channel, topic=topic)

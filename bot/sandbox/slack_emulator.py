@@ -40,6 +40,10 @@ MAX_MESSAGE_TEXT = 40_000
 MAX_TOPIC = 250
 TRIGGER_TTL = 3.0
 RESPONSE_URL_USES = 5
+# What Envoy (in front of Slack's API) answers when it cannot reach a backend.
+UPSTREAM_ERROR = "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
+# A proxy's error page sent as JSON, which no JSON parser reads.
+NOT_JSON = "<html><head><title>502 Bad Gateway</title></head><body>bad gateway</body></html>"
 KNOWN_BLOCKS = {
     "section", "header", "context", "divider", "actions", "image", "input",
     "rich_text", "markdown", "file", "video",
@@ -56,19 +60,28 @@ class _SlackError(Exception):
 
     def __init__(
         self, error: str, *, status: int = 200, headers: dict[str, str] | None = None,
-        messages: list[str] | None = None,
+        messages: list[str] | None = None, raw: tuple[str, str] | None = None,
     ) -> None:
         super().__init__(error)
         self.error = error
         self.status = status
         self.headers = headers or {}
         self.messages = messages or []
+        # (content type, body) when the answer comes from something in front of Slack, not Slack itself.
+        self.raw = raw
 
     def body(self) -> Json:
         body: Json = {"ok": False, "error": self.error}
         if self.messages:
             body["response_metadata"] = {"messages": self.messages}
         return body
+
+    def response(self, status: int | None = None) -> web.Response:
+        status = self.status if status is None else status
+        if self.raw is not None:
+            content_type, text = self.raw
+            return web.Response(text=text, status=status, headers=self.headers, content_type=content_type)
+        return web.json_response(self.body(), status=status, headers=self.headers)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -474,8 +487,10 @@ class SlackEmulator:
     def inject_fault(self, method: str, kind: str, times: int = 1, retry_after: int = 1) -> None:
         """Make the next `times` calls to `method` fail.
 
-        kind: "ratelimited" (429 + Retry-After), "server_error" (HTTP 500), "timeout" (no answer for 30 s)
-        or any Slack error code, answered as {"ok": false, "error": kind}. `method` may be "response_url".
+        kind: "ratelimited" (429 + Retry-After), "server_error" (HTTP 500), "server_error_text" (HTTP 503 with a
+        text/plain body, as a load balancer in front of Slack answers), "not_json" (HTTP 200 labelled JSON whose
+        body is an HTML page), "timeout" (no answer for 30 s) or any Slack error code, answered as
+        {"ok": false, "error": kind}. `method` may be "response_url".
         """
         self._faults.setdefault(method, []).append(_Fault(kind, times, retry_after))
 
@@ -532,7 +547,7 @@ class SlackEmulator:
             return web.json_response(body)
         except _SlackError as e:
             self._record(method, args, e.status, e.error)
-            return web.json_response(e.body(), status=e.status, headers=e.headers)
+            return e.response()
 
     @staticmethod
     async def _request_args(request: web.Request) -> Json:
@@ -556,6 +571,10 @@ class SlackEmulator:
             raise _SlackError("ratelimited", status=429, headers={"Retry-After": str(fault.retry_after)})
         if fault.kind == "server_error":
             raise _SlackError("internal_error", status=500)
+        if fault.kind == "server_error_text":
+            raise _SlackError("upstream_unavailable", status=503, raw=("text/plain", UPSTREAM_ERROR))
+        if fault.kind == "not_json":
+            raise _SlackError("not_json", raw=("application/json", NOT_JSON))
         if fault.kind == "timeout":
             assert self._stopping is not None
             try:
@@ -596,7 +615,7 @@ class SlackEmulator:
             grant.uses += 1
         except _SlackError as e:
             # response_url answers a rejected body with HTTP 400, not Web API's 200 + ok:false
-            return web.json_response(e.body(), status=400 if e.status == 200 else e.status, headers=e.headers)
+            return e.response(400 if e.status == 200 else e.status)
         return web.json_response({"ok": True})
 
     def _respond(self, grant: _Grant, body: Json) -> None:

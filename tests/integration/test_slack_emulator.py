@@ -15,7 +15,7 @@ from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetry
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.sandbox.slack_emulator import SlackEmulator, SlackEventsClient
+from bot.sandbox.slack_emulator import NOT_JSON, UPSTREAM_ERROR, SlackEmulator, SlackEventsClient
 
 TOKEN = "xoxb-sandbox"
 SECRET = "sandbox-signing-secret"
@@ -313,6 +313,24 @@ async def test_injected_faults_are_answered_then_cleared(client: AsyncWebClient,
     await client.conversations_setTopic(channel="C1", topic="on call: alice")
     await client.chat_postMessage(channel="C1", text="a")
     assert emu.topics["C1"] == "on call: alice" and [m["text"] for m in emu.messages("C1")] == ["a"]
+
+
+async def test_injected_proxy_answers_are_not_slack_json(emu: SlackEmulator) -> None:
+    emu.inject_fault("chat.postMessage", "server_error_text")
+    emu.inject_fault("chat.update", "not_json")
+    emu.inject_fault("response_url", "server_error_text")
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+        async with http.post(f"{emu.api_url}chat.postMessage", json={"channel": "C1", "text": "a"}) as r:
+            assert (r.status, r.content_type, await r.text()) == (503, "text/plain", UPSTREAM_ERROR)
+        async with http.post(f"{emu.api_url}chat.update", json={"channel": "C1", "ts": "1.0", "text": "a"}) as r:
+            assert (r.status, r.content_type, await r.text()) == (200, "application/json", NOT_JSON)
+        async with http.post(emu.issue_response_url("C1", "U1"), json={"text": "a"}) as r:
+            assert (r.status, r.content_type, await r.text()) == (503, "text/plain", UPSTREAM_ERROR)
+        async with http.post(f"{emu.api_url}chat.postMessage", json={"channel": "C1", "text": "a"}) as r:
+            assert r.status == 200 and (await r.json())["ok"]
+    assert [(c.status, c.error) for c in emu.calls_to("chat.postMessage")] == [
+        (503, "upstream_unavailable"), (200, None)
+    ]
 
 
 async def test_wait_for_returns_the_value_or_explains_the_timeout(client: AsyncWebClient, emu: SlackEmulator) -> None:
