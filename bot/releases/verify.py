@@ -6,11 +6,13 @@ the comparisons themselves are pure functions below it, testable without any ser
 from __future__ import annotations
 
 import asyncio
+import struct
 import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 from pydantic import BaseModel, computed_field
+from tritonclient.utils import np_to_triton_dtype
 
 from bot.serving.registry import Expected, GoldenRequest, VerifySpec
 from bot.serving.triton import Fleet, FleetError
@@ -53,18 +55,33 @@ def _at(index: tuple[int, ...]) -> str:
     return "[" + ", ".join(map(str, index)) + "]"
 
 
+def _datatype(array: np.ndarray) -> str:
+    return np_to_triton_dtype(array.dtype) or str(array.dtype)
+
+
+def _numeric(array: np.ndarray) -> bool:
+    return array.dtype.kind in "biufc"
+
+
 def output_problems(name: str, actual: np.ndarray, expected: Expected | None) -> list[str]:
-    """What is wrong with one output: non-finite values, a shape that differs, values out of tolerance."""
+    """What is wrong with one output: empty, non-finite values, not numbers, a size that differs, values out of
+    tolerance. Any array the client decodes is judged, never raised on."""
+    want = None if expected is None else np.asarray(expected.data, dtype=float)
+    if actual.size == 0 and not (want is not None and want.size == 0):
+        return [f"output '{name}' is empty (shape {list(actual.shape)})"]
     if actual.dtype.kind in "fc":
         bad = np.argwhere(~np.isfinite(actual))
         if bad.size:
             first = tuple(int(i) for i in bad[0])
             return [f"output '{name}'{_at(first)} is {actual[first]} ({len(bad)} of {actual.size} values not finite)"]
-    if expected is None:
+    if want is None:
         return []
-    want = np.asarray(expected.data, dtype=float)
+    if not _numeric(actual):
+        return [f"output '{name}' is {_datatype(actual)} (first value {actual.flat[0]!r}), expected numbers"]
     if actual.size != want.size:
         return [f"output '{name}' has {actual.size} values, expected {want.size}"]
+    if want.size == 0:
+        return []
     got = actual.astype(float).reshape(-1)
     excess = np.abs(got - want) - (expected.atol + expected.rtol * np.abs(want))
     worst = int(np.argmax(excess))
@@ -78,20 +95,71 @@ def output_problems(name: str, actual: np.ndarray, expected: Expected | None) ->
     ]
 
 
-def max_abs_difference(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> tuple[float, str]:
-    """The largest |a - b| over the outputs both have, and the output it was found in."""
-    worst, where = 0.0, ""
-    for name in sorted(a.keys() & b.keys()):
-        if a[name].shape != b[name].shape or a[name].dtype.kind not in "fiuc":
+def baseline_difference(
+    ours: Mapping[str, np.ndarray], theirs: Mapping[str, np.ndarray], baseline: str = "the baseline"
+) -> tuple[float, str, list[str]]:
+    """(largest |ours - theirs|, the output it is in, problems) over the outputs the baseline has.
+
+    A problem is whatever makes that largest difference untrue: an output missing here, a shape or datatype
+    that differs, a difference that is not finite (nan or inf on either side). Outputs that are not numbers
+    on either side are not differences and are left out.
+    """
+    worst, where, problems = 0.0, "", []
+    for name in sorted(theirs):
+        if name not in ours:
+            problems.append(f"no output '{name}' here, {baseline} has one")
             continue
-        diff = float(np.max(np.abs(a[name].astype(float) - b[name].astype(float)), initial=0.0))
-        if diff > worst or not where:
-            worst, where = diff, name
-    return worst, where
+        a, b = ours[name], theirs[name]
+        if not (_numeric(a) and _numeric(b)):
+            if _numeric(a) != _numeric(b):
+                problems.append(f"output '{name}' is {_datatype(a)} here and {_datatype(b)} on {baseline}")
+            continue
+        if a.shape != b.shape:
+            problems.append(f"output '{name}' has shape {list(a.shape)} here and {list(b.shape)} on {baseline}")
+            continue
+        diff = np.abs(a.astype(float) - b.astype(float))
+        bad = np.argwhere(~np.isfinite(diff))
+        if bad.size:
+            first = tuple(int(i) for i in bad[0])
+            problems.append(
+                f"output '{name}'{_at(first)} is {a[first]:.6g} here and {b[first]:.6g} on {baseline}: "
+                f"the difference is not finite ({len(bad)} of {diff.size} values)"
+            )
+            continue
+        largest = float(np.max(diff, initial=0.0))
+        if largest > worst or not where:
+            worst, where = largest, name
+    if not where and not problems:
+        problems.append(f"no numeric output in common with {baseline}")
+    return worst, where, problems
+
+
+# What tritonclient raises decoding an answer it did get, outside Fleet's own error handling: reshaping the
+# returned bytes to the reported shape (ValueError "cannot reshape array of size 0" when a python backend stub
+# answers shapes without data) or unpacking BYTES shorter than they claim (struct.error).
+UNREADABLE_ANSWER = (ValueError, struct.error)
+
+
+async def _infer(fleet: Fleet, endpoint: str, model: str, n: int, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`fleet.infer`, where an answer that cannot be decoded is a FleetError like any failed inference."""
+    try:
+        return await fleet.infer(endpoint, model, n, inputs)
+    except UNREADABLE_ANSWER as error:
+        raise FleetError({endpoint: f"answer could not be read ({type(error).__name__}: {error})"}) from error
 
 
 def _inputs(request: GoldenRequest) -> dict[str, np.ndarray]:
     return {name: tensor.array() for name, tensor in request.inputs.items()}
+
+
+def _unsendable(spec: VerifySpec) -> str | None:
+    """Why verify.json's requests cannot be sent (data that does not fit its shape or datatype), or None."""
+    for request in spec.requests:
+        try:
+            _inputs(request)
+        except (ValueError, TypeError) as error:
+            return f"request '{request.name}' in verify.json cannot be sent: {error}"
+    return None
 
 
 async def _health(fleet: Fleet) -> Check:
@@ -121,7 +189,7 @@ async def _golden(fleet: Fleet, model: str, n: int, spec: VerifySpec) -> Check:
         for request in spec.requests:
             where = f"{endpoint}, request '{request.name}'"
             try:
-                outputs = await fleet.infer(endpoint, model, n, _inputs(request))
+                outputs = await _infer(fleet, endpoint, model, n, _inputs(request))
             except FleetError as error:
                 problems.append(f"{where}: {error.failures[endpoint]}")
                 continue
@@ -151,7 +219,7 @@ async def _latency(fleet: Fleet, model: str, n: int, spec: VerifySpec, k: int) -
         for request in plan[endpoint]:
             start = time.perf_counter()
             try:
-                await fleet.infer(endpoint, model, n, request)
+                await _infer(fleet, endpoint, model, n, request)
             except FleetError as error:
                 errors.append(str(error))
                 continue
@@ -177,21 +245,40 @@ def _latency_check(report: VerifyReport, errors: list[str]) -> Check:
     )
 
 
+async def _answer(fleet: Fleet, model: str, n: int, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray] | str:
+    """The outputs of the fleet's first endpoint, or what went wrong there."""
+    try:
+        return await _infer(fleet, fleet.endpoints[0], model, n, inputs)
+    except FleetError as error:
+        return str(error)
+
+
 async def _baseline(
     fleet: Fleet, model: str, n: int, spec: VerifySpec, baseline: Fleet, baseline_n: int
-) -> tuple[float, str]:
-    """The largest output difference from the baseline over the golden requests, and where it was."""
-    worst, where = 0.0, ""
+) -> tuple[Check, float | None]:
+    """How far the golden requests' outputs moved from the baseline (prod's version), and that largest |Δ|;
+    None when there is no true one to give (an answer missing or not comparable), which the check says."""
+    theirs_name = f"version {baseline_n}"
+    worst, where, problems = 0.0, "", []
     for request in spec.requests:
         inputs = _inputs(request)
         ours, theirs = await asyncio.gather(
-            fleet.infer(fleet.endpoints[0], model, n, inputs),
-            baseline.infer(baseline.endpoints[0], model, baseline_n, inputs),
+            _answer(fleet, model, n, inputs), _answer(baseline, model, baseline_n, inputs)
         )
-        diff, output = max_abs_difference(ours, theirs)
-        if diff > worst or not where:
+        if isinstance(ours, str) or isinstance(theirs, str):
+            problems += [f"{who} could not answer request '{request.name}': {failure}"
+                         for who, failure in (("this version", ours), (theirs_name, theirs)) if isinstance(failure, str)]
+            continue
+        diff, output, found = baseline_difference(ours, theirs, theirs_name)
+        problems += [f"request '{request.name}': {p}" for p in found]
+        if output and (diff > worst or not where):
             worst, where = diff, f"output '{output}' of request '{request.name}'"
-    return worst, where
+    name = f"difference from version {baseline_n}"
+    if problems:
+        return Check(name=name, passed=False, detail="; ".join(problems)), None
+    limit = spec.max_baseline_diff
+    detail = f"largest |Δ| {worst:.6g} in {where}" + ("" if limit is None else f"; allowed ≤ {limit:g}")
+    return Check(name=name, passed=limit is None or worst <= limit, detail=detail), worst
 
 
 async def verify(
@@ -208,8 +295,8 @@ async def verify(
 
     `spec` is the version's verify.json (None: only health and readiness can be checked); `requests` is
     how many timed requests the p50/p99 come from; `baseline` is the fleet and Triton version to compare
-    outputs with (prod's current version). Endpoint or inference failures become failed checks, never
-    exceptions.
+    outputs with (prod's current version). Endpoint or inference failures and malformed answers (non-finite,
+    empty, undecodable) become failed checks, never exceptions.
     """
     report = VerifyReport(
         model=model, n=n, endpoints=fleet.endpoints, passed=False, checks=[], slo_p99_ms=slo_p99_ms
@@ -224,6 +311,10 @@ async def verify(
         report.passed = True
         return report
 
+    unsendable = _unsendable(spec)
+    if unsendable:
+        report.checks.append(Check(name="golden requests", passed=False, detail=unsendable))
+        return report
     report.checks.append(await _golden(fleet, model, n, spec))
 
     samples, errors = await _latency(fleet, model, n, spec, requests)
@@ -235,16 +326,8 @@ async def verify(
     if baseline is not None:
         baseline_fleet, baseline_n = baseline
         report.baseline_n = baseline_n
-        name = f"difference from version {baseline_n}"
-        try:
-            diff, where = await _baseline(fleet, model, n, spec, baseline_fleet, baseline_n)
-        except FleetError as error:
-            report.checks.append(Check(name=name, passed=False, detail=f"the baseline could not answer: {error}"))
-        else:
-            report.max_baseline_diff = diff
-            limit = spec.max_baseline_diff
-            detail = f"largest |Δ| {diff:.6g} in {where}" + ("" if limit is None else f"; allowed ≤ {limit:g}")
-            report.checks.append(Check(name=name, passed=limit is None or diff <= limit, detail=detail))
+        check, report.max_baseline_diff = await _baseline(fleet, model, n, spec, baseline_fleet, baseline_n)
+        report.checks.append(check)
 
     report.passed = all(c.passed for c in report.checks)
     return report
