@@ -17,6 +17,7 @@ from bot.datagen.rules import evaluate
 from bot.datagen.service import save_record
 from bot.runtime import Runtime
 from bot.sandbox.local import LocalBot, local_bot
+from bot.sandbox.preflight import preflight
 from bot.sandbox.render import Button, render_message, render_view
 from bot.sandbox.slack_emulator import dm_id
 from bot.sandbox.tritonserver import TritonServer, triton_missing
@@ -172,8 +173,14 @@ async def run_sandbox(config_path: str, *, script: Path | None = None, state_dir
             print(f"(no tritonserver: {triton_missing()}; install it with `pip install -e '.[triton]'`."
                   " Everything else runs; deploys will say the endpoints are unreachable.)")
         else:
-            servers = {env: stack.enter_context(TritonServer(str(state / "repos" / env))).url for env in ("staging", "prod")
+            started = {env: stack.enter_context(TritonServer(str(state / "repos" / env))) for env in ("staging", "prod")
                        if (state / "repos" / env).mkdir(parents=True, exist_ok=True) is None}
+            servers = {env: server.url for env, server in started.items()}
+            # One golden inference before the first prompt: a server whose outputs are wrong would fail
+            # every verify for a reason that is no release's.
+            if (problem := await preflight(config, started["staging"])) is not None:
+                print(f"mlops-bot sandbox: {problem}", file=sys.stderr, flush=True)
+                return 1
         async with local_bot(sandbox_config(config, state, servers)) as bot:
             await seed_datagen(bot.runtime)
             first = sorted({u for m in (config.roles.deployers, config.roles.admins) for u in m.users}) or ["U0SANDBOX"]

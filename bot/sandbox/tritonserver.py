@@ -72,14 +72,27 @@ def backends_dir() -> Path:
 
 
 def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for tritonserver: the wheel's libraries, and the running interpreter for python stubs."""
+    """Environment for tritonserver: the wheel's libraries, and the running interpreter for python stubs.
+
+    The same whether or not a virtualenv is activated (pipx, systemd units and Docker entrypoints run
+    `.venv/bin/mlops-bot` with PATH untouched), so models import the bot's own numpy and packages.
+    """
     root = wheel_dir()
     assert root is not None, triton_missing()
     env = dict(os.environ)
-    # The stub embeds libpython: point it at this interpreter's shared library, stdlib and site-packages
-    # (PYTHONPATH, because PYTHONHOME alone would miss a virtualenv's packages).
+    # The wheel's stub embeds libpython in an isolated configuration: it ignores PYTHONHOME and PYTHONPATH
+    # and finds its prefix and site-packages from the first `python3` on PATH (a venv through the
+    # pyvenv.cfg beside it). So this interpreter's own directory goes first: sys.executable unresolved,
+    # since a venv's python is a symlink out of the venv.
+    bin_dir = os.path.dirname(sys.executable)
+    env["PATH"] = os.pathsep.join(d for d in [bin_dir, env.get("PATH") or os.defpath] if d)
+    if sys.prefix != sys.base_prefix:  # as `activate` would; for what models and their subprocesses read
+        env["VIRTUAL_ENV"] = sys.prefix
+    # libpython: this interpreter's build, not whichever the stub was linked against (e.g. the distro's).
     lib_dirs = [sysconfig.get_config_var("LIBDIR") or "", str(root.parent.parent / "nvidia_pytriton.libs")]
     env["LD_LIBRARY_PATH"] = os.pathsep.join(d for d in [*lib_dirs, env.get("LD_LIBRARY_PATH", "")] if d)
+    # For stubs and model subprocesses that do read the environment: this interpreter's stdlib and
+    # site-packages (PYTHONPATH, because PYTHONHOME alone would miss a virtualenv's packages).
     env["PYTHONHOME"] = sys.base_prefix
     site_dirs = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
     env["PYTHONPATH"] = os.pathsep.join([*site_dirs, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
