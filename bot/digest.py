@@ -209,7 +209,7 @@ def pending_line(r: StagedRelease) -> str:
 def unverified_line(r: StagedRelease, now: datetime) -> str:
     since = duration(now - r.deployed_at) if r.deployed_at else "a while"
     who = f"<@{r.deployed_by}>" if r.deployed_by else "whoever deployed it"
-    return f"*{r.model} {r.version}* is {r.state.replace('_', ' ')} on staging for {since}: {who}, verify it or roll it back"
+    return f"*{r.model} {r.version}* has been on staging for {since} ({State(r.state).words}): {who}, verify it or roll it back"
 
 
 def alert_line(a: OpenAlert) -> str:
@@ -330,7 +330,7 @@ class DigestService:
 
     async def models(self) -> list[ModelRow]:
         rows = []
-        for r in self.rt.releases.status_rows():
+        for r in await self.rt.releases.status_rows():
             trained = await self._trained_at(r["model"], r["version"]) if r["version"] else None
             rows.append(ModelRow(r["model"], r["env"], r["version"], r["state"], r["deployed_by"], r["approved_by"],
                                  r["updated_at"], trained))
@@ -356,7 +356,8 @@ class DigestService:
     def staged(self, states: Iterable[State]) -> list[StagedRelease]:
         states = [s.value for s in states]
         return [_staged(r) for r in self._rows(
-            f"SELECT * FROM releases WHERE state IN ({', '.join('?' * len(states))}) ORDER BY id", *states)]
+            f"SELECT * FROM releases WHERE state IN ({', '.join('?' * len(states))}) "
+            "AND coalesce(prod_state, '') NOT IN ('live', 'promoting') ORDER BY id", *states)]
 
     def open_alerts(self) -> list[OpenAlert]:
         return [OpenAlert(r["source"], r["key"], r["state"], r["severity"], r["summary"], _dt(r["opened_at"]))

@@ -221,6 +221,13 @@ MIGRATIONS: list[str] = [
     ALTER TABLE retrain_runs ADD COLUMN cancelled_by TEXT;
     CREATE INDEX retrain_runs_model ON retrain_runs(model, state);
     """,
+    # 4: a release's standing per environment (releases.state is its standing on staging, prod_state in
+    # prod), so an operation in one environment never rewrites the other's; button presses claimed once.
+    """
+    ALTER TABLE releases ADD COLUMN prod_state TEXT;
+    UPDATE releases SET prod_state = state, state = 'verified' WHERE state IN ('promoting', 'live', 'promote_failed');
+    CREATE TABLE presses (key TEXT PRIMARY KEY, actor TEXT NOT NULL, ts TEXT NOT NULL);
+    """,
 ]
 
 GENESIS = "0" * 64
@@ -436,6 +443,14 @@ class Store:
         self._begin_group()
         cursor = self.conn.execute(f"INSERT OR IGNORE INTO {table} (key, ts) VALUES (?, ?)", (key, iso(at or utcnow())))
         return cursor.rowcount == 1
+
+    def claim_press(self, key: str, actor: str, at: datetime) -> tuple[str, datetime] | None:
+        """Claim a button press; None the first time, else (who pressed it first, when)."""
+        self._begin_group()
+        if self.conn.execute("INSERT OR IGNORE INTO presses (key, actor, ts) VALUES (?, ?, ?)", (key, actor, iso(at))).rowcount:
+            return None
+        first, ts = self.conn.execute("SELECT actor, ts FROM presses WHERE key = ?", (key,)).fetchone()
+        return first, datetime.fromisoformat(ts)
 
     def claim_slot(self, job: str, slot: str, at: datetime | None = None, detail: dict | None = None) -> bool:
         """Claim a scheduled job's slot; False if some earlier run (maybe before a restart) already had it."""

@@ -17,6 +17,7 @@ from slack_bolt.async_app import AsyncAck, AsyncApp
 from bot.config import Role
 from bot.notifier import Message, SlackError
 from bot.oncall.messages import ACK_HANDOFF, TAKE_COVER, CoverRef, HandoffRef
+from bot.releases.messages import when
 
 if TYPE_CHECKING:
     from bot.runtime import Runtime
@@ -38,6 +39,7 @@ class Button:
     value: type[BaseModel]
     run: Callable[["Runtime", Press, Any], Awaitable[None]]
     role: Role | None = None
+    once: bool = False  # a press of this button (its value names one card rendering) runs at most once
 
 
 BUTTONS: dict[str, Button] = {}
@@ -79,6 +81,14 @@ def register(app: AsyncApp, runtime: Runtime) -> None:
             refusal = f"You need the *{spec.role}* role for that button; ask {who}."
             runtime.spawn(_tell(runtime, press, refusal), name=f"{press.action_id} denied")
             return
+        if spec.once:
+            # The same button pressed twice, or by two people: the first runs, the others are told who did.
+            first = runtime.store.claim_press(f"{press.action_id}:{value.model_dump_json()}", press.user, runtime.clock())
+            if first is not None:
+                runtime.audit(**base, status="duplicate", detail={**value.model_dump(), "first": first[0]})
+                runtime.spawn(_tell(runtime, press, f"Already done: <@{first[0]}> pressed that {when(first[1])}; it runs once. "
+                                                    "The card shows where it stands."), name=f"{press.action_id} duplicate")
+                return
         runtime.audit(**base, status="accepted", detail=value.model_dump())
 
         async def report_failure(exc: Exception) -> None:
@@ -114,13 +124,14 @@ async def _release_op(runtime: Runtime, press: Press, work: Callable[[], Awaitab
         await _tell(runtime, press, f":warning: {exc}")
 
 
-def _release_button(action_id: str, operation: Callable[["Runtime", Press, Any], Awaitable[Any]], role: Role) -> None:
+def _release_button(action_id: str, operation: Callable[["Runtime", Press, Any], Awaitable[Any]], role: Role,
+                    *, once: bool = True) -> None:
     from bot.releases.messages import ReleaseRef
 
     async def run(runtime: Runtime, press: Press, ref: ReleaseRef) -> None:
         await _release_op(runtime, press, lambda: operation(runtime, press, runtime.releases.get(ref.release)))
 
-    button(Button(action_id, ReleaseRef, run, role))
+    button(Button(action_id, ReleaseRef, run, role, once=once))
 
 
 async def _promote(runtime: Runtime, press: Press, release: Any) -> None:
@@ -134,7 +145,9 @@ async def _promote(runtime: Runtime, press: Press, release: Any) -> None:
 
 
 _release_button("release.verify", lambda rt, press, release: rt.releases.verify_release(release, press.user), "deployers")
-_release_button("release.promote", _promote, "approvers")
+# Unblock may open the urgent modal, which a person may cancel and reopen: its compare-and-set (verified →
+# promoting) is what makes it run once, and a late press is told who unblocked it.
+_release_button("release.promote", _promote, "approvers", once=False)
 _release_button("release.reject", lambda rt, press, release: rt.releases.reject(release, press.user), "approvers")
 
 
@@ -202,7 +215,7 @@ def _register_retrain() -> None:
 
     button(Button(START, ModelRef, start, "deployers"))
     button(Button(CANCEL, RunRef, cancel, "deployers"))
-    button(Button(DEPLOY, RunRef, deploy, "deployers"))
+    button(Button(DEPLOY, RunRef, deploy, "deployers", once=True))
 
 
 _register_retrain()

@@ -341,7 +341,7 @@ verb(Verb("rollback", "rollback <model> [staging|prod] [to <version>] [reason=\"
 async def _status(runtime: Runtime, cmd: Command, model: str | None) -> None:
     from bot.releases import messages
 
-    table = messages.status_table(runtime.releases.status_rows(model))
+    table = messages.status_table(await runtime.releases.status_rows(model))
     if model and runtime.config.models[model].retrain:
         from bot.retrain.messages import with_retrain_button
 

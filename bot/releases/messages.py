@@ -27,9 +27,12 @@ ICONS = {
 
 
 class ReleaseRef(BaseModel):
-    """The value of every release button: an id, never state (state is read fresh on each press)."""
+    """The value of every release button: an id, never state (state is read fresh on each press). `rev` names
+    the card's rendering, so a press is claimed once per rendering: a double click or a second person runs
+    nothing twice, and the same button on a later rendering of the card is a new press."""
 
     release: int
+    rev: str = ""
 
 
 class RollbackRef(BaseModel):
@@ -37,6 +40,7 @@ class RollbackRef(BaseModel):
     env: str
     release: int | None = None  # the card it was pressed on, to refuse a stale card
     to: str | None = None
+    rev: str = ""
 
 
 def when(moment: datetime | None) -> str:
@@ -56,23 +60,33 @@ def context(text: str) -> dict[str, Any]:
 
 def btn(text: str, action_id: str, value: BaseModel, style: str | None = None) -> dict[str, Any]:
     b = {"type": "button", "text": {"type": "plain_text", "text": text}, "action_id": action_id,
-         "value": value.model_dump_json()}
+         "value": value.model_dump_json(exclude_defaults=True)}
     if style:
         b["style"] = style
     return b
 
 
-def buttons(release: Release) -> list[dict[str, Any]]:
-    ref = ReleaseRef(release=release.id)
-    back_staging = btn("Roll back staging", "release.rollback", RollbackRef(model=release.model, env="staging", release=release.id), "danger")
+def rev(release: Release) -> str:
+    return release.updated_at.isoformat() if release.updated_at else ""
+
+
+def buttons(release: Release, env: str, *, blocker: str | None) -> list[dict[str, Any]]:
+    ref = ReleaseRef(release=release.id, rev=rev(release))
+
+    def back(where: str) -> dict[str, Any]:
+        return btn(f"Roll back {where}", "release.rollback",
+                   RollbackRef(model=release.model, env=where, release=release.id, rev=rev(release)), "danger")
+
+    if env == "prod" and release.prod_state is State.LIVE:
+        return [back("prod")]
     match release.state:
+        case State.VERIFIED if blocker is None:
+            return [btn("Unblock prod", "release.promote", ref, "primary"), btn("Reject", "release.reject", ref), back("staging")]
         case State.VERIFIED:
-            return [btn("Unblock prod", "release.promote", ref, "primary"), btn("Reject", "release.reject", ref), back_staging]
+            return [btn("Reject", "release.reject", ref), back("staging")]
         case State.STAGED | State.VERIFY_FAILED | State.INTERRUPTED:
-            return [btn("Verify", "release.verify", ref), back_staging]
-        case State.LIVE:
-            return [btn("Roll back prod", "release.rollback", RollbackRef(model=release.model, env="prod", release=release.id), "danger")]
-    return []
+            return [btn("Verify", "release.verify", ref), back("staging")]
+    return [back("prod")] if release.prod_state is State.LIVE else []
 
 
 def verify_lines(report: dict[str, Any] | None) -> str:
@@ -82,8 +96,13 @@ def verify_lines(report: dict[str, Any] | None) -> str:
     return "\n".join(lines)
 
 
-def card(release: Release, *, env: str, verify_report: dict[str, Any] | None = None, note: str = "") -> Message:
-    head = f"{ICONS[release.state]} *{release.model} {release.version}* · {env} · *{release.state.value.replace('_', ' ')}*"
+def card(release: Release, *, env: str, verify_report: dict[str, Any] | None = None, note: str = "",
+         blocker: str | None = None) -> Message:
+    """The release as `env` sees it, with its standing in the other environment beside it."""
+    standing = release.standing(env) or release.state
+    other = f" · prod: *{release.prod_state.words}*" if env != "prod" and release.prod_state else (
+        f" · staging: *{release.state.words}*" if env == "prod" else "")
+    head = f"{ICONS[standing]} *{release.model} {release.version}* · {env} · *{standing.words}*{other}"
     facts = [
         f"deployed by <@{release.deployed_by}> {when(release.deployed_at)}" if release.deployed_by else "",
         f"unblocked by <@{release.approved_by}> {when(release.approved_at)}" if release.approved_by else "",
@@ -92,12 +111,14 @@ def card(release: Release, *, env: str, verify_report: dict[str, Any] | None = N
     blocks = [section(head), context(" · ".join(f for f in facts if f))]
     if note:
         blocks.append(section(note))
+    if blocker and release.state is State.VERIFIED:
+        blocks.append(section(f":no_entry: Cannot be unblocked: {blocker}."))
     if verify_report:
         blocks.append(section("*Verification*\n" + verify_lines(verify_report)))
-    actions = buttons(release)
+    actions = buttons(release, env, blocker=blocker)
     if actions:
         blocks.append({"type": "actions", "block_id": f"release-{release.id}", "elements": actions})
-    return Message(text=f"{release.model} {release.version} {env}: {release.state.value}", blocks=blocks)
+    return Message(text=f"{release.model} {release.version} {env}: {standing.words}", blocks=blocks)
 
 
 def note(text: str) -> Message:
@@ -105,7 +126,7 @@ def note(text: str) -> Message:
 
 
 def status_table(rows: list[dict[str, Any]]) -> Message:
-    """rows: model, env, version, state, deployed_by, approved_by, updated_at (datetime), verify (str)."""
+    """rows: model, env, version, state (words), deployed_by, approved_by, updated_at, verify, lock, drift."""
     if not rows:
         return note("No model is deployed anywhere yet. Start with `/mlops deploy <model>`.")
     blocks = [section("*Models in service*")]
@@ -113,10 +134,15 @@ def status_table(rows: list[dict[str, Any]]) -> Message:
         who = f"deployed by <@{r['deployed_by']}>" if r.get("deployed_by") else ""
         if r.get("approved_by"):
             who += f", unblocked by <@{r['approved_by']}>"
-        blocks.append(section(
-            f"*{r['model']}* · {r['env']}: `{r['version'] or '—'}` ({r['state'] or 'not deployed'}) {who} {when(r.get('updated_at'))}"
-            + (f"\nlast verify: {r['verify']}" if r.get("verify") else "")
-        ))
+        lock = r.get("lock")
+        lines = [f"*{r['model']}* · {r['env']}: `{r['version'] or '—'}` ({r['state'] or 'not deployed'}) {who} {when(r.get('updated_at'))}"]
+        if r.get("verify"):
+            lines.append(f"last verify: {r['verify']}")
+        if lock:
+            what = "in progress" if lock.kind == "operation" else "locked"
+            lines.append(f":lock: {what}: <@{lock.holder}> {lock.reason}" + (f", until {when(lock.expires_at)}" if lock.kind == "manual" else ""))
+        lines += [f":warning: {d}" for d in r.get("drift") or []]
+        blocks.append(section("\n".join(lines)))
     return Message(text="Models in service", blocks=blocks[:50])
 
 

@@ -1,7 +1,9 @@
-"""Release states and the transitions between them: a pure table, so every path is visible in one place.
+"""Release standings and the transitions between them: pure tables, so every path is visible in one place.
 
-A release is one model version's trip through the train. Its Triton version number is the release's id,
-so every release has its own directory in each repository and a rollback only reloads files already there.
+A release is one model version's trip through the train. It has a standing in each environment, and only an
+operation in that environment changes it: rolling staging back never touches what prod records, and the
+other way round. Its Triton version number is the release's id, so every release has its own directory in
+each repository and a rollback only reloads files already there.
 """
 from __future__ import annotations
 
@@ -11,19 +13,28 @@ from enum import StrEnum
 
 
 class State(StrEnum):
-    DEPLOYING = "deploying"  # copying to staging and loading the staging fleet
+    DEPLOYING = "deploying"  # staging: copying and loading the staging fleet
     DEPLOY_FAILED = "deploy_failed"
     STAGED = "staged"  # serving on staging, not verified yet
     VERIFYING = "verifying"
     VERIFIED = "verified"  # may be unblocked for prod
     VERIFY_FAILED = "verify_failed"
-    PROMOTING = "promoting"  # copying to prod and loading the prod fleet
-    LIVE = "live"  # serving in prod
-    PROMOTE_FAILED = "promote_failed"  # prod verify failed; prod rolled back by the bot
     REJECTED = "rejected"
+    PROMOTING = "promoting"  # prod: copying and loading the prod fleet
+    LIVE = "live"  # serving in prod
+    PROMOTE_FAILED = "promote_failed"  # prod verify failed; prod put back by the bot
     ROLLED_BACK = "rolled_back"
-    SUPERSEDED = "superseded"  # a newer version took its place
+    SUPERSEDED = "superseded"  # a newer version took its place in that environment
     INTERRUPTED = "interrupted"  # the bot stopped mid-operation; reconciled at start
+
+    @property
+    def words(self) -> str:
+        """How people read the state: "verification failed", not verify_failed."""
+        return WORDS.get(self, self.value.replace("_", " "))
+
+
+WORDS = {State.DEPLOY_FAILED: "deploy failed", State.VERIFY_FAILED: "verification failed",
+         State.PROMOTE_FAILED: "promotion failed", State.ROLLED_BACK: "rolled back"}
 
 
 class Event(StrEnum):
@@ -36,61 +47,75 @@ class Event(StrEnum):
     PROMOTED = "promoted"
     PROMOTE_FAILED = "promote_failed"
     REJECT = "reject"
-    ROLL_BACK = "roll_back"
+    ROLL_BACK = "roll_back"  # the release is rolled away from
+    RESTORE = "restore"  # the release is rolled back to
     SUPERSEDE = "supersede"
     INTERRUPT = "interrupt"
 
 
 S, E = State, Event
-TRANSITIONS: dict[tuple[State, Event], State] = {
+STAGING: dict[tuple[State, Event], State] = {
     (S.DEPLOYING, E.DEPLOYED): S.STAGED,
     (S.DEPLOYING, E.DEPLOY_FAILED): S.DEPLOY_FAILED,
     (S.STAGED, E.VERIFY): S.VERIFYING,
     (S.VERIFIED, E.VERIFY): S.VERIFYING,
     (S.VERIFY_FAILED, E.VERIFY): S.VERIFYING,
+    (S.INTERRUPTED, E.VERIFY): S.VERIFYING,
     (S.VERIFYING, E.PASSED): S.VERIFIED,
     (S.VERIFYING, E.FAILED): S.VERIFY_FAILED,
-    (S.VERIFIED, E.PROMOTE): S.PROMOTING,
-    (S.PROMOTING, E.PROMOTED): S.LIVE,
-    (S.PROMOTING, E.PROMOTE_FAILED): S.PROMOTE_FAILED,
+    (S.STAGED, E.REJECT): S.REJECTED,
     (S.VERIFIED, E.REJECT): S.REJECTED,
     (S.VERIFY_FAILED, E.REJECT): S.REJECTED,
-    (S.STAGED, E.REJECT): S.REJECTED,
-    (S.STAGED, E.ROLL_BACK): S.ROLLED_BACK,
-    (S.VERIFIED, E.ROLL_BACK): S.ROLLED_BACK,
-    (S.VERIFY_FAILED, E.ROLL_BACK): S.ROLLED_BACK,
-    (S.REJECTED, E.ROLL_BACK): S.ROLLED_BACK,
-    (S.LIVE, E.ROLL_BACK): S.ROLLED_BACK,
-    (S.STAGED, E.SUPERSEDE): S.SUPERSEDED,
-    (S.VERIFIED, E.SUPERSEDE): S.SUPERSEDED,
-    (S.VERIFY_FAILED, E.SUPERSEDE): S.SUPERSEDED,
-    (S.LIVE, E.SUPERSEDE): S.SUPERSEDED,
+    **{(s, E.ROLL_BACK): S.ROLLED_BACK for s in (S.STAGED, S.VERIFIED, S.VERIFY_FAILED, S.REJECTED, S.INTERRUPTED)},
+    # Served again after a rollback: it must be verified again before it can be unblocked.
+    **{(s, E.RESTORE): S.STAGED for s in (S.SUPERSEDED, S.ROLLED_BACK, S.INTERRUPTED, S.VERIFIED, S.STAGED)},
+    **{(s, E.SUPERSEDE): S.SUPERSEDED for s in (S.STAGED, S.VERIFIED, S.VERIFY_FAILED, S.REJECTED, S.INTERRUPTED)},
     (S.DEPLOYING, E.INTERRUPT): S.INTERRUPTED,
     (S.VERIFYING, E.INTERRUPT): S.INTERRUPTED,
-    (S.PROMOTING, E.INTERRUPT): S.INTERRUPTED,
 }
+# Prod standings start from None: the release has not been sent to prod.
+PROD: dict[tuple[State | None, Event], State] = {
+    **{(s, E.PROMOTE): S.PROMOTING for s in (None, S.PROMOTE_FAILED, S.ROLLED_BACK, S.SUPERSEDED, S.INTERRUPTED)},
+    (S.PROMOTING, E.PROMOTED): S.LIVE,
+    (S.PROMOTING, E.PROMOTE_FAILED): S.PROMOTE_FAILED,
+    (S.PROMOTING, E.INTERRUPT): S.INTERRUPTED,
+    (S.LIVE, E.ROLL_BACK): S.ROLLED_BACK,
+    (S.LIVE, E.SUPERSEDE): S.SUPERSEDED,
+    **{(s, E.RESTORE): S.LIVE for s in (S.SUPERSEDED, S.ROLLED_BACK, S.LIVE)},
+}
+TRANSITIONS = {"staging": STAGING, "prod": PROD}
 
-# States in which an operation holds the (model, env) lock.
+# The standing an operation holds while it runs, and the one it ends in when it fails or is cut short.
 BUSY = frozenset({S.DEPLOYING, S.VERIFYING, S.PROMOTING})
+FAILS = {S.DEPLOYING: E.DEPLOY_FAILED, S.VERIFYING: E.FAILED, S.PROMOTING: E.PROMOTE_FAILED}
+# Standings that rule a release out as a rollback target: it was judged bad where it ran.
+BAD = frozenset({S.DEPLOY_FAILED, S.VERIFY_FAILED, S.PROMOTE_FAILED, S.REJECTED, S.ROLLED_BACK, S.INTERRUPTED,
+                 S.DEPLOYING, S.VERIFYING, S.PROMOTING})
 
 
 class InvalidTransition(Exception):
-    def __init__(self, state: State, event: Event):
-        super().__init__(f"cannot {event.value} a release that is {state.value}")
+    def __init__(self, env: str, state: State | None, event: Event):
+        where = f"{state.words} on {env}" if state else f"not in {env}"
+        super().__init__(f"cannot {event.value.replace('_', ' ')} a release that is {where}")
         self.state = state
         self.event = event
 
 
-def next_state(state: State, event: Event) -> State:
+def next_state(env: str, state: State | None, event: Event) -> State:
     try:
-        return TRANSITIONS[(state, event)]
+        return TRANSITIONS[env][(state, event)]  # type: ignore[index]
     except KeyError:
-        raise InvalidTransition(state, event) from None
+        raise InvalidTransition(env, state, event) from None
 
 
-def sources(event: Event) -> list[State]:
-    """Every state `event` may start from: the WHERE clause of a compare-and-set."""
-    return [s for (s, e) in TRANSITIONS if e is event]
+def sources(env: str, event: Event) -> list[State | None]:
+    """Every standing `event` may start from in `env`: the WHERE clause of a compare-and-set."""
+    return [s for (s, e) in TRANSITIONS[env] if e is event]
+
+
+def env_of(env: str) -> str:
+    """Environments other than prod follow the staging table (a train has one gate: prod)."""
+    return "prod" if env == "prod" else "staging"
 
 
 @dataclass(frozen=True)
@@ -99,7 +124,8 @@ class Release:
     model: str
     version: str
     digest: str
-    state: State
+    state: State  # the standing on staging, where every release starts
+    prod_state: State | None  # the standing in prod; None until it is sent there
     deployed_by: str | None
     deployed_at: datetime | None
     verified_at: datetime | None
@@ -107,7 +133,23 @@ class Release:
     approved_at: datetime | None
     channel: str | None
     card_ts: str | None
+    updated_at: datetime | None = None
 
     @property
     def triton_version(self) -> int:
         return self.id
+
+    def standing(self, env: str) -> State | None:
+        return self.prod_state if env_of(env) == "prod" else self.state
+
+    def known_good(self, env: str) -> bool:
+        """Served `env` and was neither failed, rejected nor rolled back there: a rollback may go to it."""
+        if env_of(env) == "prod":
+            return self.prod_state in (S.LIVE, S.SUPERSEDED)
+        return self.verified_at is not None and self.state not in BAD
+
+
+def rollback_target(current: Release, candidates: list[Release], env: str) -> Release | None:
+    """The newest known-good release older than the one `env` serves: a rollback never goes forward."""
+    older = [r for r in candidates if r.id < current.id and r.version != current.version and r.known_good(env)]
+    return max(older, key=lambda r: r.id, default=None)

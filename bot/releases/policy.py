@@ -32,6 +32,25 @@ def describe_windows(windows: list[DeployWindow]) -> str:
     )
 
 
+def unblock_blocker(release: Release, *, staging_only: bool, registry_digest: str | None) -> str | None:
+    """Why a verified release's card must not offer Unblock (None: it may), from what is known at verify time.
+
+    `registry_digest` is the digest of the version's files in the registry now; None when it could not be read.
+    """
+    if staging_only:
+        return f"{release.model} is staging_only: it cannot go to production until that flag is removed"
+    if release.prod_state is State.LIVE:
+        return f"{release.model} {release.version} is already live in prod"
+    if registry_digest is not None and registry_digest != release.digest:
+        return (f"the registry's files of {release.version} changed since it was deployed (digest "
+                f"`{short(release.digest)}` → `{short(registry_digest)}`); deploy it again to unblock it")
+    return None
+
+
+def short(digest: str) -> str:
+    return digest.removeprefix("sha256:")[:12]
+
+
 def may_promote(
     release: Release,
     *,
@@ -45,16 +64,15 @@ def may_promote(
 ) -> Decision:
     if not is_approver:
         return Decision(False, "only approvers can unblock production")
-    if staging_only:
-        return Decision(False, f"{release.model} is staging_only: it cannot go to production until that flag is removed")
     if release.state is not State.VERIFIED:
-        return Decision(False, f"{release.model} {release.version} is {release.state.value}, not verified")
+        return Decision(False, f"{release.model} {release.version} is not verified on staging ({release.state.words})")
+    blocker = unblock_blocker(release, staging_only=staging_only, registry_digest=current_digest)
+    if blocker:
+        return Decision(False, blocker)
     if policy.four_eyes and actor == release.deployed_by:
         return Decision(False, "you deployed this version to staging; another approver has to unblock it (four-eyes)")
     if release.verified_at is None or now - release.verified_at > timedelta(hours=policy.approval_ttl_hours):
         return Decision(False, f"the verification is older than {policy.approval_ttl_hours:g} h; run `/mlops verify {release.model}` again")
-    if current_digest != release.digest:
-        return Decision(False, "the artifacts changed since they were verified; deploy and verify the version again")
     if not in_window(now, policy.windows) and not urgent:
         return Decision(False, f"outside deploy hours ({describe_windows(policy.windows)})", needs_urgent=True)
     return Decision(True)

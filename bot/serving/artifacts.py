@@ -58,6 +58,10 @@ class ArtifactStore(ABC):
     async def exists(self, key: str) -> bool: ...
 
     @abstractmethod
+    async def size(self, key: str) -> int:
+        """Bytes of one object, without reading it."""
+
+    @abstractmethod
     async def delete_prefix(self, prefix: str) -> None:
         """Delete everything under the folder `prefix`; nothing there is not an error."""
 
@@ -99,6 +103,9 @@ class LocalStore(ArtifactStore):
 
     async def exists(self, key: str) -> bool:
         return await _local(self.key_uri(key), self.path(key).is_file)
+
+    async def size(self, key: str) -> int:
+        return await _local(self.key_uri(key), lambda: self.path(key).stat().st_size)
 
     async def delete_prefix(self, prefix: str) -> None:
         folder = self.root / _folder(prefix)
@@ -170,6 +177,12 @@ class S3Store(ArtifactStore):
                     return False
                 raise
             return True
+
+        return await self._call(self.key_uri(key), head)
+
+    async def size(self, key: str) -> int:
+        def head() -> int:
+            return self.client.head_object(Bucket=self.bucket, Key=self.object_key(key))["ContentLength"]
 
         return await self._call(self.key_uri(key), head)
 

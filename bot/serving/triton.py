@@ -183,6 +183,28 @@ class Fleet:
 
         return await self._everywhere(index)
 
+    async def observe(self, model: str, *, settle: bool = False) -> dict[str, list[int] | str]:
+        """What each endpoint serves of `model` (its READY versions), or why it could not be asked; never raises.
+
+        With `settle`, wait (up to the load timeout) until no endpoint is still loading or unloading it: after
+        a crash, a load the bot asked for may still finish, and what it leaves must be seen.
+        """
+        deadline = time.monotonic() + self.timeout
+
+        async def one(endpoint: str) -> list[int] | str:
+            while True:
+                try:
+                    index = await self._call(endpoint, lambda c: c.get_model_repository_index())
+                except FleetError as exc:
+                    return exc.failures[endpoint]
+                mine = [e for e in index if e.get("name") == model]
+                busy = any(e.get("state") in ("LOADING", "UNLOADING") for e in mine)
+                if not (settle and busy) or time.monotonic() > deadline:
+                    return sorted(int(e["version"]) for e in mine if e.get("state") == "READY")
+                await asyncio.sleep(0.1)
+
+        return await self._everywhere(one)
+
     async def load(
         self, model: str, n: int, config_json: str, *, on_progress: ProgressCallback | None = None
     ) -> None:

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from bot.config import load_config
+from bot.releases.model import State
 from bot.sandbox.local import local_bot
 from bot.serving.triton import Fleet
 from tests.conftest import ROOT, write_config
@@ -75,7 +76,9 @@ def card(bot, version: str) -> dict | None:
 
 
 async def card_in_state(bot, version: str, state: str, timeout: float = 60) -> dict:
-    return await bot.slack.wait_for(lambda: (c := card(bot, version)) and f": {state}" in c["text"] and c, timeout=timeout)
+    """The card once it shows `state` (a State value), written as people read it."""
+    words = State(state).words
+    return await bot.slack.wait_for(lambda: (c := card(bot, version)) and c["text"].endswith(f": {words}") and c, timeout=timeout)
 
 
 async def serving(servers, model: str = "ranker") -> dict[str, list[int]]:
@@ -151,7 +154,7 @@ async def test_nan_version_fails_verify_and_cannot_be_unblocked(bot):
     assert "Unblock prod" not in labels and "Roll back staging" in labels
     assert "NaN" in str(failed["blocks"]) or "finite" in str(failed["blocks"])
     await bot.client.command("U0CAROL", "promote ranker")
-    await bot.slack.wait_for(lambda: any("it is verify failed" in e["text"] for e in bot.slack.ephemerals))
+    await bot.slack.wait_for(lambda: any("not verified on staging (verification failed)" in e["text"] for e in bot.slack.ephemerals))
     assert not audit(bot, "promote", "started")
 
 

@@ -29,9 +29,12 @@ def _config(tmp_path: Path):
 
 def release(store: Store, model: str, version: str, state: str, *, deployed_by: str, deployed_at: datetime,
             env: str | None = None, verified_at: datetime | None = None, approved_by: str | None = None) -> int:
-    """A release row as the release train leaves it, and the environment it serves in when `env` is given."""
+    """A release row as the release train leaves it, and the environment it serves in when `env` is given.
+    A prod standing (live) is kept beside the staging one it was unblocked from (verified)."""
+    prod_state = state if state in ("live", "promoting", "promote_failed") else None
     release_id = store.db["releases"].insert({
-        "model": model, "version": version, "digest": f"sha256:{version}", "state": state, "deployed_by": deployed_by,
+        "model": model, "version": version, "digest": f"sha256:{version}", "state": "verified" if prod_state else state,
+        "prod_state": prod_state, "deployed_by": deployed_by,
         "deployed_at": iso(deployed_at), "verified_at": iso(verified_at) if verified_at else None,
         "approved_by": approved_by, "approved_at": iso(deployed_at + timedelta(hours=2)) if approved_by else None,
         "channel": MAIN, "updated_at": iso(deployed_at)}).last_pk
@@ -91,11 +94,11 @@ async def test_daily_digest_content_and_one_post_per_slot_across_a_restart(tmp_p
     assert ("*ranker* · prod: `v1` live · deployed by @U0ALICE, unblocked by @U0CAROL 2026-11-16T17:05+00:00"
             " · trained 2026-11-18T14:05+00:00") in digest
     assert "*ranker* · staging: `v2` verified · deployed by @U0ALICE" in digest
-    assert "*scorer* · staging: `v3` verify failed · deployed by @U0BOB" in digest
+    assert "*scorer* · staging: `v3` verification failed · deployed by @U0BOB" in digest
     assert "recsys* 2026-11-19: ran" in digest  # the poll at start picked up the day's record
     assert "*Approvals pending*\n*ranker v2* verified" in digest
     # Counted from the 09:00 slot the digest is for: deployed at 13:05 the day before.
-    assert ("*On staging unverified for more than 12 h*\n*scorer v3* is verify failed on staging for 19 h 55 min:"
+    assert ("*On staging unverified for more than 12 h*\n*scorer v3* has been on staging for 19 h 55 min (verification failed):"
             " @U0BOB, verify it or roll it back") in digest
     assert "*ranker v2*" not in digest.split("unverified for more than")[1].split("*Open alerts*")[0]
     assert "alertmanager · RankerLatencyHigh on ranker prod (open" in digest

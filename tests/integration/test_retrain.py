@@ -121,6 +121,21 @@ async def test_retrain_to_a_ready_version_then_deploy_it_to_staging(bot: LocalBo
     assert "failed" in await ephemeral(bot, f"deploy of ranker {run['version']}", timeout=60)
 
 
+async def test_deploy_to_staging_pressed_twice_deploys_once(bot: LocalBot) -> None:
+    await bot.client.command("U0ALICE", "retrain ranker epochs=1")
+    ready = await card_saying(bot, "is ready")
+    # A double click, then a second person on the same card, then the first again after the deploy ended.
+    await bot.client.press_button("U0BOB", "C0MLOPS", ready["ts"], "Deploy to staging")
+    await bot.client.press_button("U0BOB", "C0MLOPS", ready["ts"], "Deploy to staging")
+    await bot.client.press_button("U0ALICE", "C0MLOPS", ready["ts"], "Deploy to staging")
+    assert "Already done: <@U0BOB> pressed that" in await ephemeral(bot, "Already done")
+    await ephemeral(bot, "deploy of ranker", timeout=60)  # the one deploy ends (no Triton listens here)
+    await bot.client.press_button("U0BOB", "C0MLOPS", ready["ts"], "Deploy to staging")
+    await bot.slack.wait_for(lambda: len(audit(bot, "retrain.deploy", "duplicate")) == 3)
+    assert len(audit(bot, "deploy", "started")) == 1
+    assert [r["actor"] for r in audit(bot, "retrain.deploy", "accepted")] == ["U0BOB"]
+
+
 async def test_a_failing_pipeline_shows_its_exit_code_and_last_lines_and_pages_on_call(make_bot: BotFactory) -> None:
     async with make_bot(command=[TRAIN_FAILS]) as bot:
         await bot.client.command("U0ALICE", "retrain ranker")
