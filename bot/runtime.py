@@ -239,9 +239,12 @@ class Runtime:
         return web.Response(status=response.status, body=response.body.encode(), headers=response.first_headers_without_set_cookie())
 
     async def _healthz(self, _: web.Request) -> web.Response:
-        checks = {"store_writable": self.store.writable(), "scheduler_running": self.scheduler.running}
+        overdue = self.releases.overdue_operations()
+        checks = {"store_writable": self.store.writable(), "scheduler_running": self.scheduler.running,
+                  "operations_on_time": not overdue}
         return web.json_response(
-            {"ok": all(checks.values()), **checks, "tasks": len(self.tasks.names)}, status=200 if all(checks.values()) else 503
+            {"ok": all(checks.values()), **checks, "tasks": len(self.tasks.names), "overdue_operations": overdue},
+            status=200 if all(checks.values()) else 503,
         )
 
     async def _metrics(self, _: web.Request) -> web.Response:

@@ -797,6 +797,12 @@ class ReleaseService:
                 lines.append(f"recorded v{recorded or '—'}, {endpoint} serves {', '.join(f'v{n}' for n in versions) or 'nothing'}")
         return lines
 
+    def overdue_operations(self) -> list[str]:
+        """Operations running past the lock TTL: the bot is not wedged by design, so this is worth a page."""
+        cutoff = iso(self.rt.clock() - timedelta(hours=self.config.deploy.lock_ttl_hours))
+        return [f"{r['kind']} {r['model']} {r['env']} by {r['actor']} since {r['started_at']}" for r in self._rows(
+            "SELECT * FROM operations WHERE state = 'running' AND started_at < ?", cutoff) if r["id"] in self._running]
+
     # -- restart --------------------------------------------------------------------------------
 
     async def reconcile(self) -> None:
