@@ -69,7 +69,8 @@ STAGING: dict[tuple[State, Event], State] = {
     **{(s, E.ROLL_BACK): S.ROLLED_BACK for s in (S.STAGED, S.VERIFIED, S.VERIFY_FAILED, S.REJECTED, S.INTERRUPTED)},
     # Served again after a rollback: it must be verified again before it can be unblocked.
     **{(s, E.RESTORE): S.STAGED for s in (S.SUPERSEDED, S.ROLLED_BACK, S.INTERRUPTED, S.VERIFIED, S.STAGED)},
-    **{(s, E.SUPERSEDE): S.SUPERSEDED for s in (S.STAGED, S.VERIFIED, S.VERIFY_FAILED, S.REJECTED, S.INTERRUPTED)},
+    # A rejected release stays rejected when a newer one replaces it: it must never become a rollback target.
+    **{(s, E.SUPERSEDE): S.SUPERSEDED for s in (S.STAGED, S.VERIFIED, S.VERIFY_FAILED, S.INTERRUPTED)},
     (S.DEPLOYING, E.INTERRUPT): S.INTERRUPTED,
     (S.VERIFYING, E.INTERRUPT): S.INTERRUPTED,
 }

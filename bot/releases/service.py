@@ -629,6 +629,8 @@ class ReleaseService:
     # -- reject and roll back -----------------------------------------------------------------------
 
     async def reject(self, release: Release, actor: str) -> Release:
+        if self.get(release.id).prod_state in BUSY | {State.LIVE}:
+            raise ReleaseError(f"{release.model} {release.version} is already unblocked for prod; roll prod back instead")
         with self.store.transaction():
             release = self._cas(self.get(release.id), Event.REJECT, "staging")
             self.rt.audit(actor=actor, verb="reject", status="succeeded", channel=release.channel, model=release.model,
