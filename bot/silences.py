@@ -83,6 +83,27 @@ class Silences:
         return (f":no_bell: <@{user}> silenced alerts for {describe(source, matcher)} until {when(until)} (#{silence_id}): "
                 f"they are stored, not posted. `/mlops silence end {silence_id}` ends it early.")
 
+    def plan(self, source: str | None, matcher: str, span: timedelta, *, end: int | None = None) -> str:
+        """What `/mlops silence` would do, as mrkdwn, writing nothing; SilenceError when it would be refused."""
+        if end is not None:
+            found = self._active("AND id = ?", (end,))
+            if not found:
+                raise SilenceError(f"there is no active silence #{end}; `/mlops silence` lists them")
+            ended = found[0]
+            return (f"*Dry run*: `/mlops silence end {end}` would end silence #{end} (by <@{ended.created_by}>, until "
+                    f"{when(ended.until)}): alerts for {describe(ended.source, ended.matcher)} would be posted again. "
+                    "Nothing was changed.")
+        if source is None:
+            return "*Dry run*: `/mlops silence` alone only lists the silences; it changes nothing.\n" + self.listing()
+        until = self.rt.clock() + span
+        said = (f"*Dry run*: `/mlops silence` would hold back alerts for {describe(source, matcher)} until {when(until)}: "
+                "they would be stored, not posted.")
+        already = self.current(source, matcher)
+        if already is not None:
+            said += (f" Silence #{already.id} by <@{already.created_by}> already holds them back until "
+                     f"{when(already.until)}; this would add another.")
+        return said + " Nothing was changed."
+
     def listing(self) -> str:
         lines = [f"• #{s.id} {describe(s.source, s.matcher)} until {when(s.until)}, by <@{s.created_by}>"
                  for s in self.active()]

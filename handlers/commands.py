@@ -1,7 +1,9 @@
 """The `/mlops` slash command: grammar, help, role middleware, and the verb table.
 
 `/mlops <verb> [args] [key=value]`. A verb parses its arguments before the ack (pure, from config), so bad
-input is answered in the ack itself; the work then runs in a tracked background task.
+input is answered in the ack itself; the work then runs in a tracked background task. Each verb names the
+options it understands and anything else is refused before it runs: an ignored `dry_run=true` once deployed
+for real. The verbs that change something take `dry_run=true`, which answers with their plan instead.
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ class Command:
     options: dict[str, str]
     response_url: str = ""
     trigger_id: str = ""
+    dry_run: bool = False  # read and taken out of `options` by the router, so no parser passes it on
 
     def option(self, name: str, default: str | None = None) -> str | None:
         return self.options.get(name, default)
@@ -46,6 +49,7 @@ class Command:
 
 Parse = Callable[["Runtime", Command], Any]
 Run = Callable[["Runtime", Command, Any], Awaitable[None]]
+Plan = Callable[["Runtime", Command, Any], Awaitable[str]]  # what `run` would do, as text; changes nothing
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,9 @@ class Verb:
     role: Role | None = None
     details: str = ""
     audit_fields: Callable[[Any], dict[str, Any]] = field(default=lambda parsed: {})
+    options: frozenset[str] = frozenset()  # the key=value names it understands; any other is refused
+    any_option: bool = False  # retrain: its key=value are the pipeline's conf, so every name is understood
+    plan: Plan | None = None  # the dry run; a verb declares `dry_run` exactly when it has one
 
 
 def split_words(text: str) -> list[str]:
@@ -84,11 +91,52 @@ def tokenize(text: str) -> tuple[str, list[str], dict[str, str]]:
 
 
 VERBS: dict[str, Verb] = {}
+DRY_RUN = "dry_run"
+FLAG_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 
 
 def verb(v: Verb) -> Verb:
+    assert (DRY_RUN in v.options) == (v.plan is not None), f"{v.name}: dry_run needs a plan and a plan needs dry_run"
     VERBS[v.name] = v
     return v
+
+
+def read(runtime: Runtime, v: Verb, args: list[str], options: dict[str, str], user: str, channel: str,
+         response_url: str = "", trigger_id: str = "") -> tuple[Command, Any]:
+    """The grammar's whole verdict before the ack: the command and its parse, or UsageError saying what is wrong."""
+    dry_run = False
+    if options:  # most commands have none: nothing to check on the hot path
+        if not v.any_option and (unknown := options.keys() - v.options):
+            raise UsageError(unknown_options(v, unknown))
+        if DRY_RUN in options:  # declared, or the check above refused it
+            options = dict(options)
+            dry_run = flag(DRY_RUN, options.pop(DRY_RUN))
+    cmd = Command(user, channel, v.name, args, options, response_url, trigger_id, dry_run)
+    return cmd, v.parse(runtime, cmd)
+
+
+def flag(name: str, word: str) -> bool:
+    """true/false, yes/no, 1/0; anything else is a usage error, never quietly false."""
+    value = FLAG_WORDS.get(word.lower())
+    if value is None:
+        raise UsageError(f"`{name}` is true or false (yes/no, 1/0), not `{escape(word)}`")
+    return value
+
+
+def unknown_options(v: Verb, unknown: set[str]) -> str:
+    names = ", ".join(f"`{escape(name)}=`" for name in sorted(unknown))
+    takes = f"it takes {options_text(v)}" if v.options else "it takes no key=value options"
+    return f"`/mlops {v.name}` does not understand {names}; {takes}"
+
+
+def options_text(v: Verb) -> str:
+    return ", ".join(f"`{name}=`" for name in sorted(v.options))
+
+
+def no_more_words(cmd: Command, count: int) -> None:
+    """Refuse words after the first `count`: a word the parser would drop is one the person meant something by."""
+    if len(cmd.args) > count:
+        raise UsageError(f"unexpected words: {escape(' '.join(cmd.args[count:]))}")
 
 
 def escape(text: str) -> str:
@@ -104,10 +152,13 @@ def help_text(topic: str | None = None) -> str:
     if topic and topic in VERBS:
         v = VERBS[topic]
         role = f"\nNeeds the *{v.role}* role." if v.role else ""
-        return f"{usage_line(v)}\n{v.summary}{role}" + (f"\n{v.details}" if v.details else "")
+        dry = "\n`dry_run=true` answers with what it would do and changes nothing." if v.plan else ""
+        return f"{usage_line(v)}\n{v.summary}{role}" + (f"\n{v.details}" if v.details else "") + dry
     lines = [f"{usage_line(v)}: {v.summary}" for v in sorted(VERBS.values(), key=lambda v: v.name)]
     head = f"Unknown verb `{escape(topic)}`. " if topic else ""
-    return head + "*/mlops* runs the team's ML production loop. Verbs:\n" + "\n".join(lines) + "\n`/mlops help &lt;verb&gt;` explains one."
+    return (head + "*/mlops* runs the team's ML production loop. Verbs:\n" + "\n".join(lines)
+            + "\nVerbs that change something take `dry_run=true` to show what they would do; an option a verb does not "
+            "take is refused.\n`/mlops help &lt;verb&gt;` explains one.")
 
 
 @functools.lru_cache(maxsize=64)  # the verb table is fixed once handlers are imported; help is the hottest reply
@@ -120,7 +171,12 @@ async def _help(runtime: Runtime, cmd: Command, topic: str | None) -> None:
     raise AssertionError("help is answered in the ack")  # pragma: no cover
 
 
-verb(Verb("help", "help [verb]", "show the verbs, or how to use one", _help, parse=lambda rt, cmd: cmd.args[0] if cmd.args else None))
+def _parse_help(runtime: Runtime, cmd: Command) -> str | None:
+    no_more_words(cmd, 1)
+    return cmd.args[0] if cmd.args else None
+
+
+verb(Verb("help", "help [verb]", "show the verbs, or how to use one", _help, parse=_parse_help))
 
 
 class RequireRole(AsyncMiddleware):
@@ -169,9 +225,9 @@ def register(app: AsyncApp, runtime: Runtime) -> None:
             # One verb for all unknown ones: what people mistype must not become a new metrics label each time.
             runtime.audit(**base, verb="unknown", status="invalid", detail={"text": text, "error": "unknown verb"})
             return BoltResponse(status=200, body=help_reply(name))  # a listener's returned response is its ack
-        cmd = Command(base["actor"], base["channel"], name, args, options, body.get("response_url", ""), body.get("trigger_id", ""))
         try:
-            parsed = v.parse(runtime, cmd)
+            cmd, parsed = read(runtime, v, args, options, base["actor"], base["channel"], body.get("response_url", ""),
+                               body.get("trigger_id", ""))
         except UsageError as exc:
             await ack(text=f"{exc}\nUsage: {usage_line(v)}", response_type="ephemeral")
             runtime.audit(**base, verb=name, status="invalid", detail={"text": text, "error": str(exc)})
@@ -180,7 +236,6 @@ def register(app: AsyncApp, runtime: Runtime) -> None:
             runtime.audit(**base, verb="help", status="ok", detail={"topic": parsed})
             return BoltResponse(status=200, body=help_reply(parsed))
         await ack()
-        runtime.audit(**base, verb=name, status="accepted", detail={"args": args, "options": options}, **v.audit_fields(parsed))
 
         async def report_failure(exc: Exception) -> None:
             await runtime.notifier.respond(
@@ -189,7 +244,24 @@ def register(app: AsyncApp, runtime: Runtime) -> None:
             )
             runtime.audit(**base, verb=name, status="error", detail={"error": f"{type(exc).__name__}: {exc}"})
 
+        if cmd.dry_run:  # read() lets dry_run through only for verbs with a plan
+            runtime.spawn(_dry_run(runtime, v, cmd, parsed, base), name=f"/mlops {name} dry_run", on_error=report_failure)
+            return
+        runtime.audit(**base, verb=name, status="accepted", detail={"args": args, "options": options}, **v.audit_fields(parsed))
         runtime.spawn(v.run(runtime, cmd, parsed), name=f"/mlops {name}", on_error=report_failure)
+
+
+async def _dry_run(runtime: Runtime, v: Verb, cmd: Command, parsed: Any, base: dict[str, Any]) -> None:
+    """Answer with the plan; its one audit row is written before the answer, as every action's row is."""
+    assert v.plan is not None  # verb() pairs dry_run with a plan
+    plan = await v.plan(runtime, cmd, parsed)
+    runtime.audit(**base, verb=v.name, status="dry_run", detail={"args": cmd.args, "options": cmd.options, "plan": plan},
+                  **v.audit_fields(parsed))
+    await runtime.notifier.respond(cmd.response_url, Message(plan))
+
+
+def refused(exc: Exception) -> str:
+    return f":warning: would be refused: {exc}"
 
 
 # -- release train ------------------------------------------------------------------------------------
@@ -232,7 +304,7 @@ def _parse_deploy(runtime: Runtime, cmd: Command) -> tuple[str, str | None]:
     if rest[-2:] == ["to", "staging"]:
         rest = rest[:-2]
     if len(rest) > 1:
-        raise UsageError(f"unexpected words: {' '.join(rest[1:])}")
+        raise UsageError(f"unexpected words: {escape(' '.join(rest[1:]))}")
     return model, rest[0] if rest else None
 
 
@@ -241,13 +313,30 @@ async def _deploy(runtime: Runtime, cmd: Command, parsed: tuple[str, str | None]
     await _answer(runtime, cmd, runtime.releases.deploy(model, version, cmd.user, cmd.channel))
 
 
+async def _release_plan(plan: Callable[[], Awaitable[str] | str], more: str = "") -> str:
+    """The release service's plan (sync or async), or the reason the real command would be refused."""
+    from bot.releases.service import ReleaseError
+
+    try:
+        said = plan()
+        text = said if isinstance(said, str) else await said
+    except ReleaseError as exc:
+        return refused(exc)
+    return text + more
+
+
+async def _plan_deploy(runtime: Runtime, cmd: Command, parsed: tuple[str, str | None]) -> str:
+    return await _release_plan(lambda: runtime.releases.plan_deploy(parsed[0], parsed[1], cmd.user))
+
+
 verb(Verb("deploy", "deploy <model> [<version>|latest] [to staging]", "deploy a version to staging and verify it",
-          _deploy, parse=_parse_deploy, role="deployers",
+          _deploy, parse=_parse_deploy, role="deployers", options=frozenset({DRY_RUN}), plan=_plan_deploy,
           audit_fields=lambda p: {"model": p[0], "env": "staging", "version": p[1]}))
 
 
 def _parse_model_env(runtime: Runtime, cmd: Command) -> tuple[str, str]:
     model = _model(runtime, cmd)
+    no_more_words(cmd, 2)
     return model, _env(runtime, model, cmd.args[1] if len(cmd.args) > 1 else None)
 
 
@@ -290,8 +379,19 @@ async def open_urgent_modal(runtime: Runtime, trigger_id: str, release: Any, why
         messages.ReleaseRef(release=release.id)))
 
 
+def _model_alone(runtime: Runtime, cmd: Command) -> str:
+    model = _model(runtime, cmd)
+    no_more_words(cmd, 1)
+    return model
+
+
+async def _plan_promote(runtime: Runtime, cmd: Command, model: str) -> str:
+    return await _release_plan(lambda: runtime.releases.plan_promote(model, cmd.user, urgent=bool(cmd.option("urgent"))))
+
+
 verb(Verb("promote", "promote <model> [urgent=\"reason\"]", "unblock the verified staging version for prod",
-          _promote, parse=lambda rt, cmd: _model(rt, cmd), role="approvers", audit_fields=lambda m: {"model": m, "env": "prod"},
+          _promote, parse=_model_alone, role="approvers", audit_fields=lambda m: {"model": m, "env": "prod"},
+          options=frozenset({"urgent", DRY_RUN}), plan=_plan_promote,
           details="Outside deploy hours an urgent reason is asked for, audited, and on-call is paged."))
 
 
@@ -303,7 +403,7 @@ async def _reject(runtime: Runtime, cmd: Command, model: str) -> None:
 
 
 verb(Verb("reject", "reject <model>", "refuse the version on staging so it cannot be unblocked", _reject,
-          parse=lambda rt, cmd: _model(rt, cmd), role="approvers", audit_fields=lambda m: {"model": m, "env": "staging"}))
+          parse=_model_alone, role="approvers", audit_fields=lambda m: {"model": m, "env": "staging"}))
 
 
 def _parse_rollback(runtime: Runtime, cmd: Command) -> tuple[str, str, str | None]:
@@ -314,7 +414,7 @@ def _parse_rollback(runtime: Runtime, cmd: Command) -> tuple[str, str, str | Non
     if rest[:1] == ["to"] and len(rest) == 2:
         to = rest[1]
     elif rest:
-        raise UsageError(f"unexpected words: {' '.join(rest)}")
+        raise UsageError(f"unexpected words: {escape(' '.join(rest))}")
     return model, env, to
 
 
@@ -333,9 +433,18 @@ async def _rollback(runtime: Runtime, cmd: Command, parsed: tuple[str, str, str 
         await runtime.notifier.post(cmd.channel, Message(text))
 
 
+async def _plan_rollback(runtime: Runtime, cmd: Command, parsed: tuple[str, str, str | None]) -> str:
+    model, env, to = parsed
+    reason = cmd.option("reason")
+    # The real command asks for a missing reason in a modal first; the dry run says so rather than opening it.
+    more = f"\nReason: {escape(reason)}" if reason is not None else "\nA reason would be asked for first."
+    return await _release_plan(lambda: runtime.releases.plan_rollback(model, env, cmd.user, to_version=to), more)
+
+
 verb(Verb("rollback", "rollback <model> [staging|prod] [to <version>] [reason=\"...\"]",
           "serve the previous known-good version again (asks for a reason)", _rollback, parse=_parse_rollback,
-          role="deployers", audit_fields=lambda p: {"model": p[0], "env": p[1], "version": p[2]}))
+          role="deployers", options=frozenset({"reason", DRY_RUN}), plan=_plan_rollback,
+          audit_fields=lambda p: {"model": p[0], "env": p[1], "version": p[2]}))
 
 
 async def _status(runtime: Runtime, cmd: Command, model: str | None) -> None:
@@ -349,9 +458,13 @@ async def _status(runtime: Runtime, cmd: Command, model: str | None) -> None:
     await runtime.notifier.respond(cmd.response_url, table)
 
 
+def _parse_models(runtime: Runtime, cmd: Command) -> None:
+    no_more_words(cmd, 0)
+
+
 verb(Verb("status", "status [model]", "which version each environment serves, who shipped it, last verify", _status,
-          parse=lambda rt, cmd: _model(rt, cmd) if cmd.args else None))
-verb(Verb("models", "models", "the model table: every model in every environment", _status, parse=lambda rt, cmd: None))
+          parse=lambda rt, cmd: _model_alone(rt, cmd) if cmd.args else None))
+verb(Verb("models", "models", "the model table: every model in every environment", _status, parse=_parse_models))
 
 
 def _parse_provenance(runtime: Runtime, cmd: Command) -> tuple[str, str]:
@@ -401,6 +514,19 @@ async def _lock(runtime: Runtime, cmd: Command, parsed: tuple[str, str, str]) ->
     await _answer(runtime, cmd, work())
 
 
+def _parse_unlock(runtime: Runtime, cmd: Command) -> tuple[str, str, str]:
+    no_more_words(cmd, 2)  # unlock takes no reason: words after the environment would be dropped
+    return _parse_lock(runtime, cmd)
+
+
+async def _plan_lock(runtime: Runtime, cmd: Command, parsed: tuple[str, str, str]) -> str:
+    return await _release_plan(lambda: runtime.releases.plan_lock(*parsed[:2], cmd.user, parsed[2]))
+
+
+async def _plan_unlock(runtime: Runtime, cmd: Command, parsed: tuple[str, str, str]) -> str:
+    return await _release_plan(lambda: runtime.releases.plan_unlock(parsed[0], parsed[1], cmd.user))
+
+
 async def _unlock(runtime: Runtime, cmd: Command, parsed: tuple[str, str, str]) -> None:
     async def work() -> None:
         await runtime.notifier.post(cmd.channel, Message(runtime.releases.unlock(parsed[0], parsed[1], cmd.user)))
@@ -409,9 +535,11 @@ async def _unlock(runtime: Runtime, cmd: Command, parsed: tuple[str, str, str]) 
 
 
 verb(Verb("lock", "lock <model> <env> [reason]", "stop deploys to an environment until unlocked", _lock,
-          parse=_parse_lock, role="deployers", audit_fields=lambda p: {"model": p[0], "env": p[1]}))
+          parse=_parse_lock, role="deployers", audit_fields=lambda p: {"model": p[0], "env": p[1]},
+          options=frozenset({"reason", DRY_RUN}), plan=_plan_lock))
 verb(Verb("unlock", "unlock <model> <env>", "release a lock taken with /mlops lock", _unlock,
-          parse=_parse_lock, role="deployers", audit_fields=lambda p: {"model": p[0], "env": p[1]}))
+          parse=_parse_unlock, role="deployers", audit_fields=lambda p: {"model": p[0], "env": p[1]},
+          options=frozenset({DRY_RUN}), plan=_plan_unlock))
 
 
 # -- datagen ------------------------------------------------------------------------------------------
@@ -437,7 +565,7 @@ def _parse_datagen(runtime: Runtime, cmd: Command) -> tuple[str, Any, Any]:
     if compare is not None:
         args.pop()
     if len(args) > 1:
-        raise UsageError(f"unexpected words: {' '.join(args[1:])}")
+        raise UsageError(f"unexpected words: {escape(' '.join(args[1:]))}")
     first = args[0] if args else "latest"
     return job, None if first == "latest" else day(first), compare
 
@@ -455,7 +583,8 @@ async def _datagen(runtime: Runtime, cmd: Command, parsed: tuple[str, Any, Any])
 
 verb(Verb("datagen", "datagen [latest|DATE] [compare DATE] [job=J]",
           "a datagen run: status, funnel with loss and deltas, item-age buckets; or two runs side by side",
-          _datagen, parse=_parse_datagen, audit_fields=lambda p: {"model": p[0], "version": str(p[1] or "latest")}))
+          _datagen, parse=_parse_datagen, audit_fields=lambda p: {"model": p[0], "version": str(p[1] or "latest")},
+          options=frozenset({"job"})))
 
 
 # -- on-call ------------------------------------------------------------------------------------------
@@ -465,6 +594,8 @@ def _parse_oncall(runtime: Runtime, cmd: Command) -> oncall_grammar.OnCallReques
         return oncall_grammar.parse(cmd.args, cmd.options, cmd.channel, runtime.config.oncall.rotations)
     except oncall_grammar.OnCallInputError as exc:
         raise UsageError(str(exc)) from None
+    except ValueError:  # a number its isdigit() check let through that int() cannot read, such as "²"
+        raise UsageError("write numbers with the digits 0-9") from None
 
 
 async def _oncall(runtime: Runtime, cmd: Command, request: oncall_grammar.OnCallRequest) -> None:
@@ -472,7 +603,7 @@ async def _oncall(runtime: Runtime, cmd: Command, request: oncall_grammar.OnCall
 
 
 verb(Verb("oncall", oncall_grammar.USAGE, oncall_grammar.SUMMARY, _oncall, parse=_parse_oncall,
-          details=oncall_grammar.DETAILS))
+          details=oncall_grammar.DETAILS, options=frozenset({"rotation"})))
 
 
 # -- retrain ------------------------------------------------------------------------------------------
@@ -481,6 +612,8 @@ def _parse_retrain(runtime: Runtime, cmd: Command) -> Any:
     from bot.retrain.service import parse_request
 
     retrainable = {name: m.retrain is not None for name, m in runtime.config.models.items()}
+    if "force" in cmd.options and cmd.options["force"].lower() not in ("on", "off"):
+        flag("force", cmd.options["force"])  # parse_request would read `force=maybe` as false
     try:
         return parse_request(cmd.args, cmd.options, retrainable)
     except ValueError as exc:
@@ -499,9 +632,21 @@ async def _retrain(runtime: Runtime, cmd: Command, request: Any) -> None:
         await runtime.notifier.respond(cmd.response_url, Message(f":warning: {exc}"))
 
 
+async def _plan_retrain(runtime: Runtime, cmd: Command, request: Any) -> str:
+    from bot.retrain.service import RetrainError
+
+    try:
+        return runtime.retrain.plan(request.model, cmd.user, cmd.channel, args=request.args, force=request.force,
+                                    cancel=request.cancel)
+    except RetrainError as exc:
+        return refused(exc)
+
+
 verb(Verb("retrain", "retrain <model> [key=value ...] [force=true] | retrain <model> cancel",
           "run the model's training pipeline and follow it to a new version", _retrain, parse=_parse_retrain,
           role="deployers", audit_fields=lambda r: {"model": r.model},
+          # Every key=value is the pipeline's conf by design; force and dry_run are the bot's own.
+          options=frozenset({"force", DRY_RUN}), any_option=True, plan=_plan_retrain,
           details="key=value arguments go to the pipeline (Airflow: in the run's conf). One run per model at a time; "
                   "`force=true` starts another anyway. The card's *Deploy to staging* button ships the new version."))
 
@@ -525,7 +670,8 @@ def _parse_silence(runtime: Runtime, cmd: Command) -> SilenceRequest:
     if not args:
         return SilenceRequest()
     if args[0] == "end":
-        if len(args) != 2 or not args[1].lstrip("#").isdigit():
+        # isdecimal, not isdigit: int() cannot read digits such as "²", which isdigit accepts.
+        if len(args) != 2 or not args[1].lstrip("#").isdecimal():
             raise UsageError("name the silence to end by its number, as `/mlops silence` lists them")
         return SilenceRequest(end=int(args[1].lstrip("#")))
     if args[0] == "datagen":
@@ -562,8 +708,17 @@ async def _silence(runtime: Runtime, cmd: Command, req: SilenceRequest) -> None:
     await runtime.notifier.post(cmd.channel, Message(said))
 
 
+async def _plan_silence(runtime: Runtime, cmd: Command, req: SilenceRequest) -> str:
+    from bot.silences import SilenceError
+
+    try:
+        return runtime.silences.plan(req.source, req.matcher, req.span, end=req.end)
+    except SilenceError as exc:
+        return refused(exc)
+
+
 verb(Verb("silence", "silence [<model> <env> | datagen <job>] [30m|4h|2d] | silence end <id>",
           "hold back alerts for a model's environment or a datagen job for a while (24h unless told); alone, list silences",
-          _silence, parse=_parse_silence,
+          _silence, parse=_parse_silence, options=frozenset({DRY_RUN}), plan=_plan_silence,
           details="Alerts that arrive while silenced are stored (and counted in the weekly digest) but not posted. "
                   "A silence lasts at most 7d."))

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import secrets
+import shlex
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -22,7 +24,7 @@ from bot.notifier import Message, SlackError
 from bot.releases.messages import when
 from bot.retrain import messages
 from bot.retrain.airflow import AirflowClient, AirflowError, RunStatus
-from bot.retrain.command import CommandError, CommandRun, start_command
+from bot.retrain.command import CommandError, CommandRun, command_line, resolve_executable, start_command
 from bot.retrain.messages import Run
 from bot.serving.artifacts import ArtifactError, open_store
 from bot.serving.registry import Registry, RegistryError
@@ -232,6 +234,50 @@ class RetrainService:
             log.warning("could not post the card of retrain %s; following it anyway", run_id, exc_info=True)
         self._follow_in_background(pk)
         return self.get(pk)
+
+    def plan(self, model: str, actor: str, channel: str, *, args: dict[str, str] | None = None, force: bool = False,
+             cancel: bool = False) -> str:
+        """What `start` (or `cancel`) would do, as mrkdwn; RetrainError when it would be refused.
+
+        A dry run: it reads the config and retrain_runs only. No row, no audit row, no process, no Airflow call.
+        """
+        cfg = self.retrain_config(model)
+        busy = self.in_flight(model)
+        if cancel:
+            if busy is None:
+                raise RetrainError(f"no retrain of {model} is running, so there is nothing to cancel")
+            if busy.state not in CANCELLABLE:
+                raise RetrainError(f"run `{busy.run_id}` of {model} is {busy.state}; it cannot be cancelled now")
+            return (f"*Dry run*: `/mlops retrain {model} cancel` would cancel run `{busy.run_id}` ({busy.state} on "
+                    f"{self.where(busy)}, started by <@{busy.requested_by}> {when(busy.started_at)}); its card would say "
+                    "when it has stopped. Nothing was changed.")
+        if busy is not None and not force:
+            raise RetrainError(
+                f"{model} is already retraining: run `{busy.run_id}` ({busy.state}), started by <@{busy.requested_by}> "
+                f"{when(busy.started_at)}. Cancel it with `/mlops retrain {model} cancel`, or add `force=true` to "
+                "start another alongside it.")
+        args = dict(args or {})
+        registry = self.rt.config.models[model].registry
+        if cfg.backend == "airflow":
+            # The conf exactly as _launch sends it (the run id is drawn only when a run really starts).
+            conf = {**cfg.conf, **args, "model": model, "requested_by": actor, "registry": registry}
+            unpause = self.rt.config.airflow.unpause if self.rt.config.airflow else False
+            how = (f"trigger Airflow DAG `{cfg.dag_id}`{' (unpausing it if paused)' if unpause else ''} "
+                   f"with conf `{json.dumps(conf, sort_keys=True)}`")
+        else:
+            argv = command_line(cfg.command, args)
+            if resolve_executable(argv[0], self.runs_dir, os.environ.get("PATH")) is None:
+                raise RetrainError(f"could not start retraining {model}: command not found: {argv[0]}; "
+                                   f"check models.{model}.retrain.command")
+            how = (f"run `{shlex.join(argv)}` in its own run directory under {self.runs_dir}, with MLOPS_MODEL={model} "
+                   f"and MLOPS_REGISTRY={registry}")
+        lines = [f"*Dry run*: `/mlops retrain {model}` would {how}, for <@{actor}>."]
+        if busy is not None:
+            lines.append(f"Run `{busy.run_id}` ({busy.state}, by <@{busy.requested_by}>) is already going; "
+                         "`force=true` would start another alongside it.")
+        lines.append(f"Its card would be posted in <#{channel}> and followed until it ends "
+                     f"(at most {cfg.timeout_minutes} minutes). Nothing was changed.")
+        return "\n".join(lines)
 
     async def _launch(self, cfg: RetrainConfig, model: str, run_id: str, actor: str,
                       args: dict[str, str]) -> dict[str, str]:
