@@ -594,8 +594,6 @@ def _parse_oncall(runtime: Runtime, cmd: Command) -> oncall_grammar.OnCallReques
         return oncall_grammar.parse(cmd.args, cmd.options, cmd.channel, runtime.config.oncall.rotations)
     except oncall_grammar.OnCallInputError as exc:
         raise UsageError(str(exc)) from None
-    except ValueError:  # a number its isdigit() check let through that int() cannot read, such as "²"
-        raise UsageError("write numbers with the digits 0-9") from None
 
 
 async def _oncall(runtime: Runtime, cmd: Command, request: oncall_grammar.OnCallRequest) -> None:

@@ -76,7 +76,7 @@ OnCallRequest = ShowNow | ShowSchedule | CreateOverride | AskCover | Undo
 def parse(args: list[str], options: dict[str, str], channel: str, rotations: list[Rotation]) -> OnCallRequest:
     sub, rest = (args[0].lower(), args[1:]) if args else ("", [])
     if sub == "undo":
-        if len(rest) != 1 or not rest[0].lstrip("#").isdigit():
+        if len(rest) != 1 or not rest[0].lstrip("#").isdecimal():
             raise OnCallInputError("say which override to undo by its number, e.g. `undo 12`")
         return Undo(int(rest[0].lstrip("#")))
     rotation = pick_rotation(rotations, options.get("rotation"), channel)
@@ -138,6 +138,6 @@ def when(word: str, rotation: Rotation) -> datetime:
 def _weeks(rest: list[str]) -> int:
     if not rest:
         return DEFAULT_WEEKS
-    if len(rest) == 1 and rest[0].isdigit() and 1 <= int(rest[0]) <= MAX_WEEKS:
+    if len(rest) == 1 and rest[0].isdecimal() and 1 <= int(rest[0]) <= MAX_WEEKS:
         return int(rest[0])
     raise OnCallInputError(f"weeks must be a number from 1 to {MAX_WEEKS}, e.g. `schedule 6`")
