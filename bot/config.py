@@ -122,6 +122,22 @@ class EnvironmentConfig(Strict):
     )
 
 
+# The bot's own credentials: a pipeline never needs them, so naming one in retrain.env is a mistake.
+BOT_ONLY_ENV = ("SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "SLACK_APP_TOKEN", "MLOPS_DATAGEN_HOOK_SECRET",
+                "MLOPS_ALERTMANAGER_TOKEN")
+
+
+def _env_name(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise ValueError(f"expected an environment variable name like FEATURE_STORE_URL, got {name!r}")
+    if name in BOT_ONLY_ENV:
+        raise ValueError(f"{name} is the bot's own secret; a retrain command is never given it")
+    return name
+
+
+EnvVarName = Annotated[str, AfterValidator(_env_name)]
+
+
 class RetrainConfig(Strict):
     backend: Literal["command", "airflow"] = "command"
     command: list[str] = Field(default=[], description="argv; a relative program path is relative to the config file")
@@ -135,6 +151,8 @@ class RetrainConfig(Strict):
     dag_id: str | None = None
     conf: dict[str, str | int | float | bool] = {}
     timeout_minutes: int = Field(default=720, gt=0)
+    env: list[EnvVarName] = Field(
+        default=[], description="names of the bot's environment variables the command may see, beyond the allowlist")
 
     @model_validator(mode="after")
     def _backend_fields(self) -> RetrainConfig:
@@ -142,6 +160,8 @@ class RetrainConfig(Strict):
             raise ValueError("backend 'command' needs `command`: the program and its arguments as a list")
         if self.backend == "airflow" and not self.dag_id:
             raise ValueError("backend 'airflow' needs `dag_id`")
+        if self.backend == "airflow" and self.env:
+            raise ValueError("`env` is for backend 'command'; an Airflow task gets its environment from Airflow")
         return self
 
 

@@ -8,6 +8,10 @@ The wrapper runs in a new session and detaches from the bot, so neither a bot re
 (which kills child processes it still tracks when its loop closes) stops a training run. The session's
 process group outlives its short-lived leader, so the group id is what identifies, follows and cancels
 the run, including whatever the command started.
+
+The command never sees the bot's own environment (its Slack token, signing secret, hook secrets): only an
+allowlist, the MLOPS_* variables the bot sets for it and what the model's `retrain.env` names. Whatever it
+prints is read back through `scrub()`, so a secret it got anyway never reaches Slack, the store or the log.
 """
 from __future__ import annotations
 
@@ -33,6 +37,18 @@ WRAPPER = '''exit_file=$1; shift
 ) &'''
 
 
+# What any program needs to run as it would from a shell; nothing here can authenticate as the bot.
+BASE_ENV = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR")
+BASE_ENV_PREFIXES = ("LC_",)
+# Secrets the bot (or boto3) reads from its environment; their values are redacted from pipeline output.
+SECRET_ENV = (
+    "SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "SLACK_APP_TOKEN", "AWS_SECRET_ACCESS_KEY", "AIRFLOW_PASSWORD",
+    "AIRFLOW_TOKEN", "MLOPS_DATAGEN_HOOK_SECRET", "MLOPS_ALERTMANAGER_TOKEN",
+)
+REDACTED = "[redacted]"
+# Shorter values are not redacted: replacing every "1" or "dev" would garble the output and hide nothing.
+MIN_SECRET_LEN = 4
+
 RECORD_FILE = "run.json"
 LOG_FILE = "output.log"
 EXIT_FILE = "exitcode"
@@ -57,15 +73,40 @@ def command_line(argv: Sequence[str], args: Mapping[str, object]) -> list[str]:
     return [*argv, *(f"{key}={value}" for key, value in args.items())]
 
 
+def pipeline_env(source: Mapping[str, str], names: Sequence[str] = ()) -> dict[str, str]:
+    """The part of `source` a pipeline may see: the allowlist plus the variables `names` asks for."""
+    wanted = set(BASE_ENV) | set(names)
+    return {k: v for k, v in source.items() if k in wanted or k.startswith(BASE_ENV_PREFIXES)}
+
+
+def secret_values(source: Mapping[str, str] | None = None) -> list[str]:
+    """The values to redact, longest first so one secret containing another is redacted whole."""
+    source = os.environ if source is None else source
+    values = {source.get(name, "") for name in SECRET_ENV}
+    return sorted((v for v in values if len(v) >= MIN_SECRET_LEN), key=len, reverse=True)
+
+
+def scrub(text: str, secrets: Sequence[str] | None = None) -> str:
+    """`text` with every known secret value replaced by [redacted]."""
+    for value in secret_values() if secrets is None else secrets:
+        text = text.replace(value, REDACTED)
+    return text
+
+
 def last_lines(path: Path, count: int, max_bytes: int = 64 * 1024) -> list[str]:
-    """The last `count` non-blank lines of a file, reading at most its last `max_bytes`."""
+    """The last `count` non-blank lines of a file, reading at most its last `max_bytes`, secrets redacted."""
     try:
         with path.open("rb") as log:
-            log.seek(max(0, log.seek(0, os.SEEK_END) - max_bytes))
-            text = log.read().decode("utf-8", errors="replace")
+            start = max(0, log.seek(0, os.SEEK_END) - max_bytes)
+            log.seek(start)
+            data = log.read()
     except FileNotFoundError:
         return []
-    return [line for line in text.splitlines() if line.strip()][-count:]
+    if start:  # a line cut by the window could start with the tail end of a secret: drop it
+        data = data.partition(b"\n")[2]
+    lines = [line for line in data.decode("utf-8", errors="replace").splitlines() if line.strip()][-count:]
+    secrets = secret_values()
+    return [scrub(line, secrets) for line in lines]
 
 
 def process_group_alive(pgid: int) -> bool:
@@ -89,10 +130,15 @@ async def start_command(
     args: Mapping[str, object] | None = None,
     cwd: Path | None = None,
     env: Mapping[str, str] | None = None,
+    pass_env: Sequence[str] = (),
 ) -> CommandRun:
-    """Start `argv` (plus `args` as key=value) in the background; its output goes to run_dir/output.log."""
+    """Start `argv` (plus `args` as key=value) in the background; its output goes to run_dir/output.log.
+
+    The command's environment is picked from `env` (default: the bot's): the allowlist, `pass_env` (the
+    model's `retrain.env`) and the MLOPS_* variables set here.
+    """
     cwd = cwd or Path.cwd()
-    base_env = dict(os.environ if env is None else env)
+    base_env = pipeline_env(os.environ if env is None else env, pass_env)
     if not argv or resolve_executable(argv[0], cwd, base_env.get("PATH")) is None:
         program = argv[0] if argv else "(empty)"
         raise CommandError(
