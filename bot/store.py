@@ -228,6 +228,21 @@ MIGRATIONS: list[str] = [
     UPDATE releases SET prod_state = state, state = 'verified' WHERE state IN ('promoting', 'live', 'promote_failed');
     CREATE TABLE presses (key TEXT PRIMARY KEY, actor TEXT NOT NULL, ts TEXT NOT NULL);
     """,
+    # 5: the Slack work a webhook accepted, kept until it is done (bot/hooks.py): hooks answer once it is
+    # committed, and what a stop or a crash cut short runs after the next start.
+    """
+    CREATE TABLE hook_queue (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'queued',
+        queued_at TEXT NOT NULL,
+        error TEXT,
+        failed_at TEXT
+    );
+    CREATE INDEX hook_queue_key ON hook_queue(state, key, id);
+    """,
 ]
 
 GENESIS = "0" * 64
