@@ -1,7 +1,10 @@
 """Alertmanager intake: `POST /hooks/alertmanager` (webhook format version 4) into one Slack message per group.
 
 A notification group (Alertmanager's groupKey) gets one message: posted when it first fires, edited on
-every later notification, ending as RESOLVED. A group that fires again after it resolved gets a new
+every later notification, ending as RESOLVED. The hook answers once the notification is queued in SQLite
+(bot/hooks.py) and the message is brought in line from the queue, so Alertmanager never waits on Slack's
+pacing. A group of thousands of alerts reads as counts by alertname and severity, its first few alerts and
+"and N more"; only that much of it is kept. A group that fires again after it resolved gets a new
 message, since nobody notices an edit to one that scrolled away; the old one stays as history. When the labels name a configured model and environment
 the message carries "Roll back" (the same modal and code as `/mlops rollback`) and "Silence" buttons.
 """
@@ -10,13 +13,16 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-from collections import defaultdict
+import logging
+import sqlite3
+from collections import Counter, defaultdict
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, Field, ValidationError
 
+from bot.hooks import BodyTooLarge, max_body_bytes, not_stored, read_body
 from bot.notifier import Message
 from bot.releases.messages import RollbackRef, btn, context, section, when
 from bot.store import iso
@@ -24,9 +30,13 @@ from bot.store import iso
 if TYPE_CHECKING:
     from bot.runtime import Runtime
 
+log = logging.getLogger(__name__)
+
 SOURCE = "alertmanager"
 SILENCE_FOR = timedelta(hours=24)
-MAX_ALERT_LINES = 20
+MAX_ALERT_LINES = 10  # alerts shown one per line; the rest are counted
+MAX_COUNTS = 8  # alertnames (and severities) counted by name; the others are summed
+MAX_LINE = 200  # characters of one alert's line
 ROLLBACK, SILENCE = "alerts.rollback", "alerts.silence"
 
 
@@ -55,6 +65,30 @@ class Notification(BaseModel):
     alerts: list[AlertItem] = Field(min_length=1)
 
 
+class Group(BaseModel):
+    """What the bot keeps of a notification: all of it but the alerts past the first few, which it counts."""
+
+    notification: Notification  # its alerts cut to the first MAX_ALERT_LINES, firing ones first
+    alerts: int  # how many the notification carried
+    firing: int
+    by_alertname: list[tuple[str, int]]  # the MAX_COUNTS most common, most common first
+    by_severity: list[tuple[str, int]]
+
+    @property
+    def more(self) -> int:
+        """Alerts not shown line by line, the ones Alertmanager itself left out (truncatedAlerts) included."""
+        return self.alerts - len(self.notification.alerts) + self.notification.truncatedAlerts
+
+
+def group(n: Notification) -> Group:
+    shown = sorted(n.alerts, key=lambda a: a.status != "firing")[:MAX_ALERT_LINES]  # stable: firing first
+    names = Counter(a.labels.get("alertname", "alert") for a in n.alerts)
+    severities = Counter(a.labels.get("severity", "none") for a in n.alerts)
+    return Group(notification=n.model_copy(update={"alerts": shown}), alerts=len(n.alerts),
+                 firing=sum(a.status == "firing" for a in n.alerts),
+                 by_alertname=names.most_common(MAX_COUNTS), by_severity=severities.most_common(MAX_COUNTS))
+
+
 class AlertRef(BaseModel):
     """The Silence button's value: the alert group's row."""
 
@@ -77,26 +111,45 @@ def label(n: Notification, name: str) -> str | None:
     return n.commonLabels.get(name) or n.groupLabels.get(name)
 
 
+def plain(text: str, limit: int = MAX_LINE) -> str:
+    """Label and annotation text as Slack shows it literally (no mentions, no links), cut to `limit`."""
+    text = " ".join(text.split())
+    text = text if len(text) <= limit else text[: limit - 1] + "…"
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def alert_line(a: AlertItem) -> str:
     what = a.annotations.get("summary") or a.annotations.get("description") or a.labels.get("alertname", "alert")
     instance = a.labels.get("instance")
     icon = ":red_circle:" if a.status == "firing" else ":white_check_mark:"
-    return f"{icon} {what}" + (f" · `{instance}`" if instance else "") + f" · since {when(a.startsAt)}"
+    return f"{icon} {plain(what)}" + (f" · `{plain(instance, 80)}`" if instance else "") + f" · since {when(a.startsAt)}"
 
 
-def message(n: Notification, *, row_id: int, target: tuple[str, str] | None, silenced: tuple[str, datetime] | None) -> Message:
+def _counts(counted: list[tuple[str, int]], total: int) -> str:
+    said = [f"{plain(name, 60)} {count:,}" for name, count in counted]
+    rest = total - sum(count for _, count in counted)
+    return " · ".join(said + ([f"others {rest:,}"] if rest > 0 else []))
+
+
+def message(g: Group, *, row_id: int, target: tuple[str, str] | None, silenced: tuple[str, datetime] | None) -> Message:
     """The group's one message as it should read now."""
-    name = label(n, "alertname") or "alert"
+    n = g.notification
+    # A group of several alertnames is known by what Alertmanager grouped it by.
+    grouped_by = ", ".join(f"{k}={v}" for k, v in sorted(n.groupLabels.items()))
+    name = plain(label(n, "alertname") or grouped_by or "alert", 100)
     where = f" · {target[0]} {target[1]}" if target else ""
     firing = n.status == "firing"
-    head = (f":rotating_light: *FIRING* · {name}{where} · {sum(a.status == 'firing' for a in n.alerts)} firing" if firing
+    head = (f":rotating_light: *FIRING* · {name}{where} · {g.firing:,} firing" if firing
             else f":white_check_mark: *RESOLVED* · ~{name}{where}~")
-    lines = [alert_line(a) for a in n.alerts[:MAX_ALERT_LINES]]
-    more = len(n.alerts) - MAX_ALERT_LINES + n.truncatedAlerts
-    if more > 0:
-        lines.append(f"and {more} more")
+    lines = [alert_line(a) for a in n.alerts]
+    if g.more > 0:
+        lines.append(f"and {g.more:,} more")
     summary = n.commonAnnotations.get("summary") or n.commonAnnotations.get("description")
-    blocks = [section(head + (f"\n{summary}" if summary else "")), section("\n".join(lines))]
+    blocks = [section(head + (f"\n{plain(summary, 500)}" if summary else ""))]
+    if g.more > 0 or len(g.by_alertname) > 1:  # a big or mixed group: say what it is made of first
+        blocks.append(section(f"*{g.alerts:,} alerts* by alertname: {_counts(g.by_alertname, g.alerts)}\n"
+                              f"by severity: {_counts(g.by_severity, g.alerts)}"))
+    blocks.append(section("\n".join(lines)))
     facts = [f"severity {label(n, 'severity')}" if label(n, "severity") else "",
              f"<{n.externalURL}|Alertmanager>" if n.externalURL.startswith("http") else "",
              f"silenced by <@{silenced[0]}> until {when(silenced[1])}" if silenced and firing else ""]
@@ -114,7 +167,9 @@ class AlertmanagerIntake:
     def __init__(self, runtime: Runtime):
         self.rt = runtime
         self.config = runtime.config.alertmanager
+        self.max_bytes = max_body_bytes()
         self._groups: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)  # one notification per group at a time
+        runtime.hooks.handle(SOURCE, self._deliver)
 
     @property
     def channel(self) -> str:
@@ -135,20 +190,39 @@ class AlertmanagerIntake:
         return (found.created_by, found.until) if found else None
 
     async def hook(self, request: web.Request) -> web.Response:
+        """Check, queue durably, answer; the message is brought in line from the queue (see _deliver)."""
         token = self.rt.secrets.alertmanager_token
-        if token and not hmac.compare_digest(request.headers.get("Authorization", ""), f"Bearer {token}"):
+        given = request.headers.get("Authorization", "").encode("utf-8", "replace")
+        if token and not hmac.compare_digest(given, f"Bearer {token}".encode()):
             self.rt.audit(actor="unknown", verb="alertmanager.hook", status="rejected", detail={"reason": "bad bearer token"})
             return web.json_response({"error": "missing or wrong bearer token"}, status=401)
         try:
-            notification = parse(await request.read())
+            body = await read_body(request, self.max_bytes)
+        except BodyTooLarge as exc:
+            # Said loudly: Alertmanager keeps sending a group it cannot deliver, and nobody sees it in Slack.
+            log.warning("alertmanager hook refused a notification from %s: %s", request.remote, exc)
+            self.rt.audit(actor="alertmanager", verb="alertmanager.hook", status="too_large",
+                          detail={"bytes": exc.size, "limit": exc.limit})
+            return web.json_response({"error": f"notification refused: {exc}"}, status=413)
+        try:
+            notification = parse(body)
         except AlertmanagerError as exc:
             self.rt.audit(actor="alertmanager", verb="alertmanager.hook", status="invalid", detail={"error": str(exc)})
             return web.json_response({"error": str(exc)}, status=400)
-        state = await self.receive(notification)
-        return web.json_response({"group": notification.groupKey, "state": state})
+        kept = group(notification)
+        try:
+            item = self.rt.hooks.put(SOURCE, f"{SOURCE}:{notification.groupKey}", kept.model_dump(mode="json"))
+        except sqlite3.Error as exc:
+            return not_stored("alertmanager hook", exc)
+        return web.json_response({"group": notification.groupKey, "queued": item, "alerts": kept.alerts})
 
-    async def receive(self, n: Notification) -> str:
+    async def _deliver(self, payload: dict[str, Any]) -> None:
+        await self.receive(Group.model_validate(payload))
+
+    async def receive(self, taken: Group | Notification) -> str:
         """Store the group's state and bring its message in line; returns the stored state."""
+        g = group(taken) if isinstance(taken, Notification) else taken
+        n = g.notification
         async with self._groups[n.groupKey]:
             now = self.rt.clock()
             target = self.target(n)
@@ -158,7 +232,7 @@ class AlertmanagerIntake:
             fields = {
                 "state": state, "severity": label(n, "severity") or "warning",
                 "summary": (n.commonAnnotations.get("summary") or label(n, "alertname") or n.groupKey)[:1000],
-                "detail": json.dumps({"alertname": label(n, "alertname"), "target": target, "notification": n.model_dump(mode="json")}),
+                "detail": json.dumps({"alertname": label(n, "alertname"), "target": target, "group": g.model_dump(mode="json")}),
                 "resolved_at": iso(now) if state == "resolved" else None,
             }
             if existing is None:
@@ -173,8 +247,8 @@ class AlertmanagerIntake:
             assert row is not None
             model, env = target or (None, None)
             self.rt.audit(actor="alertmanager", verb="alertmanager.alert", status=state, channel=row["channel"],
-                          model=model, env=env, detail={"group": n.groupKey, "alerts": len(n.alerts)})
-            shown = message(n, row_id=row["id"], target=target, silenced=silenced)
+                          model=model, env=env, detail={"group": n.groupKey, "alerts": g.alerts})
+            shown = message(g, row_id=row["id"], target=target, silenced=silenced)
             if row["ts"]:
                 ts = await self.rt.notifier.edit_or_repost(row["channel"], row["ts"], shown)
                 if ts != row["ts"]:
@@ -201,8 +275,9 @@ class AlertmanagerIntake:
             self.rt.silences.add(SOURCE, f"{model}/{env}", until, user)
             self.rt.store.db["alerts"].update(alert_id, {"state": "silenced", "acked_by": user})
             self.rt.audit(actor=user, verb=SILENCE, status="ok", model=model, env=env, detail={"alert": alert_id, "until": iso(until)})
-        n = Notification.model_validate(detail["notification"])
+        # Rows stored before groups were kept cut down hold the whole notification.
+        g = Group.model_validate(detail["group"]) if "group" in detail else group(Notification.model_validate(detail["notification"]))
         if found["ts"]:
             await self.rt.notifier.update(found["channel"], found["ts"],
-                                          message(n, row_id=alert_id, target=(model, env), silenced=(user, until)))
+                                          message(g, row_id=alert_id, target=(model, env), silenced=(user, until)))
         return f"Alerts for {model} {env} are silenced until {when(until)}."

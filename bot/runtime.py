@@ -23,6 +23,7 @@ from bot.alertmanager import AlertmanagerIntake
 from bot.config import Config, Role, Secrets
 from bot.datagen.service import DatagenService
 from bot.digest import DigestService
+from bot.hooks import HookQueue
 from bot.notifier import Notifier, SlackError, web_client
 from bot.oncall.service import OnCallService
 from bot.releases.service import ReleaseService
@@ -165,6 +166,7 @@ class Runtime:
         self.roles = RoleDirectory(config, self.notifier)
         self.scheduler = Scheduler(self.store, clock)
         self.silences = Silences(self)
+        self.hooks = HookQueue(self.store, self.audit, clock)  # the webhooks' Slack work, posted in the background
         # Domain services (each registers its scheduled jobs in its constructor).
         self.releases = ReleaseService(self)
         self.datagen = DatagenService(self)
@@ -205,9 +207,11 @@ class Runtime:
         await self.retrain.resume()
         self.scheduler.start()
         await self.scheduler.run_due()  # catch up on slots missed while the bot was down
+        self.hooks.start()  # including what the webhooks accepted before a stop or a crash
 
     async def stop(self) -> None:
         self.scheduler.shutdown()
+        await self.hooks.stop()  # what it cuts short stays queued for the next start
         await self.retrain.stop()  # followers only; the runs go on and are followed again at the next start
         for name in await self.tasks.drain(self.shutdown_grace):
             self.audit(actor="mlops-bot", verb="shutdown", status="interrupted", detail={"task": name})

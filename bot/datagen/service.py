@@ -4,7 +4,8 @@ A record reaches the bot three ways (the scheduled poll of the job's source URI,
 `mlops-bot datagen ingest`), and all of them end in `ingest`: store by (job, run date), evaluate the rules
 against the stored history, then bring the run date's alert message in line with what is breached now.
 An alert is one Slack message per (job, run date), edited in place from then on; it resolves when a
-later report no longer breaches any of its (rule, metric) pairs.
+later report no longer breaches any of its (rule, metric) pairs. The webhook answers once the record is
+stored; its Slack posts go through the hooks' durable queue (bot/hooks.py).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import hashlib
 import hmac
 import json
 import logging
+import sqlite3
 import time as walltime
 from dataclasses import asdict
 from datetime import UTC, date, datetime, timedelta
@@ -28,6 +30,7 @@ from bot.config import DatagenJob
 from bot.datagen import messages
 from bot.datagen.report import Report, ReportError, parse_report
 from bot.datagen.rules import Breach, StageMove, biggest_mover, evaluate
+from bot.hooks import BodyTooLarge, max_body_bytes, not_stored, read_body
 from bot.notifier import Message, SlackError
 from bot.serving.artifacts import ArtifactError, open_store
 from bot.store import Store, iso
@@ -39,6 +42,8 @@ log = logging.getLogger(__name__)
 
 SOURCE = "datagen"
 HOOK_MAX_SKEW = 300  # seconds; a signed hook older than this is a replay
+HOOK_MAX_AHEAD = timedelta(days=1)  # a run date further ahead of today (in the job's zone) is refused
+ANNOUNCE, UNREADABLE = "datagen.announce", "datagen.unreadable"  # the hook's queued work
 SILENCE_SPANS = {"24h": timedelta(hours=24), "7d": timedelta(days=7)}
 
 
@@ -79,10 +84,17 @@ def cleared(alerted: list[Breach], later: list[Breach]) -> bool:
     return not pairs(alerted) & pairs(later)
 
 
-def sign(secret: str, timestamp: str, body: bytes) -> str:
-    """The webhook signature: `v0=` HMAC-SHA256 of `v0:<timestamp>:<body>`, as Slack signs its requests."""
-    digest = hmac.new(secret.encode(), b"v0:" + timestamp.encode() + b":" + body, hashlib.sha256).hexdigest()
-    return f"v0={digest}"
+def sign(secret: str, timestamp: str, method: str, path: str, query: str, body: bytes) -> str:
+    """The webhook signature: `v1=` and the hex HMAC-SHA256 of the lines `v1`, timestamp, method, path and
+    query (as sent: percent-encoding kept, no `?`), then the body after a final newline.
+
+    Everything that decides what is stored is signed, so a captured request replayed with another query
+    (`date=`, `job=`) does not verify. A newline cannot occur in a request line, so no two requests share
+    a signed string.
+    """
+    head = "\n".join(("v1", timestamp, method.upper(), path, query)) + "\n"
+    digest = hmac.new(secret.encode(), head.encode() + body, hashlib.sha256).hexdigest()
+    return f"v1={digest}"
 
 
 def _breach(data: dict[str, Any]) -> Breach:
@@ -146,6 +158,8 @@ class DatagenService:
             trigger = IntervalTrigger(minutes=job.poll_minutes, start_date=datetime(2000, 1, 1, tzinfo=UTC),
                                       timezone=UTC)
             runtime.scheduler.add(f"datagen.poll.{name}", trigger, partial(self.poll, name), grace=every)
+        runtime.hooks.handle(ANNOUNCE, self._announce_queued)
+        runtime.hooks.handle(UNREADABLE, self._unreadable_queued)
 
     # -- history --------------------------------------------------------------------------------------------
 
@@ -404,30 +418,77 @@ class DatagenService:
     # -- the webhook ----------------------------------------------------------------------------------------
 
     async def hook(self, request: web.Request) -> web.Response:
-        """POST /hooks/datagen?job=J&date=YYYY-MM-DD with the record as the body, signed like Slack requests
-        (X-Datagen-Timestamp, X-Datagen-Signature) with MLOPS_DATAGEN_HOOK_SECRET."""
+        """POST /hooks/datagen?job=J&date=YYYY-MM-DD with the record as the body, signed with
+        MLOPS_DATAGEN_HOOK_SECRET (X-Datagen-Timestamp, X-Datagen-Signature; see `sign`). Answers once the
+        record is stored; the summary, alerts and charts are posted from the hooks' queue."""
         secret = self.runtime.secrets.datagen_hook_secret
         if not secret:
             return web.json_response({"error": "the datagen hook is off: set MLOPS_DATAGEN_HOOK_SECRET"}, status=503)
-        body = await request.read()
+        try:
+            body = await read_body(request, max_body_bytes())
+        except BodyTooLarge as exc:
+            log.warning("datagen hook refused a request from %s: %s", request.remote, exc)
+            self.runtime.audit(actor="unknown", verb="datagen.hook", status="too_large",
+                               detail={"bytes": exc.size, "limit": exc.limit})
+            return web.json_response({"error": f"record refused: {exc}"}, status=413)
         stamp = request.headers.get("X-Datagen-Timestamp", "")
         given = request.headers.get("X-Datagen-Signature", "")
-        fresh = stamp.isdigit() and abs(walltime.time() - int(stamp)) <= HOOK_MAX_SKEW
-        if not fresh or not hmac.compare_digest(sign(secret, stamp, body), given):
+        # isascii: str.isdigit() is true of '²', which int() refuses.
+        fresh = stamp.isascii() and stamp.isdigit() and abs(walltime.time() - int(stamp)) <= HOOK_MAX_SKEW
+        url = request.rel_url
+        expected = sign(secret, stamp, request.method, url.raw_path, url.raw_query_string, body)
+        if not fresh or not hmac.compare_digest(expected.encode(), given.encode("utf-8", "replace")):
             self.runtime.audit(actor="unknown", verb="datagen.hook", status="rejected",
                                detail={"reason": "bad signature or timestamp"})
-            return web.json_response({"error": "bad signature or timestamp"}, status=401)
+            return web.json_response({"error": "bad signature or timestamp (the signature covers the method, path, "
+                                               "query and body: see README, Webhooks)"}, status=401)
         try:
             job = self.job_name(request.query.get("job"))
             day = date.fromisoformat(request.query["date"])
+            self._not_ahead(job, day)
         except (DatagenError, KeyError, ValueError) as exc:
             reason = str(exc) if isinstance(exc, DatagenError) else "give date=YYYY-MM-DD in the query"
             self.runtime.audit(actor="datagen.hook", verb="datagen.hook", status="invalid", detail={"error": reason})
             return web.json_response({"error": reason}, status=400)
-        done = await self.ingest(job, day, body, f"hook:{request.remote}", actor="datagen.hook")
-        status = 200 if done.stored or not any(b.rule_id == "unreadable" for b in done.breaches) else 422
-        return web.json_response({"job": job, "run_date": day.isoformat(), "stored": done.stored,
-                                  "breaches": [b.message for b in done.breaches]}, status=status)
+        source = f"hook:{request.remote}"
+        answer: dict[str, Any] = {"job": job, "run_date": day.isoformat()}
+        try:
+            parse_report(body, run_date=day)  # validate before storing; history keeps only readable records
+        except ReportError as exc:
+            # The alert saying so is posted from the queue; the audit row and the queued item commit together.
+            try:
+                with self.store.transaction():
+                    self.runtime.audit(actor="datagen.hook", verb="datagen.ingest", status="unreadable", model=job,
+                                       version=day.isoformat(), detail={"source": source, "reason": exc.reason})
+                    queued = self.runtime.hooks.put(UNREADABLE, f"{SOURCE}:{job}", {
+                        "job": job, "date": day.isoformat(), "reason": exc.reason, "source": source})
+            except sqlite3.Error as failed:
+                return not_stored("datagen hook", failed)
+            return web.json_response({**answer, "stored": False, "queued": queued,
+                                      "error": f"unreadable record: {exc.reason}"}, status=422)
+        try:
+            with self.store.transaction():  # stored and queued at once, so a crash cannot keep one without the other
+                stored = save_record(self.store, job, day, body.decode("utf-8", "replace"), source,
+                                     actor="datagen.hook", at=self.runtime.clock())
+                queued = (self.runtime.hooks.put(ANNOUNCE, f"{SOURCE}:{job}", {"job": job, "date": day.isoformat()})
+                          if stored else None)
+        except sqlite3.Error as failed:
+            return not_stored("datagen hook", failed)
+        return web.json_response({**answer, "stored": stored, "queued": queued})
+
+    def _not_ahead(self, job: str, day: date) -> None:
+        today = run_date_at(self.jobs[job], self.runtime.clock())
+        if day > today + HOOK_MAX_AHEAD:
+            raise DatagenError(f"date={day} is in the future: today is {today} in {self.jobs[job].tz}, and the hook "
+                               f"takes run dates up to {today + HOOK_MAX_AHEAD}")
+
+    async def _announce_queued(self, item: dict[str, Any]) -> None:
+        await self.announce(item["job"], date.fromisoformat(item["date"]), actor="datagen.hook")
+
+    async def _unreadable_queued(self, item: dict[str, Any]) -> None:
+        job, day = item["job"], date.fromisoformat(item["date"])
+        await self.sync_alert(job, day, [messages.unreadable(job, day, item["reason"], item["source"])], None,
+                              actor="datagen.hook")
 
 
 def usual_runtime(history: dict[date, Report], run_date: date, days: int = 14) -> timedelta | None:

@@ -36,6 +36,14 @@ async def post(url: str, body: object, token: str | None = TOKEN) -> tuple[int, 
             return resp.status, await resp.json()
 
 
+async def deliver(bot, body: dict) -> tuple[int, str]:
+    """Post a notification and let the bot's queue post it; the answer's status and the group's stored state."""
+    status, _ = await post(bot.url, body)
+    await bot.runtime.hooks.settled()
+    [(state,)] = bot.runtime.store.conn.execute("SELECT state FROM alerts WHERE key = ?", (body["groupKey"],)).fetchall()
+    return status, state
+
+
 def _text(message: dict) -> str:
     return render_message(message)
 
@@ -43,9 +51,8 @@ def _text(message: dict) -> str:
 async def test_firing_then_resolved_edits_one_message_with_rollback_and_silence(tmp_path: Path) -> None:
     config = load_config(write_config(tmp_path))
     async with local_bot(config, clock=Clock(), secrets=Secrets(alertmanager_token=TOKEN), post_rate=100, post_burst=100) as bot:
-        status, body = await post(bot.url, notification("firing"))
-        assert (status, body["state"]) == (200, "open")
-        assert await post(bot.url, notification("firing")) == (200, body)  # Alertmanager's repeat: no second post
+        assert await deliver(bot, notification("firing")) == (200, "open")
+        assert await deliver(bot, notification("firing")) == (200, "open")  # Alertmanager's repeat: no second post
         [card] = bot.slack.messages(CHANNEL)
         assert "*FIRING* · RankerLatencyHigh · ranker prod" in _text(card)
         labels = [e["text"]["text"] for b in card["blocks"] if b["type"] == "actions" for e in b["elements"]]
@@ -60,16 +67,14 @@ async def test_firing_then_resolved_edits_one_message_with_rollback_and_silence(
         # Nothing was ever deployed in this test, so the rollback code answers with what to do.
         await bot.slack.wait_for(lambda: [m for m in bot.slack.messages("U0ALICE") if "nothing is deployed to ranker prod" in m["text"]])
 
-        status, body = await post(bot.url, notification("resolved"))
-        assert (status, body["state"]) == (200, "resolved")
+        assert await deliver(bot, notification("resolved")) == (200, "resolved")
         [card] = bot.slack.messages(CHANNEL)
         assert "*RESOLVED*" in _text(card) and "FIRING" not in _text(card)
         assert not [b for b in card["blocks"] if b["type"] == "actions"]  # nothing to press on a resolved alert
         assert len(bot.slack.calls_to("chat.update")) >= 1
 
         # Firing again later is news: a new message, while the resolved one stays as it was.
-        status, body = await post(bot.url, notification("firing"))
-        assert (status, body["state"]) == (200, "open")
+        assert await deliver(bot, notification("firing")) == (200, "open")
         old, new = bot.slack.messages(CHANNEL)
         assert "*RESOLVED*" in _text(old) and "*FIRING*" in _text(new) and new["ts"] != old["ts"]
         assert [e["text"]["text"] for b in new["blocks"] if b["type"] == "actions" for e in b["elements"]] == labels
@@ -78,13 +83,12 @@ async def test_firing_then_resolved_edits_one_message_with_rollback_and_silence(
 async def test_silence_button_quietens_the_model_env(tmp_path: Path) -> None:
     config = load_config(write_config(tmp_path))
     async with local_bot(config, clock=Clock(), secrets=Secrets(alertmanager_token=TOKEN), post_rate=100, post_burst=100) as bot:
-        await post(bot.url, notification("firing"))
+        await deliver(bot, notification("firing"))
         [card] = bot.slack.messages(CHANNEL)
         await bot.client.press_button("U0BOB", CHANNEL, card["ts"], "Silence 24h")
         await bot.slack.wait_for(lambda: "silenced by @U0BOB" in _text(bot.slack.messages(CHANNEL)[0]))
         # Another group for the same model and environment is stored, not posted, while the silence lasts.
-        status, body = await post(bot.url, notification("firing", group='{}:{alertname="RankerErrors"}'))
-        assert (status, body["state"]) == (200, "silenced")
+        assert await deliver(bot, notification("firing", group='{}:{alertname="RankerErrors"}')) == (200, "silenced")
         assert len(bot.slack.messages(CHANNEL)) == 1
         assert [r["status"] for r in bot.runtime.store.actions() if r["verb"] == "alerts.silence"] == ["accepted", "ok"]
 
@@ -92,14 +96,14 @@ async def test_silence_button_quietens_the_model_env(tmp_path: Path) -> None:
 async def test_a_deleted_alert_message_is_posted_again_when_the_alert_changes(tmp_path: Path) -> None:
     config = load_config(write_config(tmp_path))
     async with local_bot(config, clock=Clock(), secrets=Secrets(alertmanager_token=TOKEN), post_rate=100, post_burst=100) as bot:
-        await post(bot.url, notification("firing"))
+        await deliver(bot, notification("firing"))
         [card] = bot.slack.messages(CHANNEL)
         deleter = AsyncWebClient(token=BOT_TOKEN, base_url=bot.slack.api_url)  # as an admin deleting it in Slack would
         await deleter.chat_delete(channel=CHANNEL, ts=card["ts"])
-        await post(bot.url, notification("firing"))  # Alertmanager's repeat finds the message gone: posted again
+        await deliver(bot, notification("firing"))  # Alertmanager's repeat finds the message gone: posted again
         [again] = bot.slack.messages(CHANNEL)
         assert again["ts"] != card["ts"] and "*FIRING*" in _text(again)
-        await post(bot.url, notification("resolved"))  # and the copy is the one edited from then on
+        await deliver(bot, notification("resolved"))  # and the copy is the one edited from then on
         [resolved] = bot.slack.messages(CHANNEL)
         assert resolved["ts"] == again["ts"] and "*RESOLVED*" in _text(resolved)
 

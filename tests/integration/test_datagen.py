@@ -159,15 +159,18 @@ async def test_broken_record_hook_and_command(tmp_path: Path) -> None:
 
         # The push hook: a signed POST ingests the next day; a forged one is refused and audited.
         body = json.dumps(good).encode()
-        url = f"{bot.url}/hooks/datagen?job=recsys&date={day + timedelta(days=1)}"
+        query = f"job=recsys&date={day + timedelta(days=1)}"
+        url = f"{bot.url}/hooks/datagen?{query}"
         stamp = str(int(time.time()))
         async with aiohttp.ClientSession() as http:
             async with http.post(url, data=body, headers={"X-Datagen-Timestamp": stamp,
-                                                          "X-Datagen-Signature": "v0=forged"}) as resp:
+                                                          "X-Datagen-Signature": "v1=forged"}) as resp:
                 assert resp.status == 401
-            headers = {"X-Datagen-Timestamp": stamp, "X-Datagen-Signature": sign("hook-secret", stamp, body)}
+            signature = sign("hook-secret", stamp, "POST", "/hooks/datagen", query, body)
+            headers = {"X-Datagen-Timestamp": stamp, "X-Datagen-Signature": signature}
             async with http.post(url, data=body, headers=headers) as resp:
                 assert resp.status == 200 and (await resp.json())["stored"] is True
+        await bot.runtime.hooks.settled()  # the hook answered once the record was stored; the posts follow
         assert any(m["text"].startswith(f"datagen recsys {day + timedelta(days=1)}") for m in bot.slack.messages(MAIN))
         audit = [(r["verb"], r["status"]) for r in bot.runtime.store.actions()]
         assert ("datagen.hook", "rejected") in audit and ("datagen.ingest", "unreadable") in audit
