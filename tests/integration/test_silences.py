@@ -6,7 +6,7 @@ from pathlib import Path
 from bot.config import Secrets, load_config
 from bot.sandbox.local import local_bot
 from tests.conftest import Clock, write_config
-from tests.integration.test_alertmanager import CHANNEL, TOKEN, notification, post
+from tests.integration.test_alertmanager import CHANNEL, TOKEN, deliver, notification
 
 TEAM = "C0MLOPS"
 
@@ -32,8 +32,7 @@ async def test_silence_holds_back_alerts_until_it_is_ended(tmp_path: Path) -> No
         assert "<@U0ALICE> silenced alerts for ranker prod until" in said and "`/mlops silence end 1`" in said
 
         # A new alert group for ranker prod is stored as silenced and not posted.
-        status, body = await post(bot.url, notification("firing"))
-        assert (status, body["state"]) == (200, "silenced")
+        assert await deliver(bot, notification("firing")) == (200, "silenced")
         assert slack.messages(CHANNEL) == []
 
         said = await answer("U0BOB", "silence datagen recsys 3d")
@@ -44,8 +43,7 @@ async def test_silence_holds_back_alerts_until_it_is_ended(tmp_path: Path) -> No
 
         said = await answer("U0BOB", "silence end 1")
         assert said == ":bell: <@U0BOB> ended silence #1: alerts for ranker prod are posted again."
-        status, body = await post(bot.url, notification("firing", group='{}:{alertname="RankerErrors"}'))
-        assert (status, body["state"]) == (200, "open")
+        assert await deliver(bot, notification("firing", group='{}:{alertname="RankerErrors"}')) == (200, "open")
         assert len(slack.messages(CHANNEL)) == 1
         assert "#1" not in await answer("U0CAROL", "silence")
 
