@@ -264,9 +264,45 @@ async def serve(runtime: Runtime, *, host: str, port: int) -> None:
     """Run until SIGINT/SIGTERM: Socket Mode when SLACK_APP_TOKEN is set, else HTTP /slack/events."""
     socket_mode = None
     if runtime.secrets.slack_app_token:
-        from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
+        import sys
 
-        socket_mode = AsyncSocketModeHandler(runtime.app, runtime.secrets.slack_app_token)
+        import aiohttp
+        from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
+        from slack_bolt.adapter.socket_mode.async_internals import send_async_response
+        from slack_sdk.errors import SlackApiError
+        from slack_sdk.socket_mode.request import SocketModeRequest
+
+        app_token = runtime.secrets.slack_app_token
+        # The Socket Mode client retries a refused token forever without a word, so ask once: a token Slack
+        # will not take stops the bot here, as a bad config does.
+        try:
+            await runtime.client.apps_connections_open(app_token=app_token)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            log.warning("cannot reach Slack to open Socket Mode yet (%s); retrying", exc)
+        except SlackApiError as exc:
+            error = exc.response.get("error") if exc.response is not None else None
+            if error not in ("ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"):
+                print(f"mlops-bot serve: Slack refused SLACK_APP_TOKEN for Socket Mode ({error}); set an app-level "
+                      "token (xapp-) with connections:write (see README: Slack app)", file=sys.stderr)
+                raise SystemExit(2) from None
+        socket_mode = AsyncSocketModeHandler(runtime.app, app_token)
+
+        async def handle(client: Any, req: SocketModeRequest) -> None:
+            """Bolt's own dispatch and ack, counted in /metrics the way an HTTP request is."""
+            started = time.perf_counter()
+            headers: dict[str, str] = {}  # the envelope's retry fields, as the HTTP retry headers Bolt knows
+            if req.retry_attempt is not None:
+                headers["x-slack-retry-num"] = str(req.retry_attempt)
+            if req.retry_reason is not None:
+                headers["x-slack-retry-reason"] = req.retry_reason
+            bolt_request = AsyncBoltRequest(mode="socket_mode", body=req.payload, headers=headers or None)
+            response = await runtime.app.async_dispatch(bolt_request)
+            await send_async_response(client, req, response, started)  # acks only a 200, as Bolt does
+            runtime.metrics.ack_latency.observe(time.perf_counter() - started)
+            kind = bolt_request.context.get("mlops_kind") or _kind(bolt_request)
+            runtime.metrics.count(runtime.metrics.requests, kind, str(response.status))
+
+        socket_mode.client.socket_mode_request_listeners[:] = [handle]
     web_runner = web.AppRunner(runtime.web_app(slack_events=socket_mode is None), access_log=None)
     await web_runner.setup()
     site = web.TCPSite(web_runner, host, port)

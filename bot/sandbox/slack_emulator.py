@@ -5,6 +5,7 @@ Slack does: it checks the token, enforces Block Kit limits and the per-channel p
 Retry-After), keeps channels, threads, views and files so tests can assert what a person would see, and
 serves response_url and file-upload URLs. `SlackEventsClient` plays Slack's other half: it delivers slash
 commands, button presses, view submissions and events to the bot, signed exactly as Slack signs them.
+Given an app-level token, it also speaks Socket Mode (bot/sandbox/socket_mode.py).
 """
 from __future__ import annotations
 
@@ -18,11 +19,14 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlencode
 
 import aiohttp
 from aiohttp import web
+
+if TYPE_CHECKING:
+    from bot.sandbox.socket_mode import SocketModeServer
 
 Json = dict[str, Any]
 T = TypeVar("T")
@@ -344,7 +348,7 @@ class SlackEmulator:
         self, *, bot_token: str = "xoxb-sandbox", signing_secret: str = "sandbox-signing-secret",
         post_rate: float = 1.0, post_burst: int = 4, users: dict[str, dict] | None = None,
         usergroups: dict[str, dict] | None = None, channels: dict[str, dict] | None = None,
-        trigger_ttl: float = TRIGGER_TTL,
+        trigger_ttl: float = TRIGGER_TTL, app_token: str | None = None,
     ) -> None:
         self.bot_token = bot_token
         self.signing_secret = signing_secret
@@ -406,6 +410,14 @@ class SlackEmulator:
             "files.getUploadURLExternal": self._files_get_upload_url,
             "files.completeUploadExternal": self._files_complete_upload,
         }
+        # Methods called with the app-level token, given (token, whether it came in the Authorization header).
+        self._app_methods: dict[str, Callable[[str, bool], Json]] = {}
+        self.socket_mode: SocketModeServer | None = None
+        if app_token is not None:
+            from bot.sandbox.socket_mode import SocketModeServer  # it builds on this module's client
+
+            self.socket_mode = SocketModeServer(self, app_token)
+            self._app_methods["apps.connections.open"] = self.socket_mode.connections_open
 
     # -- lifecycle -----------------------------------------------------------------------------------------
 
@@ -414,6 +426,8 @@ class SlackEmulator:
         app.router.add_route("*", "/api/{method}", self._handle_api)
         app.router.add_post("/upload/{file_id}", self._handle_upload)
         app.router.add_post("/response/{token}", self._handle_response)
+        if self.socket_mode is not None:
+            app.router.add_get("/link/", self.socket_mode.handle)
         self._stopping = asyncio.Event()
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
@@ -424,6 +438,8 @@ class SlackEmulator:
     async def stop(self) -> None:
         if self._stopping is not None:
             self._stopping.set()  # releases requests held by an injected "timeout"
+        if self.socket_mode is not None:
+            await self.socket_mode.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -537,8 +553,13 @@ class SlackEmulator:
             await self._apply_fault(method)
             if not token:
                 raise _SlackError("not_authed")
+            if method in self._app_methods:
+                body = {"ok": True, **self._app_methods[method](token, bool(auth))}
+                self._record(method, args, 200, None)
+                return web.json_response(body)
             if token != self.bot_token:
-                raise _SlackError("invalid_auth")
+                app_token = self.socket_mode.app_token if self.socket_mode else None
+                raise _SlackError("not_allowed_token_type" if token == app_token else "invalid_auth")
             handler = self._methods.get(method)
             if handler is None:
                 raise _SlackError("unknown_method")
