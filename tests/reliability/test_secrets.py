@@ -114,8 +114,8 @@ async def test_a_pipeline_printing_env_leaks_no_secret(
     # retrain.env gave it is shown redacted, and the plain variable retrain.env names did reach it.
     assert "exited with code 3" in shown and "CUDA out of memory" in shown
     assert "bot token: unset" in shown and "signing secret: unset" in shown
+    assert f"feature store: {FEATURE_STORE}" in shown, "models.ranker.retrain.env did not reach the pipeline"
     assert "s3 secret: [redacted]" in shown
-    assert f"feature store: {FEATURE_STORE}" in shown
 
 
 def test_retrain_env_names_are_checked(tmp_path: Path) -> None:
