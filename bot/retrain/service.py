@@ -24,7 +24,7 @@ from bot.notifier import Message, SlackError
 from bot.releases.messages import when
 from bot.retrain import messages
 from bot.retrain.airflow import AirflowClient, AirflowError, RunStatus
-from bot.retrain.command import CommandError, CommandRun, command_line, resolve_executable, start_command
+from bot.retrain.command import RECORD_FILE, CommandError, CommandRun, command_line, resolve_executable, start_command
 from bot.retrain.messages import Run
 from bot.serving.artifacts import ArtifactError, open_store
 from bot.serving.registry import Registry, RegistryError
@@ -121,7 +121,8 @@ class AirflowBackend:
         if not status.failed_tasks:
             return []
         try:
-            return await self.client.log_tail(self.dag_id, self.run_id, status.failed_tasks[0])
+            # A task log is the pipeline's output too: a secret it printed never reaches Slack.
+            return [scrub(line) for line in await self.client.log_tail(self.dag_id, self.run_id, status.failed_tasks[0])]
         except AirflowError as exc:
             return [f"(no log: {exc})"]
 
@@ -292,7 +293,7 @@ class RetrainService:
         run_dir = self.runs_dir / run_id
         run_dir.mkdir(parents=True, exist_ok=True)
         await start_command(cfg.command, run_id=run_id, model=model, requested_by=actor, registry=registry,
-                            run_dir=run_dir, args=args, cwd=run_dir)
+                            run_dir=run_dir, args=args, cwd=run_dir, pass_env=cfg.env)
         return {"run_dir": str(run_dir)}
 
     def _backend(self, run: Run) -> Backend:
@@ -496,12 +497,28 @@ class RetrainService:
         rows = self.store.db.query(
             f"SELECT * FROM retrain_runs WHERE state IN ({', '.join('?' * len(IN_FLIGHT))}) ORDER BY id", list(IN_FLIGHT))
         for run in [_run(row) for row in rows]:
+            if run.state == "starting" and (handle := self._launched(run)):
+                # Stopped after the pipeline started but before that was recorded: it runs, so it is followed
+                # (marking it failed would invite a second pipeline next to the first).
+                self.store.conn.execute("UPDATE retrain_runs SET state = 'queued', handle = ? WHERE id = ? AND state = 'starting'",
+                                        (json.dumps(handle), run.id))
+                self.rt.audit(actor=run.requested_by, verb="retrain", status="started", channel=run.channel, model=run.model,
+                              detail={"run_id": run.run_id, "backend": run.backend, "args": run.args,
+                                      "found_at_restart": True, **handle})
+                run = self.get(run.id)
             if run.state == "starting":  # stopped between reserving the run and starting it
                 await self._finish(run, RunStatus(run.run_id, "failed",
                                                   detail="the bot restarted while starting it; start it again"), [])
                 continue
             await self._update_card(run)
             self._follow_in_background(run.id, resumed=True)
+
+    def _launched(self, run: Run) -> dict[str, str] | None:
+        """The handle of a run left `starting` whose command did start (its run record is written), else None."""
+        run_dir = self.runs_dir / run.run_id
+        if run.backend == "command" and (run_dir / RECORD_FILE).is_file():
+            return {"run_dir": str(run_dir)}
+        return None
 
     async def stop(self) -> None:
         """Stop following (the runs themselves go on; the next start follows them again)."""
