@@ -24,7 +24,15 @@ from bot.notifier import Message, SlackError
 from bot.releases.messages import when
 from bot.retrain import messages
 from bot.retrain.airflow import AirflowClient, AirflowError, RunStatus
-from bot.retrain.command import RECORD_FILE, CommandError, CommandRun, command_line, resolve_executable, start_command
+from bot.retrain.command import (
+    RECORD_FILE,
+    CommandError,
+    CommandRun,
+    command_line,
+    resolve_executable,
+    scrub,
+    start_command,
+)
 from bot.retrain.messages import Run
 from bot.serving.artifacts import ArtifactError, open_store
 from bot.serving.registry import Registry, RegistryError
