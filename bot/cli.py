@@ -49,8 +49,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if missing:
         print(f"mlops-bot serve: set {' and '.join(missing)} in the environment (see README: Slack app)", file=sys.stderr)
         return 2
-    asyncio.run(serve(Runtime(config, secrets), host=args.host, port=args.port))
-    return 0
+    return _with_writable_store(
+        config.store, lambda: asyncio.run(serve(Runtime(config, secrets), host=args.host, port=args.port)))
+
+
+def _with_writable_store(path: str | Path, run) -> int:
+    """Start only on a store that takes a committed write: a read-only or full one is one line and exit 2,
+    not a traceback from the first job that writes."""
+    from bot.store import StoreUnwritable, unwritable_reason
+
+    store_log = logging.getLogger("bot.store")
+    store_log.disabled = True  # the line below says it; the store's own log line would only repeat it
+    try:
+        reason = unwritable_reason(path)
+    finally:
+        store_log.disabled = False
+    if reason is not None:
+        print(f"mlops-bot: cannot write the store {path}: {reason}", file=sys.stderr)
+        return 2
+    try:
+        return run() or 0
+    except StoreUnwritable as exc:  # it went between the check and the start's own first writes
+        print(f"mlops-bot: cannot write the store {exc.path}: {exc.reason}", file=sys.stderr)
+        return 2
 
 
 def _store(args: argparse.Namespace):
@@ -93,9 +114,12 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
-    from bot.sandbox.shell import run_sandbox
+    from bot.sandbox.shell import run_sandbox, sandbox_config
 
-    return asyncio.run(run_sandbox(_config_path(args), script=args.script, state_dir=args.state_dir))
+    config = _load(args)
+    state = (args.state_dir or Path(".mlops-sandbox")).resolve()  # run_sandbox's default state directory
+    return _with_writable_store(sandbox_config(config, state, None).store, lambda: asyncio.run(
+        run_sandbox(_config_path(args), script=args.script, state_dir=args.state_dir)))
 
 
 def _datagen_job(config: Config, given: str | None) -> str:

@@ -17,14 +17,16 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from slack_bolt.async_app import AsyncApp
+from slack_bolt.middleware.async_middleware import AsyncMiddleware
 from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_bolt.response import BoltResponse
 
 from bot.alertmanager import AlertmanagerIntake
 from bot.config import Config, Role, Secrets
 from bot.datagen.service import DatagenService
 from bot.digest import DigestService
 from bot.hooks import HookQueue
-from bot.notifier import Notifier, SlackError, web_client
+from bot.notifier import Message, Notifier, SlackError, web_client
 from bot.oncall.service import OnCallService
 from bot.releases.service import ReleaseService
 from bot.retrain.service import RetrainService
@@ -150,6 +152,80 @@ class RoleDirectory:
         ]
 
 
+class RefuseWhileStoreUnwritable(AsyncMiddleware):
+    """While the store cannot take a write, Slack work that would change something is refused before it starts,
+    with the reason: work never done leaves nothing half-done and no audit row to lose. Reads still answer.
+
+    First in the chain, so a refused request claims nothing either (its delivery key, a press).
+    """
+
+    READ_ONLY_VERBS = frozenset({"help", "status", "models", "provenance"})
+
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+
+    async def async_process(self, *, req: AsyncBoltRequest, resp: BoltResponse,
+                            next: Callable[[], Awaitable[BoltResponse]]) -> BoltResponse:
+        body = req.body if isinstance(req.body, dict) else {}
+        problem = self.runtime.store.write_problem()  # the last failure, else one statvfs
+        if problem is None or self._reads_only(body):
+            return await next()
+        req.context["mlops_kind"] = "store_unwritable"
+        text = (f":no_entry: The bot cannot write its audit log right now: {problem}. Nothing was done; "
+                "try again when /healthz is green.")
+        kind = "command" if "command" in body else str(body.get("type") or "other")
+        user = body.get("user_id") or _get(body, "user", "id") or "unknown"
+        channel = body.get("channel_id") or _get(body, "channel", "id") or _get(body, "container", "channel_id")
+        if kind == "command":
+            asked = f"{body.get('command', '')} {body.get('text', '')}"
+        else:
+            asked = _get(body, "actions", 0, "action_id") or _get(body, "view", "callback_id")
+        # Kept in memory with the rest of the group and written once the store takes writes again.
+        self.runtime.audit(actor=str(user), channel=channel, verb="slack.request", status="store_unwritable",
+                           detail={"kind": kind, "asked": str(asked or "")[:200], "reason": problem},
+                           key=body.get("trigger_id"))
+        if kind == "command":
+            return BoltResponse(status=200, body={"text": text, "response_type": "ephemeral"})
+        if kind == "view_submission":
+            return BoltResponse(status=200, body=_refused_view(body, text))
+        if kind == "block_actions":
+            if url := body.get("response_url"):
+                self.runtime.spawn(self.runtime.notifier.respond(str(url), Message(text)), name="store.refused")
+            elif channel and user != "unknown":
+                self.runtime.spawn(self.runtime.notifier.ephemeral(str(channel), str(user), Message(text)),
+                                   name="store.refused")
+        return BoltResponse(status=200, body="")
+
+    def _reads_only(self, body: dict[str, Any]) -> bool:
+        if body.get("type") == "event_callback":  # app_home_opened: the Home tab is drawn from what is stored
+            return True
+        if "command" in body:
+            words = str(body.get("text") or "").split()
+            return (words[0].lower() if words else "help") in self.READ_ONLY_VERBS
+        return False
+
+
+def _get(value: Any, *path: str | int) -> Any:
+    """A nested field of a Slack payload, or None when any step is missing or of another shape."""
+    for step in path:
+        if isinstance(step, int):
+            value = value[step] if isinstance(value, list) and len(value) > step else None
+        else:
+            value = value.get(step) if isinstance(value, dict) else None
+    return value
+
+
+def _refused_view(body: dict[str, Any], text: str) -> dict[str, Any]:
+    """A modal stays open with the reason on its first input, so what was typed is not lost; else it says so."""
+    blocks = _get(body, "view", "blocks") or []
+    inputs = [b for b in blocks if isinstance(b, dict) and b.get("type") == "input" and b.get("block_id")]
+    if inputs:
+        return {"response_action": "errors", "errors": {inputs[0]["block_id"]: text}}
+    return {"response_action": "update", "view": {
+        "type": "modal", "title": {"type": "plain_text", "text": "Nothing was done"},
+        "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]}}
+
+
 class Runtime:
     shutdown_grace = 20.0
 
@@ -191,6 +267,7 @@ class Runtime:
             # self-event filter would cost every request for nothing.
             ignoring_self_events_enabled=False,
         )
+        app.use(RefuseWhileStoreUnwritable(self))  # before the handlers' own middleware: nothing is claimed
         register(app, self)
         return app
 
@@ -243,13 +320,14 @@ class Runtime:
         return web.Response(status=response.status, body=response.body.encode(), headers=response.first_headers_without_set_cookie())
 
     async def _healthz(self, _: web.Request) -> web.Response:
+        store_problem = self.store.probe()  # a real committed write, with whatever audit rows are waiting
         overdue = self.releases.overdue_operations()
-        checks = {"store_writable": self.store.writable(), "scheduler_running": self.scheduler.running,
+        checks = {"store_writable": store_problem is None, "scheduler_running": self.scheduler.running,
                   "operations_on_time": not overdue}
-        return web.json_response(
-            {"ok": all(checks.values()), **checks, "tasks": len(self.tasks.names), "overdue_operations": overdue},
-            status=200 if all(checks.values()) else 503,
-        )
+        body = {"ok": all(checks.values()), **checks, "tasks": len(self.tasks.names), "overdue_operations": overdue}
+        if store_problem:
+            body["reason"] = store_problem
+        return web.json_response(body, status=200 if all(checks.values()) else 503)
 
     async def _metrics(self, _: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
