@@ -2,7 +2,8 @@
 
 Each rotation gets three scheduled jobs (slots claimed in `job_runs`, so each runs once, also across
 restarts, and one missed while the bot was down runs at start within its grace):
-- `handoff` at each shift change: the handoff card, then the Slack state sync;
+- `handoff` at each shift change: the handoff card, then the Slack state sync; a handoff a crash cut short is
+  run again at the next start and posts the card only if no card was recorded for its slot;
 - `day-before`, 24 h before each shift change: a DM to whoever will be on call;
 - `tick`, every 15 minutes: the Slack state sync (overrides start and end between handoffs) and the one
   reminder to acknowledge a handoff left unacknowledged for an hour.
@@ -85,7 +86,9 @@ class OnCallService:
         tick = CronTrigger(minute=f"*/{TICK_EVERY_MINUTES}", timezone=UTC)
         for name, rotation in self.rotations.items():
             add = runtime.scheduler.add
-            add(f"oncall.{name}.handoff", HandoffTrigger(rotation), partial(self.post_handoff, rotation), grace=HANDOFF_GRACE)
+            # Resumable: post_handoff knows from oncall_handoffs whether a crashed process got the card out.
+            add(f"oncall.{name}.handoff", HandoffTrigger(rotation), partial(self.post_handoff, rotation), grace=HANDOFF_GRACE,
+                resumable=True)
             add(f"oncall.{name}.day-before", HandoffTrigger(rotation, -DAY_BEFORE), partial(self.remind_day_before, rotation),
                 grace=DAY_BEFORE_GRACE)
             add(f"oncall.{name}.tick", tick, partial(self.tick, rotation), grace=timedelta(minutes=TICK_EVERY_MINUTES))
@@ -126,13 +129,24 @@ class OnCallService:
         incoming = who_is_on_call(rotation, slot, overrides)
         if incoming is None:  # only before the rotation's first shift, which no handoff precedes
             return
+        earlier = self._row("SELECT * FROM oncall_handoffs WHERE rotation = ? AND slot = ?", rotation.name, iso(slot))
+        if earlier is not None and earlier["ts"]:  # posted by a process that died before the job ended
+            await self.sync_slack(rotation, now)
+            return
         outgoing = who_is_on_call(rotation, slot - timedelta.resolution, overrides)
         summary = self.summary(_previous_handoff(rotation, slot), slot, now)
         with self.rt.store.transaction() as conn:
-            handoff_id = conn.execute(
-                "INSERT INTO oncall_handoffs (rotation, slot, outgoing, incoming, channel, posted_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (rotation.name, iso(slot), outgoing and outgoing.user, incoming.user, rotation.channel, iso(now)),
-            ).lastrowid
+            if earlier is None:
+                handoff_id = conn.execute(
+                    "INSERT INTO oncall_handoffs (rotation, slot, outgoing, incoming, channel, posted_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (rotation.name, iso(slot), outgoing and outgoing.user, incoming.user, rotation.channel, iso(now)),
+                ).lastrowid
+            else:
+                # Its post was cut short by a crash, with no ts recorded: Slack most likely never took it (a post
+                # Slack took in the last moments before the crash would show twice; Slack has no idempotent post).
+                handoff_id = earlier["id"]
+                conn.execute("UPDATE oncall_handoffs SET outgoing = ?, incoming = ?, posted_at = ? WHERE id = ?",
+                             (outgoing and outgoing.user, incoming.user, iso(now), handoff_id))
         card = messages.handoff_message(
             rotation.name, outgoing and outgoing.user, incoming, next_shift(rotation, slot, overrides), rotation.duties,
             summary, str(handoff_id), usergroup=rotation.usergroup,

@@ -1,10 +1,13 @@
-"""Crash recovery (issue 18): `kill -9` of `mlops-bot serve` during a deploy, a promotion, a rollback and a
-retrain, then a new process on the same store.
+"""Crash recovery (issue 18): `kill -9` of `mlops-bot serve` during a deploy, a promotion, a rollback, a retrain
+and an on-call handoff post, then a new process on the same store.
 
 After each restart: `mlops-bot audit verify` passes, every Slack request the dead process acknowledged (more
-than a group commit before the kill) has its audit row, no operation is left running and no lock held, and the
-channel is told. Real processes throughout: the bot as `mlops-bot serve`, real tritonservers, the example
-pipeline as a process, the Slack emulator.
+than a group commit before the kill) has its audit row, no operation is left running and no lock held, the
+channel is told, and a scheduled post is neither lost nor doubled. Real processes throughout: the bot as
+`mlops-bot serve`, real tritonservers, the example pipeline as a process, the Slack emulator.
+
+The bot has no clock setting in a real process, so the handoff test writes a rotation whose handoff was due
+two minutes ago by the real clock: the new process catches the slot up at start, as after any outage.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -27,11 +31,14 @@ import pytest
 import yaml
 
 from bot.config import load_config
+from bot.oncall.schedule import WEEKDAYS
 from bot.retrain.command import CommandRun, process_group_alive
+from bot.scheduler import MAX_ATTEMPTS, Scheduler, daily
 from bot.sandbox.local import workspace
 from bot.sandbox.slack_emulator import Delivery, SlackEmulator, SlackEventsClient
 from bot.sandbox.tritonserver import TritonServer, free_port, triton_missing
 from bot.serving.triton import Fleet
+from bot.store import Store
 from tests.conftest import EXAMPLE_CONFIG, ROOT, write_config
 from tests.e2e.test_release_failures import bot_config, fleet, registry, until_loading  # noqa: F401 - fixtures
 from tests.e2e.test_release_train import serving
@@ -370,3 +377,75 @@ async def test_a_pipeline_started_just_before_the_kill_is_followed_not_failed(tm
             [(run_id, version)] = db.execute("SELECT run_id, version FROM retrain_runs").fetchall()
         assert [p.name for p in (tmp_path / "retrain-runs").iterdir()] == [run_id]
         assert json.loads((registry_path / "ranker" / version / "metadata.json").read_text())["pipeline_run_id"] == run_id
+
+
+# -- the on-call handoff ------------------------------------------------------------------------------------
+
+
+def handoff_config(tmp_path: Path) -> Path:
+    """A weekly rotation whose handoff was due two minutes ago by the real clock (the bot's clock in a process)."""
+    due = (datetime.now(UTC) - timedelta(minutes=2)).replace(second=0, microsecond=0)
+    rotation = {"name": "recsys", "members": ["U0ALICE", "U0BOB", "U0CAROL"], "shift": "weekly",
+                "handoff_weekday": WEEKDAYS[due.weekday()], "handoff_time": due.strftime("%H:%M"), "tz": "UTC",
+                "start": (due.date() - timedelta(weeks=3)).isoformat(), "channel": CHANNEL, "usergroup": "S0ONCALL"}
+    return write_config(tmp_path, models={}, datagen={"jobs": {}}, oncall={"rotations": [rotation]},
+                        digests={"daily": None, "weekly": None})
+
+
+def handoffs(slack: SlackEmulator) -> list[dict]:
+    return [m for m in slack.messages(CHANNEL) if m["text"].startswith("On-call handoff")]
+
+
+@pytest.mark.parametrize("cut", ["while posting it", "after posting it"])
+async def test_kill_9_during_the_handoff_post_posts_it_once_after_the_restart(tmp_path, cut):
+    async with session(handoff_config(tmp_path)) as crash:
+        # Slack holds the request: the handoff card itself, or the user group update that follows its post.
+        crash.slack.inject_fault("chat.postMessage" if cut == "while posting it" else "usergroups.users.list", "timeout")
+        with running(crash, await crash.serve()) as first:
+            async with crash.client(first) as client:
+                await crash.command(client, "U0BOB", "oncall")  # a person's request in the same moments
+            with crash.db() as db:
+                for _ in range(300):
+                    row = db.execute("SELECT ts FROM oncall_handoffs").fetchone()
+                    if row is not None and (cut == "while posting it" or row[0]):
+                        break
+                    await asyncio.sleep(0.05)
+                else:
+                    raise AssertionError(f"the handoff never got as far as {cut}:\n{first.log.read_text()[-3000:]}")
+            await asyncio.sleep(0.2)  # well past the group commit of the rows written so far
+            crash.kill(first)
+        assert len(handoffs(crash.slack)) == (0 if cut == "while posting it" else 1)
+
+        with running(crash, await crash.serve()):
+            [card] = await crash.slack.wait_for(lambda: handoffs(crash.slack), timeout=30)
+            await crash.slack.wait_for(lambda: crash.slack.topics.get(CHANNEL), timeout=30)  # the job ran to its end
+            await asyncio.sleep(1)  # and nothing else is coming
+            assert len(handoffs(crash.slack)) == 1
+            assert "Acknowledge handoff" in json.dumps(card["blocks"])
+        crash.assert_recovered()
+        with crash.db() as db:
+            assert db.execute("SELECT ts FROM oncall_handoffs").fetchall() == [(card["ts"],)]
+            posted = db.execute("SELECT count(*) FROM actions WHERE verb = 'oncall.handoff' AND status = 'posted'").fetchone()
+        assert posted == (1,)
+
+
+async def test_a_scheduled_job_cut_short_every_time_is_given_up_after_three_attempts(tmp_path):
+    """A handoff that itself brings the bot down (each process dies in it) must not make the bot crash-loop
+    until the slot's grace is over: each new process is a new Scheduler on the same store."""
+    store = Store(tmp_path / "mlops-bot.db")
+    now = datetime(2026, 11, 23, 18, 5, tzinfo=UTC)
+    attempts = []
+
+    async def dies(slot: datetime) -> None:
+        attempts.append(slot)
+        raise asyncio.CancelledError  # the process stops inside the job
+
+    for _ in range(5):
+        scheduler = Scheduler(store, lambda: now)
+        scheduler.add("oncall.recsys.handoff", daily(now.replace(minute=0).time(), "UTC"), dies, resumable=True)
+        try:
+            await scheduler.run_due()
+        except asyncio.CancelledError:
+            pass
+    assert len(attempts) == MAX_ATTEMPTS == 3
+    store.close()
