@@ -189,8 +189,11 @@ def test_the_release_train_keeps_its_promises(world: World, tmp_path_factory) ->
             before = len(self.rows(verb, began))
             ts = cards[-1]["ts"]
             first, second = ("U0CAROL", "U0BOB") if label != "Verify" else ("U0ALICE", "U0BOB")
-            self.run(asyncio.wait_for(asyncio.gather(self.bot.client.press_button(first, "C0MLOPS", ts, label),
-                                                     self.bot.client.press_button(second, "C0MLOPS", ts, label)), 30))
+            async def both() -> None:  # built inside the loop that runs it
+                await asyncio.gather(self.bot.client.press_button(first, "C0MLOPS", ts, label),
+                                     self.bot.client.press_button(second, "C0MLOPS", ts, label))
+
+            self.run(asyncio.wait_for(both(), 30))
             self.run(self.idle())
             ran = len(self.rows(verb, began)) - before
             assert ran <= 1, f"{label} pressed twice ran {ran} times"
