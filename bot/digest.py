@@ -314,7 +314,8 @@ class DigestService:
             "digest.daily": (self.config.daily, self.post_daily), "digest.weekly": (self.config.weekly, self.post_weekly)}
         for job_id, (schedule, post) in schedules.items():
             if schedule is not None:
-                runtime.scheduler.add(job_id, daily_trigger(schedule.at, schedule.tz, schedule.weekday), post)
+                # Resumable: a post cut short by a crash runs again at start, and _posted() keeps it from doubling.
+                runtime.scheduler.add(job_id, daily_trigger(schedule.at, schedule.tz, schedule.weekday), post, resumable=True)
 
     def _rows(self, sql: str, *params: Any) -> list[dict[str, Any]]:
         return [dict(r) for r in self.rt.store.db.query(sql, params)]
@@ -387,13 +388,21 @@ class DigestService:
     def _channel(self, schedule: DigestSchedule | None) -> str:
         return (schedule.channel if schedule else None) or self.rt.config.channels.main
 
-    async def post_daily(self, slot: datetime) -> str:
+    def _posted(self, verb: str, slot: datetime) -> bool:
+        return bool(self.rt.store.query("SELECT 1 FROM actions WHERE verb = ? AND status = 'posted' AND "
+                                        "json_extract(detail, '$.slot') = ? LIMIT 1", (verb, iso(slot))))
+
+    async def post_daily(self, slot: datetime) -> str | None:
+        if self._posted("digest.daily", slot):
+            return None
         channel = self._channel(self.config.daily)
         ts = await self.rt.notifier.post(channel, daily(await self.daily_facts(slot)))
         self.rt.audit(actor="mlops-bot", verb="digest.daily", status="posted", channel=channel, detail={"slot": iso(slot)})
         return ts
 
-    async def post_weekly(self, slot: datetime) -> str:
+    async def post_weekly(self, slot: datetime) -> str | None:
+        if self._posted("digest.weekly", slot):
+            return None
         channel = self._channel(self.config.weekly)
         ts = await self.rt.notifier.post(channel, weekly(self.weekly_facts(slot)))
         self.rt.audit(actor="mlops-bot", verb="digest.weekly", status="posted", channel=channel, detail={"slot": iso(slot)})

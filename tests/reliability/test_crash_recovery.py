@@ -429,6 +429,37 @@ async def test_kill_9_during_the_handoff_post_posts_it_once_after_the_restart(tm
         assert posted == (1,)
 
 
+def digest_config(tmp_path: Path) -> Path:
+    """A daily digest that was due two minutes ago by the real clock."""
+    due = (datetime.now(UTC) - timedelta(minutes=2)).replace(second=0, microsecond=0)
+    return write_config(tmp_path, models={}, datagen={"jobs": {}}, oncall={"rotations": []},
+                        digests={"daily": {"at": due.strftime("%H:%M"), "tz": "UTC", "channel": CHANNEL}, "weekly": None})
+
+
+async def test_kill_9_while_the_daily_digest_is_posted_posts_it_once_after_the_restart(tmp_path):
+    async with session(digest_config(tmp_path)) as crash:
+        crash.slack.inject_fault("chat.postMessage", "timeout")  # Slack holds the digest's post
+        with running(crash, await crash.serve()) as first:
+            async with crash.client(first) as client:
+                await crash.command(client, "U0BOB", "silence")  # a person's request in the same moments
+            with crash.db() as db:  # the job claimed its slot and is held in its post
+                for _ in range(300):
+                    if db.execute("SELECT 1 FROM job_runs WHERE job = 'digest.daily'").fetchone():
+                        break
+                    await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)
+            crash.kill(first)
+        digests = lambda: [m for m in crash.slack.messages(CHANNEL) if m["text"].startswith("Daily digest")]  # noqa: E731
+        assert digests() == []
+        with running(crash, await crash.serve()):
+            await crash.slack.wait_for(digests, timeout=30)
+            await asyncio.sleep(1)  # and nothing else is coming
+            assert len(digests()) == 1
+        crash.assert_recovered()
+        with crash.db() as db:
+            assert db.execute("SELECT count(*) FROM actions WHERE verb = 'digest.daily' AND status = 'posted'").fetchone() == (1,)
+
+
 async def test_a_scheduled_job_cut_short_every_time_is_given_up_after_three_attempts(tmp_path):
     """A handoff that itself brings the bot down (each process dies in it) must not make the bot crash-loop
     until the slot's grace is over: each new process is a new Scheduler on the same store."""
