@@ -23,7 +23,7 @@ from aiohttp import web
 from pydantic import BaseModel, Field, ValidationError
 
 from bot.hooks import BodyTooLarge, max_body_bytes, not_stored, read_body
-from bot.notifier import Message
+from bot.notifier import Message, RowId
 from bot.releases.messages import RollbackRef, btn, context, section, when
 from bot.store import iso
 
@@ -92,7 +92,7 @@ def group(n: Notification) -> Group:
 class AlertRef(BaseModel):
     """The Silence button's value: the alert group's row."""
 
-    alert: int
+    alert: RowId
 
 
 class AlertmanagerError(ValueError):

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import aiohttp
+from pydantic import Field
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
@@ -28,7 +29,22 @@ class Message:
     blocks: list[dict[str, Any]] = field(default_factory=list)
 
 
+# Slack's limits on one message: blocks, characters of a section's text, characters of the message text.
 MAX_BLOCKS = 50
+MAX_SECTION_TEXT = 3000
+MAX_TEXT = 40_000
+# Messages one answer may take; past that its first part says where the whole of it is: a text file, not a flood
+# (and a response_url takes only 5 answers in all).
+MAX_PARTS = 3
+# The last line of a part when the answer goes on elsewhere; every part keeps room for the longest.
+CONTINUED = {"thread": "_… continued in the thread_", "below": "_… continued below_"}
+IN_FILE = {"thread": ":page_facing_up: _Too long for Slack messages: the whole answer is in the file in the thread._",
+           "dm": ":page_facing_up: _Too long for Slack messages: the whole answer is in a file in your DM with the bot._"}
+NOTE_ROOM = max(map(len, [*CONTINUED.values(), *IN_FILE.values()])) + 1
+
+# A row id as a button value or modal metadata carries it. Past int64 SQLite cannot even look it up
+# (OverflowError), so such a value is refused with the button's other malformed values.
+RowId = Annotated[int, Field(ge=1, le=2**63 - 1)]
 
 
 # chat.update's answers for a message that is no longer there to edit.
@@ -97,6 +113,74 @@ def chunks(blocks: list[dict[str, Any]], size: int = MAX_BLOCKS) -> list[list[di
     return [blocks[i : i + size] for i in range(0, len(blocks), size)] or [[]]
 
 
+def split_text(text: str, limit: int) -> list[str]:
+    """`text` in pieces of at most `limit` characters, cut at a line end, else a space, else anywhere; only the
+    line end or space a cut falls on is dropped."""
+    pieces = []
+    while len(text) > limit:
+        cut = text.rfind("\n", 0, limit + 1)
+        if cut <= 0:
+            cut = text.rfind(" ", 0, limit + 1)
+        if cut <= 0:
+            pieces.append(text[:limit])
+            text = text[limit:]
+            continue
+        pieces.append(text[:cut])
+        text = text[cut + 1 :]
+    return [*pieces, text]
+
+
+def excerpt(text: str, limit: int) -> str:
+    """The start of `text`, marked as cut when it is: for echoes and fallback texts, never for an answer itself."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _section_pieces(block: dict[str, Any]) -> list[dict[str, Any]]:
+    """A section whose text is past Slack's 3,000 characters as several sections; the accessory stays on the first."""
+    text = block.get("text")
+    if block.get("type") != "section" or not isinstance(text, dict) or len(text.get("text") or "") <= MAX_SECTION_TEXT:
+        return [block]
+    first, *rest = split_text(text["text"], MAX_SECTION_TEXT)
+    return [{**block, "text": {**text, "text": first}}, *({"type": "section", "text": {**text, "text": t}} for t in rest)]
+
+
+def fit(msg: Message) -> list[Message]:
+    """`msg` as messages within Slack's limits, in order, nothing left out; when there are several, each has room
+    for one more line (see `noted`)."""
+    if not msg.blocks:
+        if len(msg.text) <= MAX_TEXT:
+            return [msg]
+        return [Message(piece) for piece in split_text(msg.text, MAX_TEXT - NOTE_ROOM)]
+    blocks = [piece for block in msg.blocks for piece in _section_pieces(block)]
+    # With blocks, `text` is only the notification's fallback: the blocks carry the answer.
+    text = excerpt(msg.text, MAX_TEXT)
+    if len(blocks) <= MAX_BLOCKS:
+        return [Message(text, blocks)]
+    return [Message(text, part) for part in chunks(blocks, MAX_BLOCKS - 1)]
+
+
+def noted(msg: Message, note: str) -> Message:
+    """A part of an answer with a last line saying where the answer goes on."""
+    if not msg.blocks:
+        return Message(f"{msg.text}\n{note}")
+    return Message(msg.text, [*msg.blocks, {"type": "context", "elements": [{"type": "mrkdwn", "text": note}]}])
+
+
+def _in_order(parts: list[Message]) -> list[Message]:
+    return [noted(p, CONTINUED["below"]) if i < len(parts) - 1 else p for i, p in enumerate(parts)]
+
+
+def plain_text(msg: Message) -> str:
+    """Everything `msg` says, as text for a file: the text of each block, or the message text without blocks."""
+    if not msg.blocks:
+        return msg.text
+    said = []
+    for block in msg.blocks:
+        texts = [block.get("text"), *(block.get("fields") or []), *(block.get("elements") or [])]
+        said += [t["text"] for t in texts if isinstance(t, dict) and isinstance(t.get("text"), str)]
+    return "\n\n".join(said)
+
+
 class ChannelPacer:
     """A token bucket per channel: `rate` writes per second with bursts of `burst`, as Slack allows.
 
@@ -140,22 +224,35 @@ class Notifier:
             raise SlackError(method, _failure(exc)) from exc
 
     async def post(self, channel: str, msg: Message, *, thread_ts: str | None = None) -> str:
-        """Post a message; one longer than Slack's 50 blocks continues in its own thread, never rejected."""
-        first, *rest = chunks(msg.blocks)
+        """Post a message. One past Slack's limits continues in its thread (in the same thread for a reply); past
+        MAX_PARTS messages, its first part is posted and the whole of it attached there as a file."""
+        first, *rest = fit(msg)
+        if rest:
+            first = noted(first, IN_FILE["thread"] if len(rest) >= MAX_PARTS else CONTINUED["below" if thread_ts else "thread"])
         await self.posts.take(channel)
-        resp = await self._call("chat.postMessage", channel=channel, text=msg.text, blocks=first, thread_ts=thread_ts)
-        ts = resp["ts"]
-        for part in rest:
+        resp = await self._call("chat.postMessage", channel=channel, text=first.text, blocks=first.blocks, thread_ts=thread_ts)
+        await self._rest_in_thread(resp["channel"], thread_ts or resp["ts"], msg, rest)
+        return resp["ts"]
+
+    async def _rest_in_thread(self, channel: str, thread_ts: str, msg: Message, rest: list[Message]) -> None:
+        if len(rest) >= MAX_PARTS:
+            await self.upload(channel, "answer.txt", plain_text(msg).encode(), title="The whole answer", thread_ts=thread_ts)
+            return
+        for part in _in_order(rest):
             await self.posts.take(channel)
-            await self._call("chat.postMessage", channel=resp["channel"], text=msg.text, blocks=part, thread_ts=thread_ts or ts)
-        return ts
+            await self._call("chat.postMessage", channel=channel, text=part.text, blocks=part.blocks, thread_ts=thread_ts)
 
     async def reply(self, channel: str, thread_ts: str, msg: Message) -> str:
         return await self.post(channel, msg, thread_ts=thread_ts)
 
     async def update(self, channel: str, ts: str, msg: Message) -> None:
+        """Edit a message in place; what does not fit in one message goes on in its thread, as a post's does."""
+        first, *rest = fit(msg)
+        if rest:
+            first = noted(first, IN_FILE["thread"] if len(rest) >= MAX_PARTS else CONTINUED["thread"])
         await self.edits.take(channel)
-        await self._call("chat.update", channel=channel, ts=ts, text=msg.text, blocks=chunks(msg.blocks)[0])
+        await self._call("chat.update", channel=channel, ts=ts, text=first.text, blocks=first.blocks)
+        await self._rest_in_thread(channel, ts, msg, rest)
 
     async def edit_or_repost(self, channel: str, ts: str, msg: Message) -> str:
         """Edit a message in place, or post it again when it is gone (someone deleted it); the ts now showing it."""
@@ -167,11 +264,32 @@ class Notifier:
                 raise
         return await self.post(channel, msg)
 
-    async def ephemeral(self, channel: str, user: str, msg: Message) -> None:
-        await self._call("chat.postEphemeral", channel=channel, user=user, text=msg.text, blocks=msg.blocks)
+    async def _to_one_person(self, user: str | None, msg: Message) -> list[Message]:
+        """The parts of an answer only `user` sees. Past MAX_PARTS: the whole of it as a file in their DM, and its
+        first part saying so; without a user, the first parts and a last saying how much did not fit."""
+        parts = fit(msg)
+        if len(parts) <= MAX_PARTS:
+            return _in_order(parts)
+        if user is not None:
+            opened = await self._call("conversations.open", users=user)
+            await self.upload(opened["channel"]["id"], "answer.txt", plain_text(msg).encode(), title="The whole answer")
+            return [noted(parts[0], IN_FILE["dm"])]
+        left = sum(len(plain_text(p)) for p in parts[MAX_PARTS - 1 :])
+        return [*_in_order(parts[: MAX_PARTS - 1]),
+                Message(f":warning: _{left:,} more characters of this answer do not fit in the answers Slack allows here._")]
 
-    async def respond(self, response_url: str, msg: Message, *, replace_original: bool = False) -> None:
-        """Answer through a command's or button's response_url (ephemeral unless replacing the card)."""
+    async def ephemeral(self, channel: str, user: str, msg: Message) -> None:
+        for part in await self._to_one_person(user, msg):
+            await self._call("chat.postEphemeral", channel=channel, user=user, text=part.text, blocks=part.blocks)
+
+    async def respond(self, response_url: str, msg: Message, *, replace_original: bool = False,
+                      user: str | None = None) -> None:
+        """Answer through a command's or button's response_url (ephemeral unless replacing the card). An answer past
+        Slack's limits goes as several; past MAX_PARTS, as a file in `user`'s DM (see `_to_one_person`)."""
+        for i, part in enumerate(await self._to_one_person(user, msg)):
+            await self._respond(response_url, part, replace_original=replace_original and i == 0)
+
+    async def _respond(self, response_url: str, msg: Message, *, replace_original: bool) -> None:
         webhook = AsyncWebhookClient(response_url, timeout=15, retry_handlers=self.client.retry_handlers)
         try:
             resp = await webhook.send(

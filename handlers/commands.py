@@ -21,7 +21,7 @@ from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_bolt.response import BoltResponse
 
 from bot.config import Role
-from bot.notifier import Message
+from bot.notifier import Message, excerpt
 from bot.oncall import grammar as oncall_grammar
 
 if TYPE_CHECKING:
@@ -119,12 +119,15 @@ def flag(name: str, word: str) -> bool:
     """true/false, yes/no, 1/0; anything else is a usage error, never quietly false."""
     value = FLAG_WORDS.get(word.lower())
     if value is None:
-        raise UsageError(f"`{name}` is true or false (yes/no, 1/0), not `{escape(word)}`")
+        raise UsageError(f"`{name}` is true or false (yes/no, 1/0), not `{quoted(word)}`")
     return value
 
 
 def unknown_options(v: Verb, unknown: set[str]) -> str:
-    names = ", ".join(f"`{escape(name)}=`" for name in sorted(unknown))
+    listed = sorted(unknown)
+    names = ", ".join(f"`{quoted(name)}=`" for name in listed[:ECHO_OPTIONS])
+    if len(listed) > ECHO_OPTIONS:
+        names += f" and {len(listed) - ECHO_OPTIONS:,} more"
     takes = f"it takes {options_text(v)}" if v.options else "it takes no key=value options"
     return f"`/mlops {v.name}` does not understand {names}; {takes}"
 
@@ -136,12 +139,24 @@ def options_text(v: Verb) -> str:
 def no_more_words(cmd: Command, count: int) -> None:
     """Refuse words after the first `count`: a word the parser would drop is one the person meant something by."""
     if len(cmd.args) > count:
-        raise UsageError(f"unexpected words: {escape(' '.join(cmd.args[count:]))}")
+        raise UsageError(f"unexpected words: {quoted(' '.join(cmd.args[count:]))}")
 
 
 def escape(text: str) -> str:
     """Slack's mrkdwn escapes: without them <model> reads as a link and echoed input could @-mention."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+# A reply quotes at most this much of what was typed: a 700 KB command was once echoed back whole.
+ECHO = 80
+ECHO_OPTIONS = 5  # unknown option names listed by name; the others are counted
+# Longest error text an ack carries; the grammars of other modules quote input too.
+MAX_ERROR = 2000
+
+
+def quoted(text: str) -> str:
+    """Someone's input as a reply quotes it: its start when long, escaped."""
+    return escape(excerpt(text, ECHO))
 
 
 def usage_line(v: Verb) -> str:
@@ -155,15 +170,21 @@ def help_text(topic: str | None = None) -> str:
         dry = "\n`dry_run=true` answers with what it would do and changes nothing." if v.plan else ""
         return f"{usage_line(v)}\n{v.summary}{role}" + (f"\n{v.details}" if v.details else "") + dry
     lines = [f"{usage_line(v)}: {v.summary}" for v in sorted(VERBS.values(), key=lambda v: v.name)]
-    head = f"Unknown verb `{escape(topic)}`. " if topic else ""
+    head = f"Unknown verb `{quoted(topic)}`. " if topic else ""
     return (head + "*/mlops* runs the team's ML production loop. Verbs:\n" + "\n".join(lines)
             + "\nVerbs that change something take `dry_run=true` to show what they would do; an option a verb does not "
             "take is refused.\n`/mlops help &lt;verb&gt;` explains one.")
 
 
-@functools.lru_cache(maxsize=64)  # the verb table is fixed once handlers are imported; help is the hottest reply
 def help_reply(topic: str | None = None) -> str:
-    """Help as the ack's ephemeral JSON body, encoded once. Plain mrkdwn text: a block would repeat it."""
+    """Help as the ack's ephemeral JSON body. Plain mrkdwn text: a block would repeat it."""
+    if topic is not None and topic not in VERBS:  # a typo: not worth a cache slot, and the word may be huge
+        return json.dumps({"text": help_text(topic), "response_type": "ephemeral"})
+    return _known_help(topic)
+
+
+@functools.lru_cache(maxsize=64)  # the verb table is fixed once handlers are imported; help is the hottest reply
+def _known_help(topic: str | None) -> str:
     return json.dumps({"text": help_text(topic), "response_type": "ephemeral"})
 
 
@@ -216,7 +237,7 @@ def register(app: AsyncApp, runtime: Runtime) -> None:
         tokens = context["mlops_tokens"]
         if isinstance(tokens, UsageError):
             exc = tokens
-            await ack(text=f"{exc}. Try `/mlops help`.", response_type="ephemeral")
+            await ack(text=f"{excerpt(str(exc), MAX_ERROR)}. Try `/mlops help`.", response_type="ephemeral")
             runtime.audit(**base, verb="invalid", status="invalid", detail={"text": text, "error": str(exc)})
             return
         name, args, options = tokens
@@ -229,7 +250,7 @@ def register(app: AsyncApp, runtime: Runtime) -> None:
             cmd, parsed = read(runtime, v, args, options, base["actor"], base["channel"], body.get("response_url", ""),
                                body.get("trigger_id", ""))
         except UsageError as exc:
-            await ack(text=f"{exc}\nUsage: {usage_line(v)}", response_type="ephemeral")
+            await ack(text=f"{excerpt(str(exc), MAX_ERROR)}\nUsage: {usage_line(v)}", response_type="ephemeral")
             runtime.audit(**base, verb=name, status="invalid", detail={"text": text, "error": str(exc)})
             return
         if v.name == "help":
@@ -240,7 +261,7 @@ def register(app: AsyncApp, runtime: Runtime) -> None:
         async def report_failure(exc: Exception) -> None:
             await runtime.notifier.respond(
                 cmd.response_url,
-                Message(f":x: `/mlops {text}` failed unexpectedly ({type(exc).__name__}). It is in the bot's log; nothing was retried."),
+                Message(f":x: `/mlops {quoted(text)}` failed unexpectedly ({type(exc).__name__}). It is in the bot's log; nothing was retried."),
             )
             runtime.audit(**base, verb=name, status="error", detail={"error": f"{type(exc).__name__}: {exc}"})
 
@@ -257,7 +278,12 @@ async def _dry_run(runtime: Runtime, v: Verb, cmd: Command, parsed: Any, base: d
     plan = await v.plan(runtime, cmd, parsed)
     runtime.audit(**base, verb=v.name, status="dry_run", detail={"args": cmd.args, "options": cmd.options, "plan": plan},
                   **v.audit_fields(parsed))
-    await runtime.notifier.respond(cmd.response_url, Message(plan))
+    await tell(runtime, cmd, Message(plan))
+
+
+async def tell(runtime: Runtime, cmd: Command, msg: Message) -> None:
+    """Answer the person who typed the command; an answer too long for Slack goes to their DM as a file."""
+    await runtime.notifier.respond(cmd.response_url, msg, user=cmd.user)
 
 
 def refused(exc: Exception) -> str:
@@ -274,14 +300,14 @@ def _model(runtime: Runtime, cmd: Command, index: int = 0) -> str:
         raise UsageError("name a model")
     name = cmd.args[index]
     if name not in runtime.config.models:
-        raise UsageError(f"unknown model `{name}`; known models: {', '.join(sorted(runtime.config.models)) or 'none'}")
+        raise UsageError(f"unknown model `{quoted(name)}`; known models: {', '.join(sorted(runtime.config.models)) or 'none'}")
     return name
 
 
 def _env(runtime: Runtime, model: str, word: str | None, default: str = "staging") -> str:
     env = word or default
     if env not in runtime.config.models[model].environments:
-        raise UsageError(f"unknown environment `{env}` for {model}; environments: {', '.join(runtime.config.models[model].environments)}")
+        raise UsageError(f"unknown environment `{quoted(env)}` for {model}; environments: {', '.join(runtime.config.models[model].environments)}")
     return env
 
 
@@ -292,7 +318,7 @@ async def _answer(runtime: Runtime, cmd: Command, work: Awaitable[Any]) -> Any:
     try:
         return await work
     except ReleaseError as exc:
-        await runtime.notifier.respond(cmd.response_url, Message(f":warning: {exc}"))
+        await tell(runtime, cmd, Message(f":warning: {exc}"))
         return None
 
 
@@ -304,7 +330,7 @@ def _parse_deploy(runtime: Runtime, cmd: Command) -> tuple[str, str | None]:
     if rest[-2:] == ["to", "staging"]:
         rest = rest[:-2]
     if len(rest) > 1:
-        raise UsageError(f"unexpected words: {escape(' '.join(rest[1:]))}")
+        raise UsageError(f"unexpected words: {quoted(' '.join(rest[1:]))}")
     return model, rest[0] if rest else None
 
 
@@ -414,7 +440,7 @@ def _parse_rollback(runtime: Runtime, cmd: Command) -> tuple[str, str, str | Non
     if rest[:1] == ["to"] and len(rest) == 2:
         to = rest[1]
     elif rest:
-        raise UsageError(f"unexpected words: {escape(' '.join(rest))}")
+        raise UsageError(f"unexpected words: {quoted(' '.join(rest))}")
     return model, env, to
 
 
@@ -455,7 +481,7 @@ async def _status(runtime: Runtime, cmd: Command, model: str | None) -> None:
         from bot.retrain.messages import with_retrain_button
 
         table = with_retrain_button(table, model)
-    await runtime.notifier.respond(cmd.response_url, table)
+    await tell(runtime, cmd, table)
 
 
 def _parse_models(runtime: Runtime, cmd: Command) -> None:
@@ -490,7 +516,7 @@ async def _provenance(runtime: Runtime, cmd: Command, parsed: tuple[str, str]) -
             digest = await registry.digest(model, version)
         except (RegistryError, ArtifactError) as exc:
             raise ReleaseError(str(exc)) from None
-        await runtime.notifier.respond(cmd.response_url, messages.provenance(model, version, meta.model_dump(mode="json"), digest))
+        await tell(runtime, cmd, messages.provenance(model, version, meta.model_dump(mode="json"), digest))
 
     await _answer(runtime, cmd, work())
 
@@ -554,7 +580,7 @@ def _parse_datagen(runtime: Runtime, cmd: Command) -> tuple[str, Any, Any]:
         try:
             return date.fromisoformat(word)
         except ValueError:
-            raise UsageError(f"`{word}` is not a date (YYYY-MM-DD)") from None
+            raise UsageError(f"`{quoted(word)}` is not a date (YYYY-MM-DD)") from None
 
     try:
         job = runtime.datagen.job_name(cmd.option("job"))
@@ -565,7 +591,7 @@ def _parse_datagen(runtime: Runtime, cmd: Command) -> tuple[str, Any, Any]:
     if compare is not None:
         args.pop()
     if len(args) > 1:
-        raise UsageError(f"unexpected words: {escape(' '.join(args[1:]))}")
+        raise UsageError(f"unexpected words: {quoted(' '.join(args[1:]))}")
     first = args[0] if args else "latest"
     return job, None if first == "latest" else day(first), compare
 
@@ -578,7 +604,7 @@ async def _datagen(runtime: Runtime, cmd: Command, parsed: tuple[str, Any, Any])
     except DatagenError as exc:
         shown = [Message(f":warning: {exc}")]
     for msg in shown:
-        await runtime.notifier.respond(cmd.response_url, msg)
+        await tell(runtime, cmd, msg)
 
 
 verb(Verb("datagen", "datagen [latest|DATE] [compare DATE] [job=J]",
@@ -623,11 +649,11 @@ async def _retrain(runtime: Runtime, cmd: Command, request: Any) -> None:
 
     try:
         if request.cancel:
-            await runtime.notifier.respond(cmd.response_url, Message(await runtime.retrain.cancel(request.model, cmd.user)))
+            await tell(runtime, cmd, Message(await runtime.retrain.cancel(request.model, cmd.user)))
         else:
             await runtime.retrain.start(request.model, cmd.user, cmd.channel, args=request.args, force=request.force)
     except RetrainError as exc:
-        await runtime.notifier.respond(cmd.response_url, Message(f":warning: {exc}"))
+        await tell(runtime, cmd, Message(f":warning: {exc}"))
 
 
 async def _plan_retrain(runtime: Runtime, cmd: Command, request: Any) -> str:
@@ -668,10 +694,12 @@ def _parse_silence(runtime: Runtime, cmd: Command) -> SilenceRequest:
     if not args:
         return SilenceRequest()
     if args[0] == "end":
-        # isdecimal, not isdigit: int() cannot read digits such as "²", which isdigit accepts.
-        if len(args) != 2 or not args[1].lstrip("#").isdecimal():
+        # isdecimal, not isdigit: int() cannot read digits such as "²", which isdigit accepts. A number past
+        # int64 names no row, and SQLite cannot even look it up (OverflowError).
+        number = args[1].lstrip("#") if len(args) == 2 else ""
+        if not number.isdecimal() or len(number) > 19 or int(number) > 2**63 - 1:
             raise UsageError("name the silence to end by its number, as `/mlops silence` lists them")
-        return SilenceRequest(end=int(args[1].lstrip("#")))
+        return SilenceRequest(end=int(number))
     if args[0] == "datagen":
         jobs = runtime.config.datagen.jobs
         if len(args) < 2 or args[1] not in jobs:
@@ -683,7 +711,7 @@ def _parse_silence(runtime: Runtime, cmd: Command) -> SilenceRequest:
             raise UsageError(f"name the environment: {', '.join(runtime.config.models[model].environments)}")
         source, matcher, rest = "alertmanager", f"{model}/{_env(runtime, model, args[1])}", args[2:]
     if len(rest) > 1:
-        raise UsageError(f"unexpected words: {escape(' '.join(rest[1:]))}")
+        raise UsageError(f"unexpected words: {quoted(' '.join(rest[1:]))}")
     try:
         return SilenceRequest(source, matcher, parse_duration(rest[0])) if rest else SilenceRequest(source, matcher)
     except SilenceError as exc:
@@ -695,13 +723,13 @@ async def _silence(runtime: Runtime, cmd: Command, req: SilenceRequest) -> None:
 
     silences = runtime.silences
     if req.source is None and req.end is None:
-        await runtime.notifier.respond(cmd.response_url, Message(silences.listing()))
+        await tell(runtime, cmd, Message(silences.listing()))
         return
     try:
         said = (silences.end(req.end, cmd.user, cmd.channel) if req.end is not None
                 else silences.silence(req.source, req.matcher, req.span, cmd.user, cmd.channel))
     except SilenceError as exc:
-        await runtime.notifier.respond(cmd.response_url, Message(f":warning: {exc}"))
+        await tell(runtime, cmd, Message(f":warning: {exc}"))
         return
     await runtime.notifier.post(cmd.channel, Message(said))
 

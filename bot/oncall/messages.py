@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel
 
-from bot.notifier import Message
+from bot.notifier import Message, RowId
 from bot.oncall.schedule import Shift
 
 MAX_BLOCKS = 50
@@ -29,13 +29,13 @@ _MORE_ROOM = len("\nand 999999 more")
 class HandoffRef(BaseModel):
     """The Acknowledge button's value."""
 
-    handoff: int
+    handoff: RowId
 
 
 class CoverRef(BaseModel):
     """The Take button's value."""
 
-    request: int
+    request: RowId
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from bot.notifier import Message
+from bot.notifier import Message, RowId
 from bot.releases.model import Release, State
 
 ICONS = {
@@ -31,14 +31,14 @@ class ReleaseRef(BaseModel):
     the card's rendering, so a press is claimed once per rendering: a double click or a second person runs
     nothing twice, and the same button on a later rendering of the card is a new press."""
 
-    release: int
+    release: RowId
     rev: str = ""
 
 
 class RollbackRef(BaseModel):
     model: str
     env: str
-    release: int | None = None  # the card it was pressed on, to refuse a stale card
+    release: RowId | None = None  # the card it was pressed on, to refuse a stale card
     to: str | None = None
     rev: str = ""
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from bot.notifier import Message
+from bot.notifier import Message, RowId
 from bot.releases.messages import btn, context, section, when
 from bot.retrain.airflow import RunStatus
 
@@ -37,7 +37,7 @@ class ModelRef(BaseModel):
 class RunRef(BaseModel):
     """The value of a run's buttons: the retrain_runs id, never state."""
 
-    run: int
+    run: RowId
 
 
 @dataclass(frozen=True)
