@@ -67,7 +67,14 @@ def _wall_clock(value: object) -> object:
     return value
 
 
-LocalTime = Annotated[time, BeforeValidator(_wall_clock)]
+def _no_offset(value: time) -> time:
+    # "16:00Z" parses as a time with an offset, which cannot be compared with "09:00" (TypeError).
+    if value.tzinfo is not None:
+        raise ValueError(f'expected a local time "HH:MM" without an offset (the zone is `tz`), got {value.isoformat()!r}')
+    return value
+
+
+LocalTime = Annotated[time, BeforeValidator(_wall_clock), AfterValidator(_no_offset)]
 
 
 def _relative_to_config(value: str, info: ValidationInfo) -> str:
@@ -335,10 +342,16 @@ class ConfigError(Exception):
         self.problems = problems
 
 
+def _key_part(part: Any) -> str:
+    """A key as a problem line names it: quoted when it is empty or holds a line break or other odd characters."""
+    text = str(part)
+    return text if text and text.isprintable() and text.strip() == text else repr(text)
+
+
 def _problem(path: Path, err: Any) -> str:
     # pydantic puts validator names (e.g. "function-after[...]") in loc for Annotated types; drop them.
-    key = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and "[" in p))
-    message = err["msg"].removeprefix("Value error, ")
+    key = ".".join(_key_part(p) for p in err["loc"] if not (isinstance(p, str) and "[" in p))
+    message = err["msg"].removeprefix("Value error, ").replace("\n", "\\n")  # one line per problem
     # With no key, the error is one of Config's cross-references, whose message starts with its own key path.
     return f"{path}: {key}: {message}" if key else f"{path}: {message}"
 
@@ -351,10 +364,17 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise ConfigError([f"{path}: file not found (pass --config FILE or set MLOPS_BOT_CONFIG)"]) from None
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: byte {exc.start + 1}: not UTF-8 text ({exc.reason})"]) from None
+    except yaml.reader.ReaderError as exc:  # its str() is two lines; a problem is one
+        raise ConfigError([f"{path}: character {exc.position + 1}: not valid YAML: character #x{exc.character:04x}: "
+                           f"{exc.reason}"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(yaml)"
         raise ConfigError([f"{path}: {where}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+    except RecursionError:  # PyYAML recurses once per level; no config is nested hundreds deep
+        raise ConfigError([f"{path}: (yaml): not valid YAML: nested too deeply"]) from None
     if not isinstance(raw, dict):
         raise ConfigError([f"{path}: (top level): expected a mapping of sections, got {type(raw).__name__}"])
     try:

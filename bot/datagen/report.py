@@ -60,7 +60,10 @@ def parse_duration(text: str) -> timedelta:
     if match is None or not any(match.groupdict().values()):
         raise ValueError(f"not a duration: {text!r}")
     parts = {unit: float(value) for unit, value in match.groupdict().items() if value}
-    return timedelta(hours=parts.get("h", 0), minutes=parts.get("m", 0), seconds=parts.get("s", 0))
+    try:
+        return timedelta(hours=parts.get("h", 0), minutes=parts.get("m", 0), seconds=parts.get("s", 0))
+    except OverflowError:  # past timedelta's 999,999,999 days
+        raise ValueError(f"duration out of range: {text[:40]!r}") from None
 
 
 def format_run_time(duration: timedelta) -> str:
@@ -86,7 +89,10 @@ def _job_datetime(value: Any) -> Any:
     return value.replace("::", "T", 1) if isinstance(value, str) else value
 
 
-Count = Annotated[int, Field(ge=0)]
+# The job's counters are 64-bit. A bigger number is no count, and the rules, which read every number as a
+# float, could not even convert it (OverflowError past ~1.8e308).
+MAX_COUNT = 2**63 - 1
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
 
 
 class Share(NamedTuple):
@@ -99,7 +105,7 @@ class Share(NamedTuple):
 class Change(NamedTuple):
     """A signed change and its percentage, from text like '-5,856 (-6.43%)'."""
 
-    count: int
+    count: Annotated[int, Field(ge=-MAX_COUNT, le=MAX_COUNT)]
     pct: float
 
 
@@ -347,12 +353,23 @@ def _reason(error: Any) -> str:
             return "no run date: give one or include datagen_start_time"
         case "missing":
             return f"missing key {key}"
-        case "greater_than_equal":
-            return f"negative count in {key}: {error['input']!r}"
+        case "greater_than_equal" if error.get("ctx", {}).get("ge") == 0:
+            return f"negative count in {key}: {_quoted(error['input'])}"
+        case "greater_than_equal" | "less_than_equal":
+            return f"count out of range in {key}"
         case "missing_keys":
             return error["msg"]
         case _:
-            return f"{key}: {error['msg']}, got {error['input']!r}"
+            return f"{key}: {error['msg']}, got {_quoted(error['input'])}"
+
+
+def _quoted(value: Any, limit: int = 80) -> str:
+    """A bad value as a reason quotes it: its start only, since the reason is posted in the alert."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's 4,300 digits for str()
+        return "a number too long to show"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _key_name(loc: tuple[Any, ...]) -> str:
