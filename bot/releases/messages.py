@@ -46,16 +46,19 @@ class RollbackRef(BaseModel):
 def when(moment: datetime | None) -> str:
     if moment is None:
         return "—"
-    unix = int(moment.timestamp())
+    try:
+        unix = int(moment.timestamp())
+    except (ValueError, OverflowError, OSError):  # a date no clock reaches (year 1 from a webhook): shown as written
+        return moment.isoformat(timespec="minutes")
     return f"<!date^{unix}^{{date_short_pretty}} {{time}}|{moment.isoformat(timespec='minutes')}>"
 
 
 def section(text: str) -> dict[str, Any]:
-    return {"type": "section", "text": {"type": "mrkdwn", "text": text[:3000]}}
+    return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
 
 
 def context(text: str) -> dict[str, Any]:
-    return {"type": "context", "elements": [{"type": "mrkdwn", "text": text[:3000]}]}
+    return {"type": "context", "elements": [{"type": "mrkdwn", "text": text}]}
 
 
 def btn(text: str, action_id: str, value: BaseModel, style: str | None = None) -> dict[str, Any]:
@@ -143,7 +146,7 @@ def status_table(rows: list[dict[str, Any]]) -> Message:
             lines.append(f":lock: {what}: <@{lock.holder}> {lock.reason}" + (f", until {when(lock.expires_at)}" if lock.kind == "manual" else ""))
         lines += [f":warning: {d}" for d in r.get("drift") or []]
         blocks.append(section("\n".join(lines)))
-    return Message(text="Models in service", blocks=blocks[:50])
+    return Message(text="Models in service", blocks=blocks)
 
 
 def reason_modal(callback_id: str, title: str, prompt: str, submit: str, metadata: BaseModel) -> dict[str, Any]:
