@@ -3,7 +3,7 @@
 Both run as their own processes against the Slack emulator; this process only sends signed requests.
 The two targets take turns over several rounds and each ratio is taken within a round, so a noisy
 neighbour on a shared machine slows both sides of a pair rather than one side of the comparison.
-    python -m bench.ack_latency [--requests 2000] [--rounds 3]
+    python -m bench.ack_latency [--requests 2000] [--rounds 3] [--quick]
 """
 from __future__ import annotations
 
@@ -140,7 +140,9 @@ async def main(total: int, rounds: int) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=None, help="requests per round at concurrency > 1 (2000)")
+    parser.add_argument("--rounds", type=int, default=None, help="paired rounds per concurrency (3)")
+    parser.add_argument("--quick", action="store_true", help="400 requests, 1 round: to try it, not to quote")
     args = parser.parse_args()
-    asyncio.run(main(args.requests, args.rounds))
+    quick = (400, 1) if args.quick else (2000, 3)
+    asyncio.run(main(args.requests or quick[0], args.rounds or quick[1]))

@@ -6,10 +6,12 @@ would be; the service keeps one message per run date and edits it to its newest 
 stored and when, when Slack had caught up, messages posted and edited, the busiest second per channel,
 429s answered by Slack and whether any call failed for good.
 
-Run from the repository root: python -m bench.datagen
+Run from the repository root: python -m bench.datagen [--quick]
+(--quick: 2,000 breaches over 12 s, about the same arrival rate, to try it rather than to quote)
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import tempfile
@@ -34,16 +36,16 @@ def breach(job: int, k: int) -> Breach:
                   f"stage.s{k}.items fell")
 
 
-async def storm(directory: Path) -> None:
+async def storm(directory: Path, window: float = WINDOW, per_alert: int = PER_ALERT) -> None:
     jobs = {f"job{j}": {"source": str(directory / f"job{j}" / "{date}.json"), "channel": f"C0STORM{j}"}
             for j in range(JOBS)}
     config = load_config(write_config(directory, datagen={"jobs": jobs}))
     async with local_bot(config) as bot:
         service = bot.runtime.datagen
         started = time.perf_counter()
-        gap = WINDOW / (PER_ALERT * JOBS * DATES)
+        gap = window / (per_alert * JOBS * DATES)
         arrivals = []
-        for k in range(PER_ALERT):
+        for k in range(per_alert):
             for j in range(JOBS):
                 for d in range(DATES):
                     so_far = [breach(j, i) for i in range(k + 1)]
@@ -74,8 +76,11 @@ async def storm(directory: Path) -> None:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2,000 breaches over 12 s")
+    args = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory:
-        asyncio.run(storm(Path(directory)))
+        asyncio.run(storm(Path(directory), *((12.0, 20) if args.quick else (WINDOW, PER_ALERT))))
 
 
 if __name__ == "__main__":

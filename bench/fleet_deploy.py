@@ -2,7 +2,7 @@
 
 Endpoints are loaded in parallel, so 4 should cost little more than 1 (target: ratio <= 1.5).
 Each round deploys a new Triton version number on both fleets, so both pay the same swap from the previous
-one. Run from the repository root: `python -m bench.fleet_deploy [--rounds 3] [--requests 20]`.
+one. Run from the repository root: `python -m bench.fleet_deploy [--rounds 3] [--requests 20] [--quick]`.
 """
 from __future__ import annotations
 
@@ -61,12 +61,13 @@ async def run(rounds: int, requests: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=None, help="rounds, each a new version on both fleets (3)")
     parser.add_argument("--requests", type=int, default=20, help="timed requests per verify")
+    parser.add_argument("--quick", action="store_true", help="1 round: to try it, not to quote")
     args = parser.parse_args()
     if reason := triton_missing():
         sys.exit(f"cannot run: {reason}")
-    asyncio.run(run(args.rounds, args.requests))
+    asyncio.run(run(args.rounds or (1 if args.quick else 3), args.requests))
 
 
 if __name__ == "__main__":
