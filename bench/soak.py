@@ -17,7 +17,11 @@ Growth is measured between the median RSS of the window just after warm-up (the 
 where caches fill and modules such as matplotlib load on first use) and of the last 10 % of the soak, both
 under load, so a one-off import is not counted as a leak.
 
-    python -m bench.soak [--minutes 10 | --minutes 30 | --quick] [--rate 20] [--seed 0]
+    python -m bench.soak [--minutes 10 | --minutes 30 | --quick] [--rate 20] [--seed 0] [--without-charts]
+
+--without-charts runs the bot as installed without the `charts` extra (matplotlib cannot be imported, so a
+datagen summary goes without its pictures): run it paired with a default soak to see what rendering the
+charts costs the other answers.
 
 The load generator and the emulator share this process and the machine's cores with the bot: latencies are
 as Slack's side would see them on a loaded box, not the bot's alone.
@@ -346,7 +350,7 @@ def met(ok: bool) -> str:
     return "met" if ok else "NOT MET"
 
 
-async def main(minutes: float, rate: float, seed: int, keep_log: str | None) -> int:
+async def main(minutes: float, rate: float, seed: int, keep_log: str | None, without_charts: bool = False) -> int:
     seconds = minutes * 60
     with tempfile.TemporaryDirectory(prefix="mlops-soak-") as tmp:
         directory = Path(tmp)
@@ -358,6 +362,11 @@ async def main(minutes: float, rate: float, seed: int, keep_log: str | None) -> 
         env = {**os.environ, "SLACK_BOT_TOKEN": TOKEN, "SLACK_SIGNING_SECRET": SECRET, "SLACK_API_URL": slack.api_url,
                "MLOPS_DATAGEN_HOOK_SECRET": HOOK_SECRET, "MLOPS_ALERTMANAGER_TOKEN": AM_TOKEN}
         env.pop("SLACK_APP_TOKEN", None)  # HTTP, so this process can time each ack
+        if without_charts:  # a matplotlib that cannot be imported, first on the bot's path: the extra is missing
+            hidden = directory / "without-charts" / "matplotlib"
+            hidden.mkdir(parents=True)
+            (hidden / "__init__.py").write_text("raise ImportError('the charts extra is not installed (bench.soak)')\n")
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hidden.parent), env.get("PYTHONPATH")]))
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         log_path = directory / "bot.log"
@@ -384,7 +393,7 @@ async def main(minutes: float, rate: float, seed: int, keep_log: str | None) -> 
                 await asyncio.sleep(3)  # let start-up work (scheduler, first polls) finish before idle is read
                 idle = rss_mb(proc.pid)
                 client = SlackEventsClient(f"{url}/slack/events", SECRET, slack)
-                print(f"soak: {minutes:g} min; Slack requests {rate:g}/s (" + ", ".join(
+                print(f"soak{' without charts' if without_charts else ''}: {minutes:g} min; Slack requests {rate:g}/s (" + ", ".join(
                       f"{k} {v:.0%}" for k, v in SLACK_SHARES.items()) + "), hooks " + ", ".join(
                       f"{k} {v:g}/s" for k, v in HOOK_RATES.items()) + f"; bot pid {proc.pid}, idle RSS {idle:.1f} MB",
                       flush=True)
@@ -496,5 +505,6 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=float, default=20.0, help="Slack requests (commands and presses) a second")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log", help="copy the bot's log (WARNING and up) to this file")
+    parser.add_argument("--without-charts", action="store_true", help="the bot without the charts extra")
     args = parser.parse_args()
-    sys.exit(asyncio.run(main(0.5 if args.quick else args.minutes, args.rate, args.seed, args.log)))
+    sys.exit(asyncio.run(main(0.5 if args.quick else args.minutes, args.rate, args.seed, args.log, args.without_charts)))
