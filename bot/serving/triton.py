@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -47,6 +48,25 @@ class EndpointHealth:
     live: bool
     ready: bool
     error: str | None = None
+
+
+# The python backend appends the model's Python stack to an error: "At:" then a frame a line, innermost first,
+# each "  <file>(<line>): <function>". It is for the server's log; people get the error and where in the model.
+_STACK = re.compile(r"\s*\bAt:\s*\n((?:[ \t]+\S.*\(\d+\): \S+[ \t]*(?:\n|$))+)\s*;?\s*")
+_FRAME = re.compile(r"(\S+)\((\d+)\): (\S+)\s*$")
+
+
+def readable_error(message: str) -> str:
+    """Triton's error text on one line, the model's stack reduced to its outermost frame (the model's own code)."""
+
+    def where(match: re.Match[str]) -> str:
+        frames = [f for f in (_FRAME.search(line) for line in match.group(1).splitlines()) if f]
+        if not frames:
+            return " "
+        path, line, function = frames[-1].groups()
+        return f" ({os.path.basename(path)} line {line}, in {function}) "
+
+    return " ".join(_STACK.sub(where, message).split()).rstrip(" ;")
 
 
 def triton_repository_path(uri: str, s3_endpoint_url: str | None = None) -> str:
@@ -130,7 +150,7 @@ class Fleet:
         try:
             return await request(self._client(endpoint))
         except InferenceServerException as error:
-            message = error.message() or str(error)
+            message = readable_error(error.message() or str(error))
         except aiohttp.ClientConnectorError as error:
             cause = os.strerror(error.os_error.errno) if error.os_error.errno else str(error.os_error)
             message = f"unreachable ({cause.lower()})"
@@ -244,7 +264,7 @@ class Fleet:
             target = next((e for e in mine if e.get("version") == str(n)), None)
             state = target.get("state") if target else "absent"
             if state == "UNAVAILABLE" and target and target.get("reason"):
-                raise FleetError({endpoint: f"{model} version {n} is unavailable: {target['reason']}"})
+                raise FleetError({endpoint: f"{model} version {n} is unavailable: {readable_error(target['reason'])}"})
             settling = [e for e in mine if e.get("state") in ("LOADING", "UNLOADING")]
             if state == "READY" and not settling:
                 return
