@@ -596,12 +596,17 @@ class ReleaseService:
         current = self.environment(model, env)
         back, n = (current["version"], current["triton_version"]) if current and current["triton_version"] else (None, None)
         failed: dict[str, str] = {}
+        stuck: dict[str, dict[str, str]] = {}
         try:
             async with self.fleet(model, env) as fleet:
-                if back:
-                    await fleet.load(model, n, await self._config_for(model, back, n))
-                else:
-                    await fleet.unload(model)
+                try:
+                    if back:
+                        await fleet.load(model, n, await self._config_for(model, back, n))
+                    else:
+                        await fleet.unload(model)
+                finally:
+                    # A load that failed stays in Triton's index and keeps the endpoint not ready until it restarts.
+                    stuck = {e: f for e, f in (await fleet.failed_loads()).items() if f}
         except FleetError as exc:
             failed = exc.failures
         except EXPECTED as exc:
@@ -610,14 +615,16 @@ class ReleaseService:
         done = [e for e in self.model_config(model).environments[env].endpoints if e not in failed]
         status = "partial" if failed and done else "failed" if failed else "succeeded"
         self.rt.audit(actor="mlops-bot", verb="rollback", status=status, model=model, env=env, version=back,
-                      detail={"automatic": True, "failed": failed})
+                      detail={"automatic": True, "failed": failed, **({"not_ready": stuck} if stuck else {})})
         what = f"put {env} back on {back}" if back else f"unloaded {model} from {env} (the bot records nothing served there)"
+        restart = "".join(f" {e} still holds the failed load of {', '.join(f)}, so it reports not ready until it restarts: "
+                          f"restart the tritonserver at {e}." for e, f in stuck.items())
         if not failed:
-            return f"The bot {what} by itself."
+            return f"The bot {what} by itself.{restart}"
         problems = "; ".join(f"{e}: {m}" for e, m in failed.items())
         if not done:
-            return f"Putting {env} back {'on ' + back if back else ''} ALSO FAILED ({problems}); {env} needs a person now."
-        return f"The bot {what} on {', '.join(done)}; {', '.join(failed)} still needs a person ({problems})."
+            return f"Putting {env} back {'on ' + back if back else ''} ALSO FAILED ({problems}); {env} needs a person now.{restart}"
+        return f"The bot {what} on {', '.join(done)}; {', '.join(failed)} still needs a person ({problems}).{restart}"
 
     async def _config_for(self, model: str, version: str, n: int) -> str:
         return triton_config_json(await self.registry(model).validate(model, version), model, n)

@@ -164,8 +164,13 @@ def _unsendable(spec: VerifySpec) -> str | None:
 
 async def _health(fleet: Fleet) -> Check:
     health = await fleet.health()
+    # Live but not ready is most often a failed load Triton keeps (of any model): named, with what clears it.
+    stuck = await fleet.failed_loads() if any(h.live and not h.ready for h in health.values()) else {}
     down = [
-        f"{endpoint}: {h.error or ('live, not ready' if h.live else 'not live')}"
+        f"{endpoint}: {h.error or ('live, not ready' if h.live else 'not live')}" + (
+            ": " + "; ".join(f"{what} failed to load there ({why})" for what, why in stuck[endpoint].items())
+            + f", and Triton stays not ready until it restarts; restart the tritonserver at {endpoint}"
+            if h.live and stuck.get(endpoint) else "")
         for endpoint, h in health.items()
         if not (h.live and h.ready)
     ]

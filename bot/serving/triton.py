@@ -225,6 +225,23 @@ class Fleet:
 
         return await self._everywhere(one)
 
+    async def failed_loads(self) -> dict[str, dict[str, str]]:
+        """Per endpoint, each model version whose load failed there ("ranker version 2") and why; never raises.
+
+        Triton keeps a failed load in its index, through later loads and unloads of the model, and while it does
+        a server with strict readiness (the default) reports not ready: only a restart clears it.
+        """
+
+        async def one(endpoint: str) -> dict[str, str]:
+            try:
+                entries = await self._call(endpoint, lambda c: c.get_model_repository_index())
+            except FleetError:
+                return {}  # unreachable: said elsewhere
+            return {f"{e.get('name')} version {e.get('version')}": readable_error(e["reason"])
+                    for e in entries if e.get("state") == "UNAVAILABLE" and e.get("reason") not in (None, "", "unloaded")}
+
+        return await self._everywhere(one)
+
     async def load(
         self, model: str, n: int, config_json: str, *, on_progress: ProgressCallback | None = None
     ) -> None:
