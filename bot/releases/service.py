@@ -319,7 +319,12 @@ class ReleaseService:
     async def _checked_version(self, model: str, version: str | None, actor: str, channel: str | None) -> tuple[str, str]:
         """The version to deploy and its digest, validated before any environment is touched."""
         self.model_config(model)
-        version = await self.resolve_version(model, version)
+        try:
+            version = await self.resolve_version(model, version)
+        except ReleaseError as exc:  # refused before anything started, and audited as any deploy that fails is
+            self.rt.audit(actor=actor, verb="deploy", status="failed", channel=channel, model=model, env="staging",
+                          version=version, detail={"error": str(exc)})
+            raise
         registry = self.registry(model)
         try:
             await registry.validate(model, version)

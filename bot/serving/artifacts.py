@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import re
 import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -257,8 +258,12 @@ def _s3_errors(uri: str, endpoint_url: str | None) -> Iterator[None]:
             code, message = "NoSuchKey", message or "no such object"
         raise ArtifactError(f"{uri}: {code}: {message}".rstrip(": ")) from error
     except EndpointConnectionError as error:
-        cause = error.kwargs.get("error", error)
-        raise ArtifactError(f"{uri}: cannot reach the S3 endpoint {endpoint_url or 'of AWS'} ({cause})") from error
+        cause = str(error.kwargs.get("error", error))
+        # urllib3 says "AWSHTTPConnection(host=..., port=...): Failed to establish a new connection: [Errno 111]
+        # Connection refused": the OS's words are the cause a person can act on.
+        why = errno_text.group(1) if (errno_text := re.search(r"\[Errno -?\d+\] ([^)\]]+)", cause)) else cause
+        raise ArtifactError(f"{uri}: cannot reach the S3 endpoint {endpoint_url or 'of AWS'} ({why.strip()}); check that it "
+                            "runs and that s3.endpoint_url in the bot's config names it") from error
     except NoCredentialsError as error:
         raise ArtifactError(f"{uri}: no AWS credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)") from error
     except BotoCoreError as error:
