@@ -600,22 +600,23 @@ class ReleaseService:
         it could not."""
         current = self.environment(model, env)
         back, n = (current["version"], current["triton_version"]) if current and current["triton_version"] else (None, None)
+        config = None
+        if back:
+            try:
+                config = await self._config_for(model, back, n)
+            except EXPECTED as exc:  # the registry cannot be read, so nothing can be loaded from it
+                return await self._unrestorable(model, env, back, n, exc)
         failed: dict[str, str] = {}
         stuck: dict[str, dict[str, str]] = {}
         try:
             async with self.fleet(model, env) as fleet:
                 try:
-                    if back:
-                        await fleet.load(model, n, await self._config_for(model, back, n))
-                    else:
-                        await fleet.unload(model)
+                    await (fleet.load(model, n, config) if back and config else fleet.unload(model))
                 finally:
                     # A load that failed stays in Triton's index and keeps the endpoint not ready until it restarts.
                     stuck = {e: f for e, f in (await fleet.failed_loads()).items() if f}
         except FleetError as exc:
             failed = exc.failures
-        except EXPECTED as exc:
-            failed = {"registry": str(exc)}
         # An endpoint that is down serves nothing, so putting the others back is still worth doing and saying.
         done = [e for e in self.model_config(model).environments[env].endpoints if e not in failed]
         status = "partial" if failed and done else "failed" if failed else "succeeded"
@@ -630,6 +631,19 @@ class ReleaseService:
         if not done:
             return f"Putting {env} back {'on ' + back if back else ''} ALSO FAILED ({problems}); {env} needs a person now.{restart}"
         return f"The bot {what} on {', '.join(done)}; {', '.join(failed)} still needs a person ({problems}).{restart}"
+
+    async def _unrestorable(self, model: str, env: str, back: str, n: int, exc: Exception) -> str:
+        """`_restore` when the version to go back to cannot be read from the registry: what the endpoints serve
+        decides what to say, since the operation that failed may never have touched them."""
+        async with self.fleet(model, env) as fleet:
+            served = await fleet.observe(model, settle=True)
+        off = {e: v for e, v in served.items() if v != [n]}
+        self.rt.audit(actor="mlops-bot", verb="rollback", status="failed" if off else "unchanged", model=model, env=env,
+                      version=back, detail={"automatic": True, "failed": {e: str(v) for e, v in off.items()}, "registry": str(exc)})
+        if not off:
+            return f"{env} still serves {back} on every endpoint."
+        return (f"Putting {env} back on {back} ALSO FAILED: it could not be read from the registry ({exc}); "
+                f"{describe_served(off)}; {env} needs a person now.")
 
     async def _config_for(self, model: str, version: str, n: int) -> str:
         return triton_config_json(await self.registry(model).validate(model, version), model, n)
@@ -806,7 +820,7 @@ class ReleaseService:
         lines = []
         for endpoint, versions in served.items():
             if isinstance(versions, str):
-                lines.append(f"{endpoint} is unreachable ({versions})")
+                lines.append(f"{endpoint}: {versions}")  # what the fleet says: "unreachable (connection refused)", …
             elif versions != ([recorded] if recorded else []):
                 lines.append(f"recorded v{recorded or '—'}, {endpoint} serves {', '.join(f'v{n}' for n in versions) or 'nothing'}")
         return lines
