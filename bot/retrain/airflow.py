@@ -121,6 +121,7 @@ class AirflowClient:
         retries: int = 3,
         backoff: float = 0.5,
     ) -> None:
+        """`timeout` bounds a whole call, its retries included: a person waiting on a retrain hears within it."""
         if auth in ("token", "basic") and not (username and password):
             raise AirflowError(f"Airflow auth '{auth}' needs a username and a password: {CREDENTIALS_HINT}")
         if auth == "bearer" and not token:
@@ -218,13 +219,16 @@ class AirflowClient:
         ok_conflict: bool = False,
     ) -> Any:
         url = self._api + path
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self._timeout.total or 0)
         refreshed = False
         attempt = 0
         while True:
             attempt += 1
             try:
-                headers = {"Accept": "application/json", **await self._auth_headers()}
-                async with self._http().request(method, url, json=json, headers=headers) as response:
+                headers = {"Accept": "application/json", **await self._auth_headers(deadline)}
+                async with self._http().request(method, url, json=json, headers=headers,
+                                                timeout=self._left(deadline)) as response:
                     if response.status == 401 and self._auth_mode == "token" and not refreshed:
                         self._token, refreshed = None, True  # the JWT expired: fetch a new one, once
                         continue
@@ -236,34 +240,44 @@ class AirflowClient:
             except AirflowError as exc:  # from fetching a token
                 error = exc
             except asyncio.TimeoutError:
-                error = AirflowError(
-                    f"Airflow at {self.base_url} did not answer {method} {path} within {self._timeout.total:g}s"
-                )
+                error = self._no_answer(f"{method} {path}")
             except aiohttp.ClientConnectionError as exc:
                 error = AirflowError(
                     f"cannot reach Airflow at {self.base_url} ({exc}); check that it runs and that the URL is right"
                 )
             transient = error.status is None or error.status >= 500
-            if not transient or attempt > self._retries:
+            pause = self._backoff * 2 ** (attempt - 1)
+            if not transient or attempt > self._retries or loop.time() + pause >= deadline:
                 raise error
-            await asyncio.sleep(self._backoff * 2 ** (attempt - 1))
+            await asyncio.sleep(pause)
 
-    async def _auth_headers(self) -> dict[str, str]:
+    def _left(self, deadline: float) -> aiohttp.ClientTimeout:
+        """What is left of a call's budget, for its next request."""
+        return aiohttp.ClientTimeout(total=max(0.01, deadline - asyncio.get_running_loop().time()))
+
+    def _no_answer(self, request: str) -> AirflowError:
+        return AirflowError(f"Airflow at {self.base_url} did not answer {request} within {self._timeout.total:g}s; "
+                            "check that Airflow runs and is not overloaded")
+
+    async def _auth_headers(self, deadline: float) -> dict[str, str]:
         if self._auth_mode == "basic":
             return {"Authorization": aiohttp.BasicAuth(self._username or "", self._password or "").encode()}
         if self._auth_mode == "none":
             return {}
         if self._token is None:
-            self._token = await self._fetch_token()
+            self._token = await self._fetch_token(deadline)
         return {"Authorization": f"Bearer {self._token}"}
 
-    async def _fetch_token(self) -> str:
+    async def _fetch_token(self, deadline: float) -> str:
         url = f"{self.base_url}/auth/token"
         body = {"username": self._username, "password": self._password}
-        async with self._http().post(url, json=body) as response:
-            if response.status >= 400:
-                raise _http_error(response.status, await response.text(), "POST", url, "a login token")
-            return (await response.json())["access_token"]
+        try:
+            async with self._http().post(url, json=body, timeout=self._left(deadline)) as response:
+                if response.status >= 400:
+                    raise _http_error(response.status, await response.text(), "POST", url, "a login token")
+                return (await response.json())["access_token"]
+        except asyncio.TimeoutError:
+            raise self._no_answer("POST /auth/token") from None
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
