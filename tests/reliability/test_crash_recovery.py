@@ -334,8 +334,11 @@ async def test_kill_9_mid_retrain_follows_the_same_run_to_its_end(tmp_path):
             ready = await crash.slack.wait_for(
                 lambda: (c := crash.slack.find_message(CHANNEL, card["ts"])) and "is ready" in c["text"] and c,
                 timeout=60)
-            thread = json.dumps([m["blocks"] for m in crash.slack.replies(CHANNEL, card["ts"])])
-            assert "The bot restarted; following this run again." in thread and "is ready" in thread
+            # The thread notes may follow the card edit by a moment (chat.postMessage is held to 1/s a channel).
+            thread = await crash.slack.wait_for(lambda: (t := json.dumps(
+                [m["blocks"] for m in crash.slack.replies(CHANNEL, card["ts"])])) and "is ready" in t and t, timeout=30)
+            assert "The bot restarted; following this run again." in thread
+            assert thread.index("The bot restarted") < thread.index("is ready")
             assert "Deploy to staging" in json.dumps(ready["blocks"])
         crash.assert_recovered()
         with crash.db() as db:
