@@ -6,6 +6,8 @@ Listeners ack at once and hand the work to `Runtime.spawn`, which tracks it so s
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import signal
 import time
@@ -51,14 +53,76 @@ class Metrics:
         )
         self.actions = Counter("mlops_actions", "Audited actions by verb and status", ["verb", "status"], registry=self.registry)
         self._children: dict[tuple[Counter, tuple[str, ...]], Counter] = {}
+        self._sets: dict[Counter, int] = {}
+
+    # A backstop, far above what the bot's own verbs, kinds and statuses make: label values that still come from
+    # outside (a payload's type, say) must not grow /metrics without end, so past this many series of one counter
+    # new ones count as "other". The handlers already fold unknown verbs and action ids into one label each.
+    max_series = 1000
 
     def count(self, counter: Counter, *labels: str) -> None:
         """Increment one labelled child, kept once found: `labels()` costs more than the increment (ack path)."""
         key = (counter, labels)
         child = self._children.get(key)
         if child is None:
-            child = self._children[key] = counter.labels(*labels)
+            if self._sets.get(counter, 0) >= self.max_series:
+                key = (counter, ("other",) * len(labels))
+                child = self._children.get(key)
+            if child is None:
+                child = self._children[key] = counter.labels(*key[1])
+                self._sets[counter] = self._sets.get(counter, 0) + 1
         child.inc()
+
+
+class Rejections:
+    """Slack requests refused before anything ran (unsigned, forged, stale, malformed), audited in summary.
+
+    A flood of forged requests must not become a flood of undeletable audit rows and log lines: each (source,
+    reason) gets one audit row per window with its count, written when the window closes, and one log line, at
+    its first refusal. Bodies are never logged or stored: they are the sender's, and may hold a response_url.
+    """
+
+    window = 60.0  # seconds
+    max_buckets = 100  # distinct (source, reason) pairs per window; more sources are summed as one
+
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+        self._buckets: dict[tuple[str, str], dict[str, Any]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def note(self, source: str, reason: str, example: str | None = None) -> None:
+        key = (source, reason)
+        if key not in self._buckets and len(self._buckets) >= self.max_buckets:
+            key = ("other sources", reason)
+        bucket = self._buckets.get(key)
+        now = self.runtime.clock().isoformat()
+        if bucket is None:
+            bucket = self._buckets[key] = {"count": 0, "first": now}
+            if example:
+                bucket["example"] = example[:300]
+            log.warning("refused a Slack request from %s: %s (like ones are counted and audited every %.0f s)",
+                        key[0], reason, self.window)
+            self._arm()
+        bucket["count"] += 1
+        bucket["last"] = now
+
+    def _arm(self) -> None:
+        if self._timer is not None:
+            return
+        try:
+            self._timer = asyncio.get_running_loop().call_later(self.window, self.flush)
+        except RuntimeError:  # no loop: nothing would close the window, so write now
+            self.flush()
+
+    def flush(self) -> None:
+        """Write one row per (source, reason) seen since the last flush. Runtime.stop should call it first."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        buckets, self._buckets = self._buckets, {}
+        for (source, reason), bucket in buckets.items():
+            self.runtime.audit(actor="unknown", verb="slack.request", status="rejected",
+                               detail={"source": source, "reason": reason, "window_s": self.window, **bucket})
 
 
 class Tasks:
@@ -254,9 +318,11 @@ class Runtime:
         self.app = self._bolt_app()
 
     def _bolt_app(self) -> AsyncApp:
-        from handlers import register  # handlers depend on the runtime, not the other way round
+        from handlers import SlackApp, register  # handlers depend on the runtime, not the other way round
 
-        app = AsyncApp(
+        self.rejections = Rejections(self)  # what the edge and the handlers' shape check refuse, in summary
+        app = SlackApp(
+            self,
             client=self.client,
             signing_secret=self.secrets.slack_signing_secret or "",
             # Listeners ack themselves within microseconds and spawn their work, so running them before
@@ -308,16 +374,55 @@ class Runtime:
 
     async def _slack_events(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
-        body = await request.text()
-        bolt_request = AsyncBoltRequest(body=body, query=request.query_string, headers=request.headers)  # type: ignore[arg-type]
+        raw = await request.read()
+        source = request.remote or "unknown"
+        # The signature is checked here, on the bytes, before anything parses them: a header or body Bolt
+        # cannot read raised inside it (500 and a traceback), and its own refusal logs the whole body.
+        if refusal := self._unsigned(raw, request.headers):
+            return self._refuse(started, source, 401, "rejected", refusal, {"error": "invalid request"})
+        try:
+            bolt_request = AsyncBoltRequest(body=raw.decode(), query=request.query_string, headers=request.headers,  # type: ignore[arg-type]
+                                            context={"mlops_source": source})
+        except Exception as exc:  # Bolt parses in its constructor: whatever a body that is no Slack payload raises there
+            return self._refuse(started, source, 400, "malformed", "body is not a Slack payload (form or JSON object)",
+                                {"error": "malformed body"}, type(exc).__name__)
         response = await self.app.async_dispatch(bolt_request)
         kind = bolt_request.context.get("mlops_kind") or _kind(bolt_request)
         self.metrics.ack_latency.observe(time.perf_counter() - started)
         self.metrics.count(self.metrics.requests, kind, str(response.status))
-        if response.status == 401:
-            # Unsigned, forged, stale or replayed: nothing ran; leave a trace for whoever investigates.
-            self.audit(actor="unknown", verb="slack.request", status="rejected", detail={"reason": "bad signature or timestamp"})
+        if response.status == 401:  # Bolt's own check, should the clock have moved past the window since ours
+            self.rejections.note(source, "bad signature or timestamp")
         return web.Response(status=response.status, body=response.body.encode(), headers=response.first_headers_without_set_cookie())
+
+    # Slack's window for a request's timestamp, either way (slack_sdk's SignatureVerifier uses the same).
+    signature_window = 300
+
+    def _unsigned(self, raw: bytes, headers: Any) -> str | None:
+        """Why a request is not signed by Slack now, or None (https://api.slack.com/authentication/verifying-requests-from-slack)."""
+        secret = self.secrets.slack_signing_secret
+        if not secret:  # an empty key would accept anyone's signature
+            return "no signing secret is configured"
+        timestamp, signature = headers.get("X-Slack-Request-Timestamp"), headers.get("X-Slack-Signature")
+        if not timestamp or not signature:
+            return "unsigned (no signature or timestamp)"
+        if not (timestamp.isascii() and timestamp.isdecimal() and len(timestamp) <= 12):
+            return "malformed timestamp"
+        age = time.time() - int(timestamp)
+        if age > self.signature_window:
+            return "stale timestamp"
+        if age < -self.signature_window:
+            return "timestamp in the future"
+        expected = "v0=" + hmac.new(secret.encode(), b"v0:" + timestamp.encode() + b":" + raw, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected.encode(), signature.encode("utf-8", "replace")):
+            return "bad signature"
+        return None
+
+    def _refuse(self, started: float, source: str, status: int, kind: str, reason: str, body: dict[str, str],
+                example: str | None = None) -> web.Response:
+        self.rejections.note(source, reason, example)
+        self.metrics.ack_latency.observe(time.perf_counter() - started)
+        self.metrics.count(self.metrics.requests, kind, str(status))
+        return web.json_response(body, status=status)
 
     async def _healthz(self, _: web.Request) -> web.Response:
         store_problem = self.store.probe()  # a real committed write, with whatever audit rows are waiting

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from slack_bolt.async_app import AsyncAck, AsyncApp
 
 from bot.config import Role
@@ -21,6 +21,37 @@ from bot.releases.messages import when
 
 if TYPE_CHECKING:
     from bot.runtime import Runtime
+
+
+# -- the payload, as far as the handlers read it (checked at the edge: handlers.refuse_shape) --------------
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True)  # ids and values are strings in every Slack payload
+
+
+class _Id(_Strict):
+    id: str = Field(min_length=1)
+
+
+class _Action(_Strict):
+    action_id: str = Field(min_length=1)
+    value: str | None = None
+
+
+class _Container(_Strict):
+    type: str = "message"
+    message_ts: str = ""
+    channel_id: str = ""
+
+
+class BlockActions(_Strict):
+    type: str
+    user: _Id
+    actions: list[_Action] = Field(min_length=1)  # Bolt's matchers read the first
+    trigger_id: str = ""
+    response_url: str = ""
+    channel: _Id | None = None
+    container: _Container = _Container()
 
 
 @dataclass(frozen=True)
@@ -33,6 +64,10 @@ class Press:
     trigger_id: str
 
 
+class Mismatch(Exception):
+    """A button's value names something other than what the message it was pressed on is about."""
+
+
 @dataclass(frozen=True)
 class Button:
     action_id: str
@@ -40,9 +75,13 @@ class Button:
     run: Callable[["Runtime", Press, Any], Awaitable[None]]
     role: Role | None = None
     once: bool = False  # a press of this button (its value names one card rendering) runs at most once
+    # Raises Mismatch when the value names something other than what the card it was pressed on is about (an
+    # edited value: another release, another model), before anything runs.
+    check: Callable[["Runtime", Press, Any], None] | None = None
 
 
 BUTTONS: dict[str, Button] = {}
+UNKNOWN = "button.unknown"  # the verb of every unknown action id: what comes in must not become a metrics label
 
 
 def button(b: Button) -> Button:
@@ -52,35 +91,45 @@ def button(b: Button) -> Button:
 
 def register(app: AsyncApp, runtime: Runtime) -> None:
     @app.action(re.compile(".+"))
-    async def pressed(body: dict[str, Any], ack: AsyncAck) -> None:
+    async def pressed(ack: AsyncAck, context: dict[str, Any]) -> None:
         await ack()
-        action = body["actions"][0]
-        container = body.get("container", {})
+        payload: BlockActions = context["mlops_payload"]
+        action = payload.actions[0]
         press = Press(
-            user=body["user"]["id"],
-            channel=(body.get("channel") or {}).get("id") or container.get("channel_id", ""),
-            message_ts=container.get("message_ts", ""),
-            action_id=action["action_id"],
-            response_url=body.get("response_url", ""),
-            trigger_id=body.get("trigger_id", ""),
+            user=payload.user.id,
+            channel=(payload.channel.id if payload.channel else "") or payload.container.channel_id,
+            message_ts=payload.container.message_ts,
+            action_id=action.action_id,
+            response_url=payload.response_url,
+            trigger_id=payload.trigger_id,
         )
-        base = {"actor": press.user, "channel": press.channel, "verb": press.action_id, "key": body.get("trigger_id")}
         spec = BUTTONS.get(press.action_id)
-        try:
-            if spec is None:
-                raise ValueError("this button is not known to this version of the bot")
-            value = spec.value.model_validate_json(action.get("value") or "{}")
-        except (ValidationError, ValueError) as exc:
-            runtime.audit(**base, status="invalid", detail={"value": action.get("value"), "error": str(exc)[:500]})
-            refusal = f":warning: That button could not be used ({str(exc).splitlines()[0]}). Run the command again to get a fresh card."
-            runtime.spawn(_tell(runtime, press, refusal), name=f"{press.action_id} refused")
-            return
+        base = {"actor": press.user, "channel": press.channel, "verb": press.action_id if spec else UNKNOWN,
+                "key": payload.trigger_id or None}
+
+        def refuse(status: str, detail: dict[str, Any], text: str) -> None:
+            runtime.audit(**base, status=status, detail=detail)
+            runtime.spawn(_tell(runtime, press, text), name=f"{base['verb']} {status}")
+
+        if spec is None:
+            return refuse("invalid", {"action_id": press.action_id[:100], "error": "unknown button"},
+                          ":warning: That button is not known to this version of the bot. Run the command again to get a fresh card.")
+        # The role first: it depends on the button alone, so a press without it reads and looks up nothing.
         if spec.role and not await runtime.roles.has(press.user, spec.role):
             who = ", ".join(runtime.roles.who_to_ask(spec.role)) or "an admin"
-            runtime.audit(**base, status="denied", detail={"role": spec.role, **value.model_dump()})
-            refusal = f"You need the *{spec.role}* role for that button; ask {who}."
-            runtime.spawn(_tell(runtime, press, refusal), name=f"{press.action_id} denied")
-            return
+            return refuse("denied", {"role": spec.role, "value": (action.value or "")[:300]},
+                          f"You need the *{spec.role}* role for that button; ask {who}.")
+        try:
+            value = spec.value.model_validate_json(action.value or "{}")
+        except ValidationError as exc:
+            return refuse("invalid", {"value": (action.value or "")[:300], "error": str(exc)[:500]},
+                          f":warning: That button could not be used ({str(exc).splitlines()[0]}). Run the command again to get a fresh card.")
+        try:
+            if spec.check:
+                spec.check(runtime, press, value)
+        except Mismatch as exc:
+            return refuse("refused", {**value.model_dump(mode="json"), "reason": str(exc)},
+                          f":no_entry: That button does not match its message ({exc}); nothing was done.")
         if spec.once:
             # The same button pressed twice, or by two people: the first runs, the others are told who did.
             first = runtime.store.claim_press(f"{press.action_id}:{value.model_dump_json()}", press.user, runtime.clock())
@@ -124,6 +173,27 @@ async def _release_op(runtime: Runtime, press: Press, work: Callable[[], Awaitab
         await _tell(runtime, press, f":warning: {exc}")
 
 
+def on_its_card(press: Press, what: str, channel: str | None, card_ts: str | None) -> None:
+    """Mismatch when a button naming `what` was pressed on a message that is not `what`'s card. The bot records
+    where it posts each card (edited in place, so re-renderings keep the ts), and Slack reports where a press
+    happened: a value edited to name something else shows here. Presses off a message (the App Home) have no ts."""
+    if press.message_ts and card_ts and (channel, card_ts) != (press.channel, press.message_ts):
+        raise Mismatch(f"{what} has another card")
+
+
+def _card_of(runtime: Runtime, press: Press, release_id: int, model: str | None = None) -> None:
+    """Mismatch unless release `release_id` exists, is `model`'s, and its card is where it was pressed."""
+    from bot.releases.service import ReleaseError
+
+    try:
+        release = runtime.releases.get(release_id)
+    except ReleaseError as exc:
+        raise Mismatch(str(exc)) from None
+    if model is not None and release.model != model:
+        raise Mismatch(f"release {release_id} is {release.model}'s, not {model}'s")
+    on_its_card(press, f"release {release_id} ({release.model} {release.version})", release.channel, release.card_ts)
+
+
 def _release_button(action_id: str, operation: Callable[["Runtime", Press, Any], Awaitable[Any]], role: Role,
                     *, once: bool = True) -> None:
     from bot.releases.messages import ReleaseRef
@@ -131,7 +201,29 @@ def _release_button(action_id: str, operation: Callable[["Runtime", Press, Any],
     async def run(runtime: Runtime, press: Press, ref: ReleaseRef) -> None:
         await _release_op(runtime, press, lambda: operation(runtime, press, runtime.releases.get(ref.release)))
 
-    button(Button(action_id, ReleaseRef, run, role, once=once))
+    button(Button(action_id, ReleaseRef, run, role, once=once, check=lambda rt, press, ref: _card_of(rt, press, ref.release)))
+
+
+def _rollback_check(runtime: Runtime, press: Press, ref: Any) -> None:
+    model = runtime.config.models.get(ref.model)
+    if model is None or ref.env not in model.environments:
+        raise Mismatch(f"no environment {ref.env} of a model {ref.model}")
+    if press.action_id == "release.rollback" and ref.release is None:
+        raise Mismatch("a release card's Roll back names its release")
+    if ref.release is not None:
+        _card_of(runtime, press, ref.release, ref.model)
+
+
+def _row_card(table: str, what: str, attr: str) -> Callable[["Runtime", Press, Any], None]:
+    """The check of a button naming a row of `table` (with channel, ts) by the value's `attr`: a row that does not
+    exist is left to the service to explain; one posted as another message is a mismatch."""
+
+    def check(runtime: Runtime, press: Press, ref: Any) -> None:
+        rows = runtime.store.query(f"SELECT channel, ts FROM {table} WHERE id = ?", (getattr(ref, attr),))
+        if rows:
+            on_its_card(press, f"{what} {getattr(ref, attr)}", rows[0]["channel"], rows[0]["ts"])
+
+    return check
 
 
 async def _promote(runtime: Runtime, press: Press, release: Any) -> None:
@@ -161,7 +253,7 @@ async def _rollback(runtime: Runtime, press: Press, ref: Any) -> None:
 def _register_rollback() -> None:
     from bot.releases.messages import RollbackRef
 
-    button(Button("release.rollback", RollbackRef, _rollback, "deployers"))
+    button(Button("release.rollback", RollbackRef, _rollback, "deployers", check=_rollback_check))
 
 
 _register_rollback()
@@ -177,8 +269,8 @@ def _register_alertmanager() -> None:
         await _tell(runtime, press, await runtime.alertmanager.silence(ref.alert, press.user))
 
     # Roll back opens the release card's rollback modal, which runs the code of `/mlops rollback`.
-    button(Button(ROLLBACK, RollbackRef, _rollback, "deployers"))
-    button(Button(SILENCE, AlertRef, silence))
+    button(Button(ROLLBACK, RollbackRef, _rollback, "deployers", check=_rollback_check))
+    button(Button(SILENCE, AlertRef, silence, check=_row_card("alerts", "alert", "alert")))
 
 
 _register_alertmanager()
@@ -213,9 +305,22 @@ def _register_retrain() -> None:
 
         await _retrain_op(runtime, press, _release_op(runtime, press, work))
 
-    button(Button(START, ModelRef, start, "deployers"))
-    button(Button(CANCEL, RunRef, cancel, "deployers"))
-    button(Button(DEPLOY, RunRef, deploy, "deployers", once=True))
+    def model_known(runtime: Runtime, press: Press, ref: ModelRef) -> None:
+        if ref.model not in runtime.config.models:
+            raise Mismatch(f"no model {ref.model}")
+
+    def run_card(runtime: Runtime, press: Press, ref: RunRef) -> None:
+        from bot.retrain.service import RetrainError
+
+        try:
+            run = runtime.retrain.get(ref.run)
+        except RetrainError as exc:
+            raise Mismatch(str(exc).split(";")[0]) from None
+        on_its_card(press, f"retrain run {ref.run} ({run.model})", run.channel, run.card_ts)
+
+    button(Button(START, ModelRef, start, "deployers", check=model_known))
+    button(Button(CANCEL, RunRef, cancel, "deployers", check=run_card))
+    button(Button(DEPLOY, RunRef, deploy, "deployers", once=True, check=run_card))
 
 
 _register_retrain()
@@ -258,5 +363,7 @@ _register_datagen()
 
 # -- on-call ------------------------------------------------------------------------------------------
 
-button(Button(ACK_HANDOFF, HandoffRef, lambda rt, press, ref: rt.oncall.acknowledge(ref.handoff, press.user, press.channel)))
-button(Button(TAKE_COVER, CoverRef, lambda rt, press, ref: rt.oncall.take(ref.request, press.user, press.channel)))
+button(Button(ACK_HANDOFF, HandoffRef, lambda rt, press, ref: rt.oncall.acknowledge(ref.handoff, press.user, press.channel),
+              check=_row_card("oncall_handoffs", "handoff", "handoff")))
+button(Button(TAKE_COVER, CoverRef, lambda rt, press, ref: rt.oncall.take(ref.request, press.user, press.channel),
+              check=_row_card("oncall_cover_requests", "cover request", "request")))

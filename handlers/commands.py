@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel, ConfigDict, Field
 from slack_bolt.async_app import AsyncAck, AsyncApp
 from slack_bolt.middleware.async_middleware import AsyncMiddleware
 from slack_bolt.request.async_request import AsyncBoltRequest
@@ -198,6 +199,20 @@ def _parse_help(runtime: Runtime, cmd: Command) -> str | None:
 
 
 verb(Verb("help", "help [verb]", "show the verbs, or how to use one", _help, parse=_parse_help))
+
+
+class SlashCommand(BaseModel):
+    """The fields of a slash command the bot reads, checked at the edge (handlers.refuse_shape): after it, the
+    listeners may read them from the body as the strings they are."""
+
+    model_config = ConfigDict(strict=True)
+
+    command: str
+    text: str = ""
+    user_id: str = Field(min_length=1)
+    channel_id: str = Field(min_length=1)
+    trigger_id: str = ""
+    response_url: str = ""
 
 
 class RequireRole(AsyncMiddleware):

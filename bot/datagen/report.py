@@ -337,6 +337,8 @@ def parse_report(raw: bytes | str | Mapping[str, Any], *, run_date: date | None 
             raw = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ReportError(f"unreadable JSON: {exc}") from None
+        except RecursionError:  # json.loads recurses once per level: a body nested thousands deep is no record
+            raise ReportError("unreadable JSON: nested too deeply") from None
     if not isinstance(raw, Mapping):
         raise ReportError(f"unreadable JSON: expected an object, got {type(raw).__name__}")
     data = {**raw, "run_date": run_date} if run_date is not None else raw
@@ -344,6 +346,8 @@ def parse_report(raw: bytes | str | Mapping[str, Any], *, run_date: date | None 
         return Report.model_validate(data)
     except ValidationError as exc:
         raise ReportError("; ".join(_reason(error) for error in exc.errors())) from None
+    except RecursionError:  # an already-parsed mapping nested deeper than validation can walk
+        raise ReportError("unreadable JSON: nested too deeply") from None
 
 
 def _reason(error: Any) -> str:

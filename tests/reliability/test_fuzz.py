@@ -301,6 +301,24 @@ raw_body = st.one_of(
 )
 
 
+@fuzz(60)
+@given(sent=raw_body)
+def test_any_signed_body_gets_no_server_error(fuzz_bot: FuzzBot, sent: tuple[bytes, str]) -> None:
+    body, content_type = sent
+    before = mark(fuzz_bot)
+
+    async def deliver() -> tuple[int, str]:
+        client = fuzz_bot.bot.client
+        delivery = await client.send_raw(body, client.sign(body), content_type)
+        await settled(fuzz_bot)
+        return delivery.status, delivery.body
+
+    status, answer = fuzz_bot.run(deliver)
+    what = f"signed {content_type} body {body[:200]!r}"
+    check_ack(status, answer, what)
+    check_after(fuzz_bot, before, what)
+
+
 # --- the datagen record -----------------------------------------------------------------------------------------
 
 RECORD = json.loads((ROOT / "examples" / "datagen" / "2026-11-12.json").read_text())
