@@ -22,7 +22,7 @@ from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_bolt.response import BoltResponse
 
 from bot.config import Role
-from bot.notifier import Message, excerpt
+from bot.notifier import Message, SlackError, excerpt
 from bot.oncall import grammar as oncall_grammar
 
 if TYPE_CHECKING:
@@ -548,9 +548,21 @@ def _parse_lock(runtime: Runtime, cmd: Command) -> tuple[str, str, str]:
     return model, env, " ".join(cmd.args[2:]) or cmd.option("reason") or "no reason given"
 
 
+async def _announce(runtime: Runtime, cmd: Command, text: str) -> None:
+    """Post what a lock or unlock did in the channel. It is done by then: a post Slack refuses (the bot not in
+    the channel, Slack down) is told to the person and audited, not reported as the command failing."""
+    try:
+        await runtime.notifier.post(cmd.channel, Message(text))
+    except SlackError as exc:
+        runtime.audit(actor=cmd.user, verb=f"{cmd.verb}.announce", status="unshown", channel=cmd.channel,
+                      detail={"error": exc.error})
+        await tell(runtime, cmd, Message(f"{text}\n:warning: Done, but Slack refused the post in this channel "
+                                         f"({exc.error}); invite the bot with `/invite` so others see it."))
+
+
 async def _lock(runtime: Runtime, cmd: Command, parsed: tuple[str, str, str]) -> None:
     async def work() -> None:
-        await runtime.notifier.post(cmd.channel, Message(runtime.releases.lock(*parsed[:2], cmd.user, parsed[2])))
+        await _announce(runtime, cmd, runtime.releases.lock(*parsed[:2], cmd.user, parsed[2]))
 
     await _answer(runtime, cmd, work())
 
@@ -570,7 +582,7 @@ async def _plan_unlock(runtime: Runtime, cmd: Command, parsed: tuple[str, str, s
 
 async def _unlock(runtime: Runtime, cmd: Command, parsed: tuple[str, str, str]) -> None:
     async def work() -> None:
-        await runtime.notifier.post(cmd.channel, Message(runtime.releases.unlock(parsed[0], parsed[1], cmd.user)))
+        await _announce(runtime, cmd, runtime.releases.unlock(parsed[0], parsed[1], cmd.user))
 
     await _answer(runtime, cmd, work())
 

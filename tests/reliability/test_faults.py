@@ -492,3 +492,20 @@ async def test_a_thread_note_slack_times_out_on_is_posted_once_in_its_place(bot,
     assert len(notes) == len(expected) and all(n.startswith(t) for n, t in zip(notes, expected)), notes
     assert audit(bot, "release.note", "unshown")[-1]["detail"]["error"] == "TimeoutError"
     assert_settled(bot)
+
+
+@pytest.mark.parametrize("verb", ["lock", "unlock"])
+async def test_a_lock_announcement_slack_refuses_is_told_as_done_not_as_failed(bot, verb):
+    if verb == "unlock":
+        await bot.client.command("U0ALICE", "lock ranker staging for the migration")
+        await bot.slack.wait_for(lambda: any(m["text"].startswith(":lock:") for m in bot.slack.messages(TEAM)), timeout=30)
+    bot.slack.inject_fault("chat.postMessage", "not_in_channel")
+    await bot.client.command("U0ALICE", f"{verb} ranker staging" + (" for the migration" if verb == "lock" else ""))
+
+    answer = await told_eventually(bot, "Slack refused the post in this channel (not_in_channel)")
+    assert answer.startswith(":lock: ranker staging is locked" if verb == "lock" else ":unlock: ranker staging unlocked")
+    assert [r["status"] for r in audit(bot, f"{verb}.announce", "unshown")] == ["unshown"]
+    assert [r["status"] for r in bot.runtime.store.actions() if r["verb"] == verb][-1] == "succeeded"  # not "error"
+    assert bool(bot.runtime.releases.lock_of("ranker", "staging")) is (verb == "lock")
+    assert "failed unexpectedly" not in everything_said(bot)
+    assert bot.runtime.store.verify_chain() is None
