@@ -1,25 +1,24 @@
-"""PNG charts for the daily summary's thread (the `charts` extra): the funnel, and final rows over 14 days."""
+"""PNG charts for the daily summary's thread (the `charts` extra): the funnel, and final rows over 14 days.
+
+Figures are made with matplotlib's object API, not pyplot: pyplot keeps global state, and the bot renders off
+the event loop in a worker thread (`render` takes ~100 ms of CPU, which would hold up every ack and hook).
+"""
 from __future__ import annotations
 
 import io
 from datetime import date, timedelta
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # no display: the bot renders into memory
-
-from matplotlib import pyplot as plt  # noqa: E402  (the backend must be chosen first)
-
-from bot.datagen.report import Report  # noqa: E402
+from bot.datagen.report import Report
 
 DAYS = 14
 
 
-def _png(figure: plt.Figure) -> bytes:
+def _png(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     figure.tight_layout()
-    figure.savefig(buffer, format="png", dpi=100)
-    plt.close(figure)
+    figure.savefig(buffer, format="png", dpi=100)  # Agg, the default canvas of a bare Figure: no display needed
     return buffer.getvalue()
 
 
@@ -27,7 +26,8 @@ def funnel(report: Report) -> bytes:
     steps = report.funnel()
     labels = [s.label for s in steps]
     counts = [s.items if s.items is not None else s.events for s in steps]
-    figure, axes = plt.subplots(figsize=(8, 0.45 * len(steps) + 1.2))
+    figure = Figure(figsize=(8, 0.45 * len(steps) + 1.2))
+    axes = figure.subplots()
     axes.barh(labels[::-1], counts[::-1], color="#4a7bd0")
     for y, (count, step) in enumerate(zip(counts[::-1], steps[::-1])):
         loss = f"  {count:,}" + (f" (-{step.item_loss_pct:.1f}%)" if step.item_loss_pct else "")
@@ -40,7 +40,8 @@ def funnel(report: Report) -> bytes:
 def final_rows(history: dict[date, Report], run_date: date) -> bytes:
     days = [run_date - timedelta(days=n) for n in range(DAYS - 1, -1, -1)]
     rows = [history[d].final_rows if d in history and history[d].final_rows is not None else None for d in days]
-    figure, axes = plt.subplots(figsize=(8, 3))
+    figure = Figure(figsize=(8, 3))
+    axes = figure.subplots()
     axes.plot([d for d, r in zip(days, rows) if r is not None], [r for r in rows if r is not None], marker="o")
     for day, value in zip(days, rows):
         if value is None:  # a missing or failed run is a gap, marked so nobody reads it as zero

@@ -376,7 +376,7 @@ class DatagenService:
             from bot.datagen import charts
         except ImportError:  # the `charts` extra is not installed: the summary stands without pictures
             return
-        for filename, title, png in charts.render(job, run_date, history):
+        for filename, title, png in await asyncio.to_thread(charts.render, job, run_date, history):
             try:
                 await self.runtime.notifier.upload(channel, filename, png, title=title, thread_ts=ts)
             except SlackError as exc:
