@@ -337,6 +337,8 @@ def parse_report(raw: bytes | str | Mapping[str, Any], *, run_date: date | None 
             raw = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ReportError(f"unreadable JSON: {exc}") from None
+        except ValueError:  # an integer of more digits than Python converts (4,300): no count is that long
+            raise ReportError("unreadable JSON: a number with more digits than any count has") from None
         except RecursionError:  # json.loads recurses once per level: a body nested thousands deep is no record
             raise ReportError("unreadable JSON: nested too deeply") from None
     if not isinstance(raw, Mapping):

@@ -463,3 +463,10 @@ def test_a_datagen_number_too_big_for_the_rules_is_refused() -> None:
         with pytest.raises(ReportError) as refused:
             parse_report({**RECORD, key: value})
         assert key in refused.value.reason
+
+
+def test_a_datagen_body_with_a_number_past_pythons_digit_limit_is_refused() -> None:
+    body = json.dumps(RECORD).replace('"num_raw_events": ', '"num_raw_events": ' + "9" * 5000 + ", \"was\": ", 1)
+    with pytest.raises(ReportError) as refused:
+        parse_report(body.encode())
+    assert refused.value.reason == "unreadable JSON: a number with more digits than any count has"
