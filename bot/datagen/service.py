@@ -153,6 +153,7 @@ class DatagenService:
         self._writers: dict[tuple[str, date], asyncio.Lock] = {}
         self._asked: dict[tuple[str, date], int] = {}
         self._shown: dict[tuple[str, date], int] = {}
+        self._posting: set[tuple[str, str]] = set()  # summary slots this process is posting now
         for name, job in self.jobs.items():
             every = timedelta(minutes=job.poll_minutes)
             trigger = IntervalTrigger(minutes=job.poll_minutes, start_date=datetime(2000, 1, 1, tzinfo=UTC),
@@ -209,17 +210,30 @@ class DatagenService:
         return Ingested(job_name, run_date, True, await self.announce(job_name, run_date, actor=actor))
 
     def _announced(self, job_name: str, run_date: date) -> bool:
-        return self.store.conn.execute("SELECT 1 FROM job_runs WHERE job = ? AND slot = ?", (
-            f"datagen.summary.{job_name}", run_date.isoformat())).fetchone() is not None
+        """Whether the day's summary is in Slack: its slot claimed, and its ts recorded (claims made before the ts
+        was recorded have no `ts` key and count as posted)."""
+        row = self.store.conn.execute("SELECT json_type(detail, '$.ts') FROM job_runs WHERE job = ? AND slot = ?", (
+            f"datagen.summary.{job_name}", run_date.isoformat())).fetchone()
+        return row is not None and row[0] != "null"
 
     async def announce(self, job_name: str, run_date: date, *, actor: str) -> list[Breach]:
-        """Evaluate a stored record, bring the alerts in line with it and post the day's summary once."""
+        """Evaluate a stored record, bring the alerts in line with it and post the day's summary once.
+
+        The slot is claimed before the post and given the post's ts after it: a crash between the two (the queued
+        item runs again after the restart) finds the claim without a ts and posts the summary then."""
         history, expected = self.history(job_name)
         breaches = evaluate(self.jobs[job_name].rules, history, run_date, expected=expected)
         await self.sync_alert(job_name, run_date, breaches, self._mover(history, expected, run_date), actor=actor)
         await self._resolve_older(job_name, run_date, breaches)
-        if self.store.claim_slot(f"datagen.summary.{job_name}", run_date.isoformat(), self.runtime.clock()):
-            await self._post_summary(job_name, run_date, history, len(breaches))
+        slot = (f"datagen.summary.{job_name}", run_date.isoformat())
+        if slot in self._posting:
+            return breaches
+        if self.store.claim_slot(*slot, self.runtime.clock(), {"ts": None}) or not self._announced(job_name, run_date):
+            self._posting.add(slot)
+            try:
+                await self._post_summary(job_name, run_date, history, len(breaches), slot)
+            finally:
+                self._posting.discard(slot)
         return breaches
 
     @staticmethod
@@ -360,12 +374,15 @@ class DatagenService:
 
     # -- the daily summary ----------------------------------------------------------------------------------
 
-    async def _post_summary(self, job: str, run_date: date, history: dict[date, Report], alerts: int) -> None:
+    async def _post_summary(self, job: str, run_date: date, history: dict[date, Report], alerts: int,
+                            slot: tuple[str, str]) -> None:
         report = history[run_date]
         before, week = history.get(run_date - timedelta(days=1)), history.get(run_date - timedelta(days=7))
         channel = self.runtime.config.channels.main
         ts = await self.runtime.notifier.post(channel, messages.summary(
             job, report, before, week, usual_runtime=usual_runtime(history, run_date), alerts=alerts))
+        self.store.conn.execute("UPDATE job_runs SET detail = json_set(detail, '$.ts', ?) WHERE job = ? AND slot = ?",
+                                (ts, *slot))
         if report.failed:
             return
         await self.runtime.notifier.reply(channel, ts, messages.details(report, before, week))

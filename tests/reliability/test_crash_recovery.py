@@ -23,14 +23,16 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import pytest
 import yaml
 
 from bot.config import load_config
+from bot.datagen.service import sign
 from bot.oncall.schedule import WEEKDAYS
 from bot.retrain.command import CommandRun, process_group_alive
 from bot.scheduler import MAX_ATTEMPTS, Scheduler, daily
@@ -42,8 +44,9 @@ from bot.store import Store
 from tests.conftest import EXAMPLE_CONFIG, ROOT, write_config
 from tests.e2e.test_release_failures import bot_config, fleet, registry, until_loading  # noqa: F401 - fixtures
 from tests.e2e.test_release_train import serving
+from tests.support.datagen_history import real_record
 
-TOKEN, SECRET = "xoxb-crash", "crash-signing-secret"
+TOKEN, SECRET, HOOK_SECRET = "xoxb-crash", "crash-signing-secret", "crash-hook-secret"
 CHANNEL = "C0MLOPS"
 # Audit rows are committed with their group at the event loop's next turn, a few ms after the ack; a request
 # acknowledged within this much of the kill may be lost with its group, anything older may not.
@@ -95,7 +98,8 @@ class Session:
         self.runs += 1
         log = self.path.parent / f"bot-{self.runs}.log"
         port = free_port()
-        env = {**os.environ, "SLACK_BOT_TOKEN": TOKEN, "SLACK_SIGNING_SECRET": SECRET, "SLACK_API_URL": self.slack.api_url}
+        env = {**os.environ, "SLACK_BOT_TOKEN": TOKEN, "SLACK_SIGNING_SECRET": SECRET, "SLACK_API_URL": self.slack.api_url,
+               "MLOPS_DATAGEN_HOOK_SECRET": HOOK_SECRET}
         env.pop("SLACK_APP_TOKEN", None)
         with log.open("w") as out:
             process = subprocess.Popen([sys.executable, "-m", "bot.cli", "--config", str(self.path), "serve", "--host",
@@ -461,6 +465,57 @@ async def test_kill_9_while_the_daily_digest_is_posted_posts_it_once_after_the_r
         crash.assert_recovered()
         with crash.db() as db:
             assert db.execute("SELECT count(*) FROM actions WHERE verb = 'digest.daily' AND status = 'posted'").fetchone() == (1,)
+
+
+# -- the datagen summary ------------------------------------------------------------------------------------
+
+
+def datagen_config(tmp_path: Path) -> Path:
+    """The example datagen job, reading from an empty directory: only what the test pushes is ever seen."""
+    job = yaml.safe_load(EXAMPLE_CONFIG.read_text())["datagen"]["jobs"]["recsys"]
+    job["source"] = str(tmp_path / "datagen" / "{date}.json")
+    return write_config(tmp_path, models={}, datagen={"jobs": {"recsys": {**job, "models": []}}},
+                        oncall={"rotations": []}, digests={"daily": None, "weekly": None})
+
+
+async def push_record(bot: Served, day: date) -> int:
+    body = json.dumps(real_record()).encode()
+    query, stamp = f"job=recsys&date={day}", str(int(time.time()))
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{bot.url}/hooks/datagen?{query}", data=body, headers={
+                "X-Datagen-Timestamp": stamp,
+                "X-Datagen-Signature": sign(HOOK_SECRET, stamp, "POST", "/hooks/datagen", query, body)}) as resp:
+            return resp.status
+
+
+async def test_kill_9_while_the_datagen_summary_is_posted_posts_it_once_after_the_restart(tmp_path):
+    day = datetime.now(ZoneInfo("Asia/Kolkata")).date() - timedelta(days=1)
+    async with session(datagen_config(tmp_path)) as crash:
+        summaries = lambda: [m for m in crash.slack.messages(CHANNEL) if m["text"].startswith(f"datagen recsys {day}")]  # noqa: E731
+        with running(crash, await crash.serve()) as first:
+            async with crash.client(first) as client:
+                await crash.command(client, "U0BOB", "silence")  # a person's request in the same moments
+            crash.slack.inject_fault("chat.postMessage", "timeout")  # Slack holds the summary's post
+            assert await push_record(first, day) == 200  # stored and queued: the sender is done with it
+            with crash.db() as db:  # the summary's slot is claimed and its post held
+                for _ in range(300):
+                    if db.execute("SELECT 1 FROM job_runs WHERE job = 'datagen.summary.recsys'").fetchone():
+                        break
+                    await asyncio.sleep(0.05)
+                else:
+                    raise AssertionError(f"the summary was never claimed:\n{first.log.read_text()[-3000:]}")
+            await asyncio.sleep(0.5)
+            crash.kill(first)
+        assert summaries() == []
+        with running(crash, await crash.serve()):
+            [summary] = await crash.slack.wait_for(summaries, timeout=30)
+            await crash.slack.wait_for(lambda: crash.slack.replies(CHANNEL, summary["ts"]), timeout=30)  # its details
+            await asyncio.sleep(1)  # and nothing else is coming
+            assert len(summaries()) == 1
+        crash.assert_recovered()
+        with crash.db() as db:
+            [(detail,)] = db.execute("SELECT detail FROM job_runs WHERE job = 'datagen.summary.recsys'").fetchall()
+        assert json.loads(detail)["ts"] == summary["ts"]
 
 
 async def test_a_scheduled_job_cut_short_every_time_is_given_up_after_three_attempts(tmp_path):
