@@ -316,6 +316,12 @@ class Runtime:
         self.alertmanager = AlertmanagerIntake(self)
         self.retrain = RetrainService(self)
         self.app = self._bolt_app()
+        # Set by `serve` in Socket Mode: whether the socket is up now. /healthz fails once it has been down for
+        # longer than a reconnect takes, since a bot that cannot hear Slack answers nobody.
+        self.socket_connected: Callable[[], Awaitable[bool]] | None = None
+        self._socket_down_since: float | None = None
+
+    socket_grace = 10.0  # seconds: a refresh_requested reconnect takes well under one
 
     def _bolt_app(self) -> AsyncApp:
         from handlers import SlackApp, register  # handlers depend on the runtime, not the other way round
@@ -429,10 +435,25 @@ class Runtime:
         overdue = self.releases.overdue_operations()
         checks = {"store_writable": store_problem is None, "scheduler_running": self.scheduler.running,
                   "operations_on_time": not overdue}
+        if self.socket_connected is not None:
+            checks["socket_mode_connected"] = await self._socket_up()
         body = {"ok": all(checks.values()), **checks, "tasks": len(self.tasks.names), "overdue_operations": overdue}
         if store_problem:
             body["reason"] = store_problem
+        elif not checks.get("socket_mode_connected", True):
+            body["reason"] = (f"no Socket Mode connection to Slack for {time.monotonic() - (self._socket_down_since or 0):.0f} s "
+                              "(Socket Mode turned off for the app, or Slack unreachable); the bot keeps reconnecting")
         return web.json_response(body, status=200 if all(checks.values()) else 503)
+
+    async def _socket_up(self) -> bool:
+        """False once the socket has been down for longer than `socket_grace`."""
+        assert self.socket_connected is not None
+        if await self.socket_connected():
+            self._socket_down_since = None
+            return True
+        if self._socket_down_since is None:
+            self._socket_down_since = time.monotonic()
+        return time.monotonic() - self._socket_down_since < self.socket_grace
 
     async def _metrics(self, _: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -493,6 +514,7 @@ async def serve(runtime: Runtime, *, host: str, port: int) -> None:
     await runtime.start()
     if socket_mode:
         await socket_mode.connect_async()
+        runtime.socket_connected = socket_mode.client.is_connected
     log.info("mlops-bot listening on http://%s:%s (%s)", host, port, "socket mode" if socket_mode else "HTTP events")
     print(f"mlops-bot ready on http://{host}:{port}", flush=True)
 

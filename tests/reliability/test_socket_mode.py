@@ -354,6 +354,17 @@ async def test_an_app_token_slack_refuses_stops_serve_with_one_line(slack: Slack
     assert not slack.socket_mode.connections and not slack.calls_to("chat.postMessage")
 
 
+async def healthz_until(bot: Served, status: int, timeout: float = 40) -> dict:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as http:
+        while True:
+            async with http.get(f"{bot.url}/healthz") as resp:
+                if resp.status == status:
+                    return await resp.json()
+            assert time.monotonic() < deadline, f"/healthz never answered {status}"
+            await asyncio.sleep(0.5)
+
+
 async def test_socket_mode_turned_off_and_on_again(
     slack: SlackEmulator, serve: StartBot, client: SocketModeEventsClient, store: Path,
 ) -> None:
@@ -361,12 +372,14 @@ async def test_socket_mode_turned_off_and_on_again(
     await slack.socket_mode.disconnect("link_disabled")
     await slack.wait_for(lambda: not slack.socket_mode.open_connections and
                          len(slack.calls_to("apps.connections.open")) >= 3)  # it keeps asking, and is refused
-    async with aiohttp.ClientSession() as http, http.get(f"{bot.url}/healthz") as resp:
-        assert resp.status in (200, 503)  # still up and answering; that it cannot hear Slack is not shown yet
+    # Still up and answering, and saying it cannot hear Slack once a reconnect would have been done.
+    unhealthy = await healthz_until(bot, 503)
+    assert unhealthy["socket_mode_connected"] is False and "no Socket Mode connection" in unhealthy["reason"]
 
     slack.socket_mode.enable()
 
     await slack.socket_mode.wait_for_connections(1, timeout=30)  # the client retries once per ping interval
+    assert (await healthz_until(bot, 200))["socket_mode_connected"] is True
     help_ = await client.command("U0ALICE", "help lock")
     assert help_.status == 200 and "lock &lt;model&gt;" in help_.json()["text"]
     assert (await rows_for(store, [help_.trigger_id], "help")) == {help_.trigger_id: 1}
