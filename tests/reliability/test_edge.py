@@ -350,3 +350,16 @@ async def test_a_datagen_record_nested_50000_deep_is_unreadable_not_a_500(bot: L
     [row] = rows(bot, "datagen.ingest", "unreadable")
     assert row["detail"]["reason"] == "unreadable JSON: nested too deeply"
     no_tracebacks(bot, caplog)
+
+
+@pytest.mark.parametrize("stamp", ["²", "", "1.7e9", "١٧٠٠٠٠٠٠٠٠"])
+async def test_a_datagen_timestamp_that_is_no_ascii_number_is_401_not_500(bot: LocalBot, caplog, stamp: str) -> None:
+    body, query = b"{}", "job=recsys&date=2026-11-24"
+    headers = {"X-Datagen-Timestamp": stamp, "X-Datagen-Signature": "v1=" + "0" * 64}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{bot.url}/hooks/datagen?{query}", data=body, headers=headers) as resp:
+            assert resp.status == 401, await resp.text()
+            assert "bad signature or timestamp" in (await resp.json())["error"]
+    assert rows(bot, "datagen.hook", "rejected")
+    assert bot.runtime.store.query("SELECT * FROM datagen_reports") == []
+    no_tracebacks(bot, caplog)
