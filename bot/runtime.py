@@ -12,7 +12,6 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -25,6 +24,7 @@ from slack_bolt.response import BoltResponse
 
 from bot.alertmanager import AlertmanagerIntake
 from bot.config import Config, Role, Secrets
+from bot.context import Clock, Context
 from bot.datagen.service import DatagenService
 from bot.digest import DigestService
 from bot.hooks import HookQueue
@@ -37,8 +37,6 @@ from bot.silences import Silences
 from bot.store import Store, utcnow
 
 log = logging.getLogger(__name__)
-
-Clock = Callable[[], datetime]
 
 
 class Metrics:
@@ -307,6 +305,9 @@ class Runtime:
         self.scheduler = Scheduler(self.store, clock)
         self.silences = Silences(self)
         self.hooks = HookQueue(self.store, self.audit, clock)  # the webhooks' Slack work, posted in the background
+        # What each domain service is given (services still taking the runtime are being moved to it).
+        self.ctx = Context(config=config, secrets=secrets, store=self.store, notifier=self.notifier, clock=clock,
+                           audit=self.audit, spawn=self.spawn)
         # Domain services (each registers its scheduled jobs in its constructor).
         self.releases = ReleaseService(self)
         self.datagen = DatagenService(self)
