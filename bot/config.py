@@ -26,9 +26,13 @@ from pydantic import (
     model_validator,
 )
 
-from bot.datagen.messages import RETRAIN_BUTTONS
 from bot.datagen.rules import RuleSet, default_rules
 from bot.oncall.schedule import WEEKDAYS, Rotation, Weekday
+
+
+# A datagen alert has one Retrain button per model of its job, each with its own action id (ids must be unique
+# within a message), so a job lists at most this many models.
+RETRAIN_BUTTONS = 5
 
 
 def _pattern(regex: str, what: str):

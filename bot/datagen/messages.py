@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from bot.config import RETRAIN_BUTTONS
 from bot.datagen.report import Report
 from bot.datagen.rules import Breach, StageMove
 from bot.notifier import Message
@@ -36,11 +37,6 @@ class SilenceRef(AlertRef):
 
 class RetrainRef(AlertRef):
     model: str
-
-
-# Action ids must be unique within a message, so each model's Retrain button has its own (as many as
-# datagen.jobs.<job>.models may list).
-RETRAIN_BUTTONS = 5
 
 
 def _section(text: str) -> dict[str, Any]:
