@@ -17,18 +17,17 @@ import logging
 import sqlite3
 from collections import Counter, defaultdict
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, Field, ValidationError
 
-from bot.hooks import BodyTooLarge, max_body_bytes, not_stored, read_body
+from bot.context import Context
+from bot.hooks import BodyTooLarge, HookQueue, max_body_bytes, not_stored, read_body
 from bot.notifier import Message, RowId
 from bot.releases.messages import RollbackRef, btn, context, section, when
+from bot.silences import Silences
 from bot.store import iso
-
-if TYPE_CHECKING:
-    from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -164,54 +163,56 @@ def message(g: Group, *, row_id: int, target: tuple[str, str] | None, silenced: 
 
 
 class AlertmanagerIntake:
-    def __init__(self, runtime: Runtime):
-        self.rt = runtime
-        self.config = runtime.config.alertmanager
+    def __init__(self, ctx: Context, *, hooks: HookQueue, silences: Silences):
+        self.ctx = ctx
+        self.hooks = hooks
+        self.silences = silences
+        self.config = ctx.config.alertmanager
         self.max_bytes = max_body_bytes()
         self._groups: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)  # one notification per group at a time
-        runtime.hooks.handle(SOURCE, self._deliver)
+        hooks.handle(SOURCE, self._deliver)
 
     @property
     def channel(self) -> str:
-        return self.config.channel or self.rt.config.channels.error
+        return self.config.channel or self.ctx.config.channels.error
 
     def target(self, n: Notification) -> tuple[str, str] | None:
         """(model, env) when the labels name a configured model and one of its environments."""
         model, env = label(n, self.config.model_label), label(n, self.config.env_label)
-        if model in self.rt.config.models and env in self.rt.config.models[model].environments:
+        if model in self.ctx.config.models and env in self.ctx.config.models[model].environments:
             return model, env
         return None
 
     def row(self, key: str) -> dict[str, Any] | None:
-        return next(iter(self.rt.store.db.query("SELECT * FROM alerts WHERE source = ? AND key = ?", [SOURCE, key])), None)
+        return next(iter(self.ctx.store.db.query("SELECT * FROM alerts WHERE source = ? AND key = ?", [SOURCE, key])), None)
 
     def _silence(self, target: tuple[str, str] | None) -> tuple[str, datetime] | None:
-        found = self.rt.silences.current(SOURCE, "/".join(target)) if target else None
+        found = self.silences.current(SOURCE, "/".join(target)) if target else None
         return (found.created_by, found.until) if found else None
 
     async def hook(self, request: web.Request) -> web.Response:
         """Check, queue durably, answer; the message is brought in line from the queue (see _deliver)."""
-        token = self.rt.secrets.alertmanager_token
+        token = self.ctx.secrets.alertmanager_token
         given = request.headers.get("Authorization", "").encode("utf-8", "replace")
         if token and not hmac.compare_digest(given, f"Bearer {token}".encode()):
-            self.rt.audit(actor="unknown", verb="alertmanager.hook", status="rejected", detail={"reason": "bad bearer token"})
+            self.ctx.audit(actor="unknown", verb="alertmanager.hook", status="rejected", detail={"reason": "bad bearer token"})
             return web.json_response({"error": "missing or wrong bearer token"}, status=401)
         try:
             body = await read_body(request, self.max_bytes)
         except BodyTooLarge as exc:
             # Said loudly: Alertmanager keeps sending a group it cannot deliver, and nobody sees it in Slack.
             log.warning("alertmanager hook refused a notification from %s: %s", request.remote, exc)
-            self.rt.audit(actor="alertmanager", verb="alertmanager.hook", status="too_large",
-                          detail={"bytes": exc.size, "limit": exc.limit})
+            self.ctx.audit(actor="alertmanager", verb="alertmanager.hook", status="too_large",
+                           detail={"bytes": exc.size, "limit": exc.limit})
             return web.json_response({"error": f"notification refused: {exc}"}, status=413)
         try:
             notification = parse(body)
         except AlertmanagerError as exc:
-            self.rt.audit(actor="alertmanager", verb="alertmanager.hook", status="invalid", detail={"error": str(exc)})
+            self.ctx.audit(actor="alertmanager", verb="alertmanager.hook", status="invalid", detail={"error": str(exc)})
             return web.json_response({"error": str(exc)}, status=400)
         kept = group(notification)
         try:
-            item = self.rt.hooks.put(SOURCE, f"{SOURCE}:{notification.groupKey}", kept.model_dump(mode="json"))
+            item = self.hooks.put(SOURCE, f"{SOURCE}:{notification.groupKey}", kept.model_dump(mode="json"))
         except sqlite3.Error as exc:
             return not_stored("alertmanager hook", exc)
         return web.json_response({"group": notification.groupKey, "queued": item, "alerts": kept.alerts})
@@ -224,7 +225,7 @@ class AlertmanagerIntake:
         g = group(taken) if isinstance(taken, Notification) else taken
         n = g.notification
         async with self._groups[n.groupKey]:
-            now = self.rt.clock()
+            now = self.ctx.clock()
             target = self.target(n)
             silenced = self._silence(target)
             existing = self.row(n.groupKey)
@@ -236,48 +237,48 @@ class AlertmanagerIntake:
                 "resolved_at": iso(now) if state == "resolved" else None,
             }
             if existing is None:
-                self.rt.store.db["alerts"].insert({"source": SOURCE, "key": n.groupKey, "channel": self.channel,
-                                                   "opened_at": iso(now), **fields})
+                self.ctx.store.db["alerts"].insert({"source": SOURCE, "key": n.groupKey, "channel": self.channel,
+                                                    "opened_at": iso(now), **fields})
             elif existing["state"] == "resolved" and state != "resolved":  # fired again: a fresh message
-                self.rt.store.db["alerts"].update(existing["id"], {**fields, "ts": None, "acked_by": None,
-                                                                   "opened_at": iso(now), "channel": self.channel})
+                self.ctx.store.db["alerts"].update(existing["id"], {**fields, "ts": None, "acked_by": None,
+                                                                    "opened_at": iso(now), "channel": self.channel})
             else:
-                self.rt.store.db["alerts"].update(existing["id"], fields)
+                self.ctx.store.db["alerts"].update(existing["id"], fields)
             row = self.row(n.groupKey)
             assert row is not None
             model, env = target or (None, None)
-            self.rt.audit(actor="alertmanager", verb="alertmanager.alert", status=state, channel=row["channel"],
-                          model=model, env=env, detail={"group": n.groupKey, "alerts": g.alerts})
+            self.ctx.audit(actor="alertmanager", verb="alertmanager.alert", status=state, channel=row["channel"],
+                           model=model, env=env, detail={"group": n.groupKey, "alerts": g.alerts})
             shown = message(g, row_id=row["id"], target=target, silenced=silenced)
             if row["ts"]:
-                ts = await self.rt.notifier.edit_or_repost(row["channel"], row["ts"], shown)
+                ts = await self.ctx.notifier.edit_or_repost(row["channel"], row["ts"], shown)
                 if ts != row["ts"]:
-                    self.rt.store.db["alerts"].update(row["id"], {"ts": ts})
+                    self.ctx.store.db["alerts"].update(row["id"], {"ts": ts})
             elif state == "open":  # a group silenced or resolved before anyone saw it stays quiet
-                ts = await self.rt.notifier.post(row["channel"], shown)
-                self.rt.store.db["alerts"].update(row["id"], {"ts": ts})
+                ts = await self.ctx.notifier.post(row["channel"], shown)
+                self.ctx.store.db["alerts"].update(row["id"], {"ts": ts})
             return state
 
     async def silence(self, alert_id: int, user: str) -> str:
         """Silence the model+env of an alert group for 24 h: later groups for it are stored, not posted."""
-        found = next(iter(self.rt.store.db.query("SELECT * FROM alerts WHERE id = ? AND source = ?", [alert_id, SOURCE])), None)
+        found = next(iter(self.ctx.store.db.query("SELECT * FROM alerts WHERE id = ? AND source = ?", [alert_id, SOURCE])), None)
         detail = json.loads(found["detail"]) if found else {}
         if found is None or not detail.get("target"):
-            self.rt.audit(actor=user, verb=SILENCE, status="refused", detail={"alert": alert_id, "reason": "no such alert"})
+            self.ctx.audit(actor=user, verb=SILENCE, status="refused", detail={"alert": alert_id, "reason": "no such alert"})
             return "That alert is not known to this bot any more; silence it in Alertmanager."
         if found["state"] == "resolved":
-            self.rt.audit(actor=user, verb=SILENCE, status="refused", detail={"alert": alert_id, "reason": "resolved"})
+            self.ctx.audit(actor=user, verb=SILENCE, status="refused", detail={"alert": alert_id, "reason": "resolved"})
             return "That alert is already resolved."
         model, env = detail["target"]
-        now = self.rt.clock()
+        now = self.ctx.clock()
         until = now + SILENCE_FOR
-        with self.rt.store.transaction():
-            self.rt.silences.add(SOURCE, f"{model}/{env}", until, user)
-            self.rt.store.db["alerts"].update(alert_id, {"state": "silenced", "acked_by": user})
-            self.rt.audit(actor=user, verb=SILENCE, status="ok", model=model, env=env, detail={"alert": alert_id, "until": iso(until)})
+        with self.ctx.store.transaction():
+            self.silences.add(SOURCE, f"{model}/{env}", until, user)
+            self.ctx.store.db["alerts"].update(alert_id, {"state": "silenced", "acked_by": user})
+            self.ctx.audit(actor=user, verb=SILENCE, status="ok", model=model, env=env, detail={"alert": alert_id, "until": iso(until)})
         # Rows stored before groups were kept cut down hold the whole notification.
         g = Group.model_validate(detail["group"]) if "group" in detail else group(Notification.model_validate(detail["notification"]))
         if found["ts"]:
-            await self.rt.notifier.update(found["channel"], found["ts"],
-                                          message(g, row_id=alert_id, target=(model, env), silenced=(user, until)))
+            await self.ctx.notifier.update(found["channel"], found["ts"],
+                                           message(g, row_id=alert_id, target=(model, env), silenced=(user, until)))
         return f"Alerts for {model} {env} are silenced until {when(until)}."

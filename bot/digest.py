@@ -13,23 +13,26 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo
 
+from bot.config import Role
+from bot.context import Context
 from bot.datagen.report import parse_report
-from bot.datagen.service import due_at
+from bot.datagen.service import DatagenService, due_at
 from bot.notifier import Message
 from bot.oncall.schedule import Shift, next_shift, who_is_on_call
+from bot.oncall.service import OnCallService
 from bot.releases.messages import ReleaseRef, btn, context, section, when
 from bot.releases.model import State
+from bot.scheduler import Scheduler
 from bot.scheduler import daily as daily_trigger
 from bot.serving.artifacts import ArtifactError
-from bot.serving.registry import RegistryError
+from bot.serving.registry import Registry, RegistryError
 from bot.store import iso
 
 if TYPE_CHECKING:
     from bot.config import DigestSchedule
-    from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -306,32 +309,50 @@ def _staged(row: Mapping[str, Any]) -> StagedRelease:
                          _dt(row["deployed_at"]), _dt(row["verified_at"]))
 
 
+class Releases(Protocol):
+    """What the digests read of the release service: the model table and each model's registry."""
+
+    async def status_rows(self) -> list[dict[str, Any]]: ...
+    def registry(self, model: str) -> Registry: ...
+
+
+class Roles(Protocol):
+    """Who holds a role (user groups resolved through Slack)."""
+
+    async def has(self, user: str, role: Role) -> bool: ...
+
+
 class DigestService:
-    def __init__(self, runtime: Runtime):
-        self.rt = runtime
-        self.config = runtime.config.digests
+    def __init__(self, ctx: Context, *, scheduler: Scheduler, roles: Roles, releases: Releases, datagen: DatagenService,
+                 oncall: OnCallService):
+        self.ctx = ctx
+        self.roles = roles
+        self.releases = releases
+        self._datagen = datagen
+        self._oncall = oncall
+        self.config = ctx.config.digests
         schedules: dict[str, tuple[DigestSchedule | None, Any]] = {
             "digest.daily": (self.config.daily, self.post_daily), "digest.weekly": (self.config.weekly, self.post_weekly)}
         for job_id, (schedule, post) in schedules.items():
             if schedule is not None:
                 # Resumable: a post cut short by a crash runs again at start, and _posted() keeps it from doubling.
-                runtime.scheduler.add(job_id, daily_trigger(schedule.at, schedule.tz, schedule.weekday), post, resumable=True)
+                scheduler.add(job_id, daily_trigger(schedule.at, schedule.tz, schedule.weekday), post, resumable=True)
 
     def _rows(self, sql: str, *params: Any) -> list[dict[str, Any]]:
-        return [dict(r) for r in self.rt.store.db.query(sql, params)]
+        return [dict(r) for r in self.ctx.store.db.query(sql, params)]
 
     # -- reading the records ------------------------------------------------------------------------------
 
     async def _trained_at(self, model: str, version: str) -> datetime | None:
         try:
-            return (await self.rt.releases.registry(model).metadata(model, version)).created_at
+            return (await self.releases.registry(model).metadata(model, version)).created_at
         except (RegistryError, ArtifactError, ValueError) as exc:
             log.info("no training time for %s %s: %s", model, version, exc)
             return None
 
     async def models(self) -> list[ModelRow]:
         rows = []
-        for r in await self.rt.releases.status_rows():
+        for r in await self.releases.status_rows():
             trained = await self._trained_at(r["model"], r["version"]) if r["version"] else None
             rows.append(ModelRow(r["model"], r["env"], r["version"], r["state"], r["deployed_by"], r["approved_by"],
                                  r["updated_at"], trained))
@@ -339,7 +360,7 @@ class DigestService:
 
     def datagen(self, now: datetime) -> list[DatagenStatus]:
         statuses = []
-        for name, job in self.rt.config.datagen.jobs.items():
+        for name, job in self.ctx.config.datagen.jobs.items():
             expected = now.astimezone(ZoneInfo(job.tz)).date()
             if due_at(job, expected) > now:
                 expected -= timedelta(days=1)
@@ -349,7 +370,7 @@ class DigestService:
                 statuses.append(DatagenStatus(name, None, expected, False, None))
                 continue
             day = date.fromisoformat(row["run_date"])
-            alert = self.rt.datagen.alert_row(name, day)
+            alert = self._datagen.alert_row(name, day)
             statuses.append(DatagenStatus(name, day, expected, parse_report(row["raw"], run_date=day).failed,
                                           alert["state"] if alert else None))
         return statuses
@@ -370,13 +391,13 @@ class DigestService:
             now=now, models=await self.models(), datagen=self.datagen(now), pending=self.staged([State.VERIFIED]),
             unverified=unverified_for(self.staged(UNVERIFIED), now, hours), unverified_hours=hours,
             alerts=self.open_alerts(),
-            actions=[{**r, "ts": _dt(r["ts"])} for r in self.rt.store.actions(since=now - timedelta(days=1))
+            actions=[{**r, "ts": _dt(r["ts"])} for r in self.ctx.store.actions(since=now - timedelta(days=1))
                      if _dt(r["ts"]) <= now],
         )
 
     def weekly_facts(self, now: datetime) -> WeeklyFacts:
         since = now - timedelta(days=7)
-        actions = [{**r, "ts": _dt(r["ts"])} for r in self.rt.store.actions(since=since)]
+        actions = [{**r, "ts": _dt(r["ts"])} for r in self.ctx.store.actions(since=since)]
         alerts = [{**r, "opened_at": _dt(r["opened_at"]), "detail": json.loads(r["detail"])}
                   for r in self._rows("SELECT * FROM alerts WHERE opened_at >= ?", iso(since))]
         deployed = {(r["model"], r["version"]): _dt(r["deployed_at"])
@@ -386,37 +407,37 @@ class DigestService:
     # -- posting ------------------------------------------------------------------------------------------
 
     def _channel(self, schedule: DigestSchedule | None) -> str:
-        return (schedule.channel if schedule else None) or self.rt.config.channels.main
+        return (schedule.channel if schedule else None) or self.ctx.config.channels.main
 
     def _posted(self, verb: str, slot: datetime) -> bool:
-        return bool(self.rt.store.query("SELECT 1 FROM actions WHERE verb = ? AND status = 'posted' AND "
-                                        "json_extract(detail, '$.slot') = ? LIMIT 1", (verb, iso(slot))))
+        return bool(self.ctx.store.query("SELECT 1 FROM actions WHERE verb = ? AND status = 'posted' AND "
+                                         "json_extract(detail, '$.slot') = ? LIMIT 1", (verb, iso(slot))))
 
     async def post_daily(self, slot: datetime) -> str | None:
         if self._posted("digest.daily", slot):
             return None
         channel = self._channel(self.config.daily)
-        ts = await self.rt.notifier.post(channel, daily(await self.daily_facts(slot)))
-        self.rt.audit(actor="mlops-bot", verb="digest.daily", status="posted", channel=channel, detail={"slot": iso(slot)})
+        ts = await self.ctx.notifier.post(channel, daily(await self.daily_facts(slot)))
+        self.ctx.audit(actor="mlops-bot", verb="digest.daily", status="posted", channel=channel, detail={"slot": iso(slot)})
         return ts
 
     async def post_weekly(self, slot: datetime) -> str | None:
         if self._posted("digest.weekly", slot):
             return None
         channel = self._channel(self.config.weekly)
-        ts = await self.rt.notifier.post(channel, weekly(self.weekly_facts(slot)))
-        self.rt.audit(actor="mlops-bot", verb="digest.weekly", status="posted", channel=channel, detail={"slot": iso(slot)})
+        ts = await self.ctx.notifier.post(channel, weekly(self.weekly_facts(slot)))
+        self.ctx.audit(actor="mlops-bot", verb="digest.weekly", status="posted", channel=channel, detail={"slot": iso(slot)})
         return ts
 
     # -- App Home -----------------------------------------------------------------------------------------
 
     async def approvals_for(self, user: str) -> list[StagedRelease]:
         """Verified releases `user` may unblock: an approver, not their own deploy under four-eyes."""
-        if not await self.rt.roles.has(user, "approvers"):
+        if not await self.roles.has(user, "approvers"):
             return []
-        four_eyes = self.rt.config.deploy.four_eyes
+        four_eyes = self.ctx.config.deploy.four_eyes
         return [r for r in self.staged([State.VERIFIED])
-                if not (four_eyes and r.deployed_by == user) and not self.rt.config.models[r.model].staging_only]
+                if not (four_eyes and r.deployed_by == user) and not self.ctx.config.models[r.model].staging_only]
 
     def operations_of(self, user: str) -> list[dict[str, Any]]:
         ops = [{"what": f"{r['reason']} on {r['model']} {r['env']}", "since": _dt(r["created_at"])}
@@ -427,17 +448,17 @@ class DigestService:
 
     def oncall(self, now: datetime) -> list[OnCall]:
         found = []
-        for rotation in self.rt.config.oncall.rotations:
-            overrides = self.rt.oncall.overrides(rotation)
+        for rotation in self.ctx.config.oncall.rotations:
+            overrides = self._oncall.overrides(rotation)
             found.append(OnCall(rotation.name, who_is_on_call(rotation, now, overrides), next_shift(rotation, now, overrides)))
         return found
 
     async def home(self, user: str) -> dict[str, Any]:
-        now = self.rt.clock()
+        now = self.ctx.clock()
         return home_view(user=user, now=now, models=await self.models(), oncall=self.oncall(now),
                          alerts=self.open_alerts(), approvals=await self.approvals_for(user),
                          operations=self.operations_of(user))
 
     async def publish(self, user: str) -> None:
-        await self.rt.notifier.publish_home(user, await self.home(user))
+        await self.ctx.notifier.publish_home(user, await self.home(user))
 

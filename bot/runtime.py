@@ -303,19 +303,20 @@ class Runtime:
         self.notifier = Notifier(self.client)
         self.roles = RoleDirectory(config, self.notifier)
         self.scheduler = Scheduler(self.store, clock)
-        self.silences = Silences(self)
         self.hooks = HookQueue(self.store, self.audit, clock)  # the webhooks' Slack work, posted in the background
         # What each domain service is given (services still taking the runtime are being moved to it).
         self.ctx = Context(config=config, secrets=secrets, store=self.store, notifier=self.notifier, clock=clock,
                            audit=self.audit, spawn=self.spawn)
         # Domain services (each registers its scheduled jobs in its constructor).
         self.releases = ReleaseService(self)
-        self.datagen = DatagenService(self)
-        self.oncall = OnCallService(self)
-        self.digests = DigestService(self)
+        self.silences = Silences(self.ctx)
+        self.datagen = DatagenService(self.ctx, scheduler=self.scheduler, hooks=self.hooks, silences=self.silences)
+        self.oncall = OnCallService(self.ctx, scheduler=self.scheduler)
+        self.digests = DigestService(self.ctx, scheduler=self.scheduler, roles=self.roles, releases=self.releases,
+                                     datagen=self.datagen, oncall=self.oncall)
         self.home = self.digests  # handlers/events.py publishes the App Home through it
-        self.alertmanager = AlertmanagerIntake(self)
-        self.retrain = RetrainService(self)
+        self.alertmanager = AlertmanagerIntake(self.ctx, hooks=self.hooks, silences=self.silences)
+        self.retrain = RetrainService(self.ctx)
         self.app = self._bolt_app()
         # Set by `serve` in Socket Mode: whether the socket is up now. /healthz fails once it has been down for
         # longer than a reconnect takes, since a bot that cannot hear Slack answers nobody.

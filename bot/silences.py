@@ -8,13 +8,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
 
+from bot.context import Context
 from bot.releases.messages import when
 from bot.store import iso
-
-if TYPE_CHECKING:
-    from bot.runtime import Runtime
 
 LONGEST = timedelta(days=7)
 _DURATION = re.compile(r"(\d{1,4})([mhd])")
@@ -51,13 +48,13 @@ class Silence:
 
 
 class Silences:
-    def __init__(self, runtime: Runtime):
-        self.rt = runtime
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
 
     def _active(self, where: str = "", params: tuple = ()) -> list[Silence]:
-        rows = self.rt.store.query(
+        rows = self.ctx.store.query(
             f"SELECT id, source, matcher, until, created_by FROM silences WHERE until > ? {where} ORDER BY until DESC",
-            (iso(self.rt.clock()), *params))
+            (iso(self.ctx.clock()), *params))
         return [Silence(r["id"], r["source"], r["matcher"], datetime.fromisoformat(r["until"]), r["created_by"]) for r in rows]
 
     def active(self) -> list[Silence]:
@@ -69,17 +66,17 @@ class Silences:
         return found[0] if found else None
 
     def add(self, source: str, matcher: str, until: datetime, user: str) -> int:
-        row = self.rt.store.db["silences"].insert({"source": source, "matcher": matcher, "until": iso(until),
-                                                   "created_by": user, "created_at": iso(self.rt.clock())})
+        row = self.ctx.store.db["silences"].insert({"source": source, "matcher": matcher, "until": iso(until),
+                                                    "created_by": user, "created_at": iso(self.ctx.clock())})
         return int(row.last_pk)
 
     def silence(self, source: str, matcher: str, span: timedelta, user: str, channel: str) -> str:
         """`/mlops silence`: hold back these alerts for `span`; returns the channel's announcement."""
-        until = self.rt.clock() + span
-        with self.rt.store.transaction():
+        until = self.ctx.clock() + span
+        with self.ctx.store.transaction():
             silence_id = self.add(source, matcher, until, user)
-            self.rt.audit(actor=user, channel=channel, verb="silence", status="ok",
-                          detail={"silence": silence_id, "source": source, "matcher": matcher, "until": iso(until)})
+            self.ctx.audit(actor=user, channel=channel, verb="silence", status="ok",
+                           detail={"silence": silence_id, "source": source, "matcher": matcher, "until": iso(until)})
         return (f":no_bell: <@{user}> silenced alerts for {describe(source, matcher)} until {when(until)} (#{silence_id}): "
                 f"they are stored, not posted. `/mlops silence end {silence_id}` ends it early.")
 
@@ -95,7 +92,7 @@ class Silences:
                     "Nothing was changed.")
         if source is None:
             return "*Dry run*: `/mlops silence` alone only lists the silences; it changes nothing.\n" + self.listing()
-        until = self.rt.clock() + span
+        until = self.ctx.clock() + span
         said = (f"*Dry run*: `/mlops silence` would hold back alerts for {describe(source, matcher)} until {when(until)}: "
                 "they would be stored, not posted.")
         already = self.current(source, matcher)
@@ -113,16 +110,16 @@ class Silences:
 
     def end(self, silence_id: int, user: str, channel: str) -> str:
         """End a silence now, so later alerts are posted again; returns the channel's announcement."""
-        now = self.rt.clock()
+        now = self.ctx.clock()
         found = self._active("AND id = ?", (silence_id,))
         if not found:
             reason = f"there is no active silence #{silence_id}; `/mlops silence` lists them"
-            self.rt.audit(actor=user, channel=channel, verb="silence.end", status="refused",
-                          detail={"silence": silence_id, "reason": reason})
+            self.ctx.audit(actor=user, channel=channel, verb="silence.end", status="refused",
+                           detail={"silence": silence_id, "reason": reason})
             raise SilenceError(reason)
         ended = found[0]
-        with self.rt.store.transaction() as conn:
+        with self.ctx.store.transaction() as conn:
             conn.execute("UPDATE silences SET until = ? WHERE id = ?", (iso(now), silence_id))
-            self.rt.audit(actor=user, channel=channel, verb="silence.end", status="ok",
-                          detail={"silence": silence_id, "source": ended.source, "matcher": ended.matcher})
+            self.ctx.audit(actor=user, channel=channel, verb="silence.end", status="ok",
+                           detail={"silence": silence_id, "source": ended.source, "matcher": ended.matcher})
         return f":bell: <@{user}> ended silence #{silence_id}: alerts for {describe(ended.source, ended.matcher)} are posted again."

@@ -10,7 +10,6 @@ stored; its Slack posts go through the hooks' durable queue (bot/hooks.py).
 from __future__ import annotations
 
 import asyncio
-
 import hashlib
 import hmac
 import json
@@ -20,23 +19,23 @@ import time as walltime
 from dataclasses import asdict
 from datetime import UTC, date, datetime, timedelta
 from functools import partial
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
 from apscheduler.triggers.interval import IntervalTrigger
 
 from bot.config import DatagenJob
+from bot.context import Context
 from bot.datagen import messages
 from bot.datagen.report import Report, ReportError, parse_report
 from bot.datagen.rules import Breach, StageMove, biggest_mover, evaluate
-from bot.hooks import BodyTooLarge, max_body_bytes, not_stored, read_body
+from bot.hooks import BodyTooLarge, HookQueue, max_body_bytes, not_stored, read_body
 from bot.notifier import Message, SlackError
+from bot.scheduler import Scheduler
 from bot.serving.artifacts import ArtifactError, open_store
+from bot.silences import Silences
 from bot.store import Store, iso
-
-if TYPE_CHECKING:
-    from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -144,10 +143,12 @@ async def read_source(uri: str, s3_endpoint_url: str | None) -> bytes:
 
 
 class DatagenService:
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
-        self.store = runtime.store
-        self.jobs = runtime.config.datagen.jobs
+    def __init__(self, ctx: Context, *, scheduler: Scheduler, hooks: HookQueue, silences: Silences) -> None:
+        self.ctx = ctx
+        self.hooks = hooks
+        self.silences = silences
+        self.store = ctx.store
+        self.jobs = ctx.config.datagen.jobs
         # Per alert message: one writer at a time, and how many changes were asked for / already shown, so a
         # storm of changes to one alert becomes a few edits of its newest state (see _show).
         self._writers: dict[tuple[str, date], asyncio.Lock] = {}
@@ -158,9 +159,9 @@ class DatagenService:
             every = timedelta(minutes=job.poll_minutes)
             trigger = IntervalTrigger(minutes=job.poll_minutes, start_date=datetime(2000, 1, 1, tzinfo=UTC),
                                       timezone=UTC)
-            runtime.scheduler.add(f"datagen.poll.{name}", trigger, partial(self.poll, name), grace=every)
-        runtime.hooks.handle(ANNOUNCE, self._announce_queued)
-        runtime.hooks.handle(UNREADABLE, self._unreadable_queued)
+            scheduler.add(f"datagen.poll.{name}", trigger, partial(self.poll, name), grace=every)
+        hooks.handle(ANNOUNCE, self._announce_queued)
+        hooks.handle(UNREADABLE, self._unreadable_queued)
 
     # -- history --------------------------------------------------------------------------------------------
 
@@ -183,7 +184,7 @@ class DatagenService:
             return
         uri = source_uri(job, day)
         try:
-            raw = await read_source(uri, self.runtime.config.s3.endpoint_url)
+            raw = await read_source(uri, self.ctx.config.s3.endpoint_url)
         except ArtifactError as exc:
             log.info("datagen %s %s not there yet: %s", job_name, day, exc)
             history, expected = self.history(job_name)
@@ -201,11 +202,11 @@ class DatagenService:
             parse_report(raw, run_date=run_date)  # validate before storing; history keeps only readable records
         except ReportError as exc:
             breach = messages.unreadable(job_name, run_date, exc.reason, source)
-            self.runtime.audit(actor=actor, verb="datagen.ingest", status="unreadable", model=job_name,
-                               version=run_date.isoformat(), detail={"source": source, "reason": exc.reason})
+            self.ctx.audit(actor=actor, verb="datagen.ingest", status="unreadable", model=job_name,
+                           version=run_date.isoformat(), detail={"source": source, "reason": exc.reason})
             await self.sync_alert(job_name, run_date, [breach], None, actor=actor)
             return Ingested(job_name, run_date, False, [breach])
-        if not save_record(self.store, job_name, run_date, text, source, actor=actor, at=self.runtime.clock()):
+        if not save_record(self.store, job_name, run_date, text, source, actor=actor, at=self.ctx.clock()):
             return Ingested(job_name, run_date, False, [])
         return Ingested(job_name, run_date, True, await self.announce(job_name, run_date, actor=actor))
 
@@ -228,7 +229,7 @@ class DatagenService:
         slot = (f"datagen.summary.{job_name}", run_date.isoformat())
         if slot in self._posting:
             return breaches
-        if self.store.claim_slot(*slot, self.runtime.clock(), {"ts": None}) or not self._announced(job_name, run_date):
+        if self.store.claim_slot(*slot, self.ctx.clock(), {"ts": None}) or not self._announced(job_name, run_date):
             self._posting.add(slot)
             try:
                 await self._post_summary(job_name, run_date, history, len(breaches), slot)
@@ -252,7 +253,7 @@ class DatagenService:
 
     def retrainable(self, job: str) -> list[str]:
         """The models trained on this job's data that the bot can retrain."""
-        models = self.runtime.config.models
+        models = self.ctx.config.models
         return [m for m in self.jobs[job].models if models[m].retrain] if job in self.jobs else []
 
     def _render(self, job: str, run_date: date, row: dict[str, Any]) -> Message:
@@ -265,7 +266,7 @@ class DatagenService:
                           *, actor: str) -> None:
         """Make the run date's alert say what is breached now: post it, edit it, or resolve it."""
         row = self.alert_row(job, run_date)
-        now = self.runtime.clock()
+        now = self.ctx.clock()
         if not breaches:
             if row is not None and row["state"] != "resolved":
                 await self._resolve(job, run_date, row, actor=actor)
@@ -276,8 +277,8 @@ class DatagenService:
         if row is not None and json.loads(row["detail"])["breaches"] == json.loads(detail)["breaches"]:
             return  # nothing new to say
         if row is None:
-            silenced = self.runtime.silences.current(SOURCE, job) is not None
-            channels = self.runtime.config.channels
+            silenced = self.silences.current(SOURCE, job) is not None
+            channels = self.ctx.config.channels
             channel = self.jobs[job].channel or (channels.error if severity == "crit" else channels.info)
             self.store.db["alerts"].insert({
                 "source": SOURCE, "key": f"{job}/{run_date}", "state": "silenced" if silenced else "open",
@@ -285,15 +286,15 @@ class DatagenService:
                 "opened_at": iso(now)})
             row = self.alert_row(job, run_date)
             assert row is not None
-            self.runtime.audit(actor=actor, verb="datagen.alert", status=row["state"], channel=channel, model=job,
-                               version=run_date.isoformat(), detail={"severity": severity, "breaches": len(breaches)})
+            self.ctx.audit(actor=actor, verb="datagen.alert", status=row["state"], channel=channel, model=job,
+                           version=run_date.isoformat(), detail={"severity": severity, "breaches": len(breaches)})
             await self._show(job, run_date)
             return
         state = "open" if row["state"] == "resolved" else row["state"]
         self.store.db["alerts"].update(row["id"], {"detail": detail, "summary": summary, "severity": severity,
                                                    "state": state, "resolved_at": None})
-        self.runtime.audit(actor=actor, verb="datagen.alert", status="updated", channel=row["channel"], model=job,
-                           version=run_date.isoformat(), detail={"severity": severity, "breaches": len(breaches)})
+        self.ctx.audit(actor=actor, verb="datagen.alert", status="updated", channel=row["channel"], model=job,
+                       version=run_date.isoformat(), detail={"severity": severity, "breaches": len(breaches)})
         await self._show(job, run_date)
 
     async def _show(self, job: str, run_date: date) -> None:
@@ -313,18 +314,18 @@ class DatagenService:
                 return
             if row["ts"] is None:
                 if row["state"] in ("open", "acked"):  # silenced until now; people see it from here on
-                    ts = await self.runtime.notifier.post(row["channel"], self._render(job, run_date, row))
+                    ts = await self.ctx.notifier.post(row["channel"], self._render(job, run_date, row))
                     self.store.db["alerts"].update(row["id"], {"ts": ts})
             else:
-                ts = await self.runtime.notifier.edit_or_repost(row["channel"], row["ts"], self._render(job, run_date, row))
+                ts = await self.ctx.notifier.edit_or_repost(row["channel"], row["ts"], self._render(job, run_date, row))
                 if ts != row["ts"]:
                     self.store.db["alerts"].update(row["id"], {"ts": ts})
             self._shown[key] = covered
 
     async def _resolve(self, job: str, run_date: date, row: dict[str, Any], *, actor: str) -> None:
-        self.store.db["alerts"].update(row["id"], {"state": "resolved", "resolved_at": iso(self.runtime.clock())})
-        self.runtime.audit(actor=actor, verb="datagen.alert", status="resolved", channel=row["channel"], model=job,
-                           version=run_date.isoformat())
+        self.store.db["alerts"].update(row["id"], {"state": "resolved", "resolved_at": iso(self.ctx.clock())})
+        self.ctx.audit(actor=actor, verb="datagen.alert", status="resolved", channel=row["channel"], model=job,
+                       version=run_date.isoformat())
         await self._show(job, run_date)
 
     async def _resolve_older(self, job: str, run_date: date, breaches: list[Breach]) -> None:
@@ -342,10 +343,10 @@ class DatagenService:
         return await self._mark(job, run_date, user, "acked", "datagen.ack")
 
     async def silence(self, job: str, run_date: date, user: str, duration: str) -> str:
-        now = self.runtime.clock()
+        now = self.ctx.clock()
         until = due_at(self.jobs[job], run_date + timedelta(days=1)) if duration == "next_run" else (
             now + SILENCE_SPANS[duration])
-        self.runtime.silences.add(SOURCE, job, until, user)
+        self.silences.add(SOURCE, job, until, user)
         return await self._mark(job, run_date, user, "silenced", "datagen.silence",
                                 extra={"until": iso(until), "duration": duration})
 
@@ -359,16 +360,16 @@ class DatagenService:
                     extra: dict[str, Any] | None = None) -> str:
         row = self.alert_row(job, run_date)
         if row is None or job not in self.jobs:
-            self.runtime.audit(actor=user, verb=verb, status="refused", model=job, version=run_date.isoformat(),
-                               detail={"reason": "no such alert"})
+            self.ctx.audit(actor=user, verb=verb, status="refused", model=job, version=run_date.isoformat(),
+                           detail={"reason": "no such alert"})
             return f"There is no datagen alert for {job} {run_date}."
         if row["state"] == "resolved":
-            self.runtime.audit(actor=user, verb=verb, status="refused", model=job, version=run_date.isoformat(),
-                               detail={"reason": "already resolved"})
+            self.ctx.audit(actor=user, verb=verb, status="refused", model=job, version=run_date.isoformat(),
+                           detail={"reason": "already resolved"})
             return f"The datagen alert for {job} {run_date} is already resolved."
         self.store.db["alerts"].update(row["id"], {"state": state, "acked_by": user})
-        self.runtime.audit(actor=user, verb=verb, status="ok", channel=row["channel"], model=job,
-                           version=run_date.isoformat(), detail=extra or {})
+        self.ctx.audit(actor=user, verb=verb, status="ok", channel=row["channel"], model=job,
+                       version=run_date.isoformat(), detail=extra or {})
         await self._show(job, run_date)
         return f"Datagen alert for {job} {run_date}: {state}."
 
@@ -378,14 +379,14 @@ class DatagenService:
                             slot: tuple[str, str]) -> None:
         report = history[run_date]
         before, week = history.get(run_date - timedelta(days=1)), history.get(run_date - timedelta(days=7))
-        channel = self.runtime.config.channels.main
-        ts = await self.runtime.notifier.post(channel, messages.summary(
+        channel = self.ctx.config.channels.main
+        ts = await self.ctx.notifier.post(channel, messages.summary(
             job, report, before, week, usual_runtime=usual_runtime(history, run_date), alerts=alerts))
         self.store.conn.execute("UPDATE job_runs SET detail = json_set(detail, '$.ts', ?) WHERE job = ? AND slot = ?",
                                 (ts, *slot))
         if report.failed:
             return
-        await self.runtime.notifier.reply(channel, ts, messages.details(report, before, week))
+        await self.ctx.notifier.reply(channel, ts, messages.details(report, before, week))
         await self._charts(job, run_date, history, channel, ts)
 
     async def _charts(self, job: str, run_date: date, history: dict[date, Report], channel: str, ts: str) -> None:
@@ -395,10 +396,10 @@ class DatagenService:
             return
         for filename, title, png in await asyncio.to_thread(charts.render, job, run_date, history):
             try:
-                await self.runtime.notifier.upload(channel, filename, png, title=title, thread_ts=ts)
+                await self.ctx.notifier.upload(channel, filename, png, title=title, thread_ts=ts)
             except SlackError as exc:
-                self.runtime.audit(actor="datagen", verb="datagen.chart", status="error", channel=channel, model=job,
-                                   version=run_date.isoformat(), detail={"file": filename, "error": str(exc)})
+                self.ctx.audit(actor="datagen", verb="datagen.chart", status="error", channel=channel, model=job,
+                               version=run_date.isoformat(), detail={"file": filename, "error": str(exc)})
 
     # -- what /mlops datagen shows --------------------------------------------------------------------------
 
@@ -438,15 +439,15 @@ class DatagenService:
         """POST /hooks/datagen?job=J&date=YYYY-MM-DD with the record as the body, signed with
         MLOPS_DATAGEN_HOOK_SECRET (X-Datagen-Timestamp, X-Datagen-Signature; see `sign`). Answers once the
         record is stored; the summary, alerts and charts are posted from the hooks' queue."""
-        secret = self.runtime.secrets.datagen_hook_secret
+        secret = self.ctx.secrets.datagen_hook_secret
         if not secret:
             return web.json_response({"error": "the datagen hook is off: set MLOPS_DATAGEN_HOOK_SECRET"}, status=503)
         try:
             body = await read_body(request, max_body_bytes())
         except BodyTooLarge as exc:
             log.warning("datagen hook refused a request from %s: %s", request.remote, exc)
-            self.runtime.audit(actor="unknown", verb="datagen.hook", status="too_large",
-                               detail={"bytes": exc.size, "limit": exc.limit})
+            self.ctx.audit(actor="unknown", verb="datagen.hook", status="too_large",
+                           detail={"bytes": exc.size, "limit": exc.limit})
             return web.json_response({"error": f"record refused: {exc}"}, status=413)
         stamp = request.headers.get("X-Datagen-Timestamp", "")
         given = request.headers.get("X-Datagen-Signature", "")
@@ -455,8 +456,8 @@ class DatagenService:
         url = request.rel_url
         expected = sign(secret, stamp, request.method, url.raw_path, url.raw_query_string, body)
         if not fresh or not hmac.compare_digest(expected.encode(), given.encode("utf-8", "replace")):
-            self.runtime.audit(actor="unknown", verb="datagen.hook", status="rejected",
-                               detail={"reason": "bad signature or timestamp"})
+            self.ctx.audit(actor="unknown", verb="datagen.hook", status="rejected",
+                           detail={"reason": "bad signature or timestamp"})
             return web.json_response({"error": "bad signature or timestamp (the signature covers the method, path, "
                                                "query and body: see README, Webhooks)"}, status=401)
         try:
@@ -465,7 +466,7 @@ class DatagenService:
             self._not_ahead(job, day)
         except (DatagenError, KeyError, ValueError) as exc:
             reason = str(exc) if isinstance(exc, DatagenError) else "give date=YYYY-MM-DD in the query"
-            self.runtime.audit(actor="datagen.hook", verb="datagen.hook", status="invalid", detail={"error": reason})
+            self.ctx.audit(actor="datagen.hook", verb="datagen.hook", status="invalid", detail={"error": reason})
             return web.json_response({"error": reason}, status=400)
         source = f"hook:{request.remote}"
         answer: dict[str, Any] = {"job": job, "run_date": day.isoformat()}
@@ -475,9 +476,9 @@ class DatagenService:
             # The alert saying so is posted from the queue; the audit row and the queued item commit together.
             try:
                 with self.store.transaction():
-                    self.runtime.audit(actor="datagen.hook", verb="datagen.ingest", status="unreadable", model=job,
-                                       version=day.isoformat(), detail={"source": source, "reason": exc.reason})
-                    queued = self.runtime.hooks.put(UNREADABLE, f"{SOURCE}:{job}", {
+                    self.ctx.audit(actor="datagen.hook", verb="datagen.ingest", status="unreadable", model=job,
+                                   version=day.isoformat(), detail={"source": source, "reason": exc.reason})
+                    queued = self.hooks.put(UNREADABLE, f"{SOURCE}:{job}", {
                         "job": job, "date": day.isoformat(), "reason": exc.reason, "source": source})
             except sqlite3.Error as failed:
                 return not_stored("datagen hook", failed)
@@ -486,15 +487,15 @@ class DatagenService:
         try:
             with self.store.transaction():  # stored and queued at once, so a crash cannot keep one without the other
                 stored = save_record(self.store, job, day, body.decode("utf-8", "replace"), source,
-                                     actor="datagen.hook", at=self.runtime.clock())
-                queued = (self.runtime.hooks.put(ANNOUNCE, f"{SOURCE}:{job}", {"job": job, "date": day.isoformat()})
+                                     actor="datagen.hook", at=self.ctx.clock())
+                queued = (self.hooks.put(ANNOUNCE, f"{SOURCE}:{job}", {"job": job, "date": day.isoformat()})
                           if stored else None)
         except sqlite3.Error as failed:
             return not_stored("datagen hook", failed)
         return web.json_response({**answer, "stored": stored, "queued": queued})
 
     def _not_ahead(self, job: str, day: date) -> None:
-        today = run_date_at(self.jobs[job], self.runtime.clock())
+        today = run_date_at(self.jobs[job], self.ctx.clock())
         if day > today + HOOK_MAX_AHEAD:
             raise DatagenError(f"date={day} is in the future: today is {today} in {self.jobs[job].tz}, and the hook "
                                f"takes run dates up to {today + HOOK_MAX_AHEAD}")

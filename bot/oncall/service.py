@@ -19,11 +19,12 @@ from collections.abc import Awaitable
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 
+from bot.context import Context
 from bot.notifier import Message, SlackError
 from bot.oncall import messages
 from bot.oncall.grammar import AskCover, CreateOverride, OnCallRequest, ShowNow, ShowSchedule, Undo
@@ -38,10 +39,8 @@ from bot.oncall.schedule import (
     who_is_on_call,
 )
 from bot.oncall.summary import summarize
+from bot.scheduler import Scheduler
 from bot.store import iso
-
-if TYPE_CHECKING:
-    from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +77,14 @@ class HandoffTrigger(BaseTrigger):
 
 
 class OnCallService:
-    def __init__(self, runtime: Runtime):
-        self.rt = runtime
-        self.rotations = {r.name: r for r in runtime.config.oncall.rotations}
+    def __init__(self, ctx: Context, *, scheduler: Scheduler):
+        self.ctx = ctx
+        self.rotations = {r.name: r for r in ctx.config.oncall.rotations}
         # One sync at a time per rotation, so a tick and a handoff at the same instant write Slack once.
         self._sync_locks = {name: asyncio.Lock() for name in self.rotations}
         tick = CronTrigger(minute=f"*/{TICK_EVERY_MINUTES}", timezone=UTC)
         for name, rotation in self.rotations.items():
-            add = runtime.scheduler.add
+            add = scheduler.add
             # Resumable: post_handoff knows from oncall_handoffs whether a crashed process got the card out.
             add(f"oncall.{name}.handoff", HandoffTrigger(rotation), partial(self.post_handoff, rotation), grace=HANDOFF_GRACE,
                 resumable=True)
@@ -97,19 +96,19 @@ class OnCallService:
 
     def overrides(self, rotation: Rotation) -> list[Override]:
         """Live overrides in creation order (the schedule lets the later one win where two overlap)."""
-        rows = self.rt.store.conn.execute(
+        rows = self.ctx.store.conn.execute(
             "SELECT user, start, end FROM oncall_overrides WHERE rotation = ? AND deleted_at IS NULL ORDER BY id",
             (rotation.name,),
         )
         return [Override(user=user, start=_at(start), end=_at(end)) for user, start, end in rows]
 
     def _row(self, sql: str, *params: Any) -> dict[str, Any] | None:
-        return next(iter(self.rt.store.db.query(sql, params)), None)
+        return next(iter(self.ctx.store.db.query(sql, params)), None)
 
     def summary(self, since: datetime, until: datetime, now: datetime) -> messages.ShiftSummary:
-        db = self.rt.store.db
+        db = self.ctx.store.db
         return summarize(
-            actions=self.rt.store.actions(since=since),
+            actions=self.ctx.store.actions(since=since),
             alerts=db.query(
                 "SELECT * FROM alerts WHERE source = 'datagen' AND (opened_at >= ? OR resolved_at IS NULL) ORDER BY id",
                 [iso(since)],
@@ -124,7 +123,7 @@ class OnCallService:
     # -- scheduled jobs ---------------------------------------------------------------------------
 
     async def post_handoff(self, rotation: Rotation, slot: datetime) -> None:
-        now = self.rt.clock()
+        now = self.ctx.clock()
         overrides = self.overrides(rotation)
         incoming = who_is_on_call(rotation, slot, overrides)
         if incoming is None:  # only before the rotation's first shift, which no handoff precedes
@@ -135,7 +134,7 @@ class OnCallService:
             return
         outgoing = who_is_on_call(rotation, slot - timedelta.resolution, overrides)
         summary = self.summary(_previous_handoff(rotation, slot), slot, now)
-        with self.rt.store.transaction() as conn:
+        with self.ctx.store.transaction() as conn:
             if earlier is None:
                 handoff_id = conn.execute(
                     "INSERT INTO oncall_handoffs (rotation, slot, outgoing, incoming, channel, posted_at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -154,14 +153,14 @@ class OnCallService:
         audit = {"actor": BOT, "verb": "oncall.handoff", "channel": rotation.channel}
         detail = {"rotation": rotation.name, "slot": iso(slot), "handoff": handoff_id, "incoming": incoming.user}
         try:
-            ts = await self.rt.notifier.post(rotation.channel, card)
+            ts = await self.ctx.notifier.post(rotation.channel, card)
         except SlackError as exc:
-            self.rt.audit(**audit, status="failed", detail={**detail, "error": exc.error})
+            self.ctx.audit(**audit, status="failed", detail={**detail, "error": exc.error})
             return
-        self.rt.store.conn.execute(
+        self.ctx.store.conn.execute(
             "UPDATE oncall_handoffs SET ts = ?, message = ? WHERE id = ?", (ts, json.dumps(asdict(card)), handoff_id)
         )
-        self.rt.audit(**audit, status="posted", detail={**detail, "outgoing": outgoing and outgoing.user, "ts": ts})
+        self.ctx.audit(**audit, status="posted", detail={**detail, "outgoing": outgoing and outgoing.user, "ts": ts})
         await self.sync_slack(rotation, now)
 
     async def remind_day_before(self, rotation: Rotation, slot: datetime) -> None:
@@ -171,15 +170,15 @@ class OnCallService:
         audit = {"actor": BOT, "verb": "oncall.reminder", "detail": {"rotation": rotation.name, "user": shift.user,
                                                                       "shift_start": iso(shift.start)}}
         try:
-            await self.rt.notifier.dm(shift.user, messages.reminder_message(shift.user, shift, rotation_name=rotation.name))
+            await self.ctx.notifier.dm(shift.user, messages.reminder_message(shift.user, shift, rotation_name=rotation.name))
         except SlackError as exc:
-            self.rt.audit(**audit, status="failed")
+            self.ctx.audit(**audit, status="failed")
             log.warning("day-before reminder to %s failed: %s", shift.user, exc.error)
             return
-        self.rt.audit(**audit, status="sent")
+        self.ctx.audit(**audit, status="sent")
 
     async def tick(self, rotation: Rotation, slot: datetime) -> None:
-        now = self.rt.clock()
+        now = self.ctx.clock()
         await self.sync_slack(rotation, now)
         await self.remind_unacknowledged(rotation, now)
 
@@ -190,7 +189,7 @@ class OnCallService:
             return
         if _at(latest["posted_at"]) > now - ACK_WITHIN:
             return
-        claimed = self.rt.store.conn.execute(
+        claimed = self.ctx.store.conn.execute(
             "UPDATE oncall_handoffs SET reminded_at = ? WHERE id = ? AND reminded_at IS NULL AND acked_by IS NULL",
             (iso(now), latest["id"]),
         ).rowcount
@@ -200,12 +199,12 @@ class OnCallService:
         shift = who_is_on_call(rotation, slot, self.overrides(rotation)) or Shift(slot, slot, user, False)
         audit = {"actor": BOT, "verb": "oncall.ack_reminder", "detail": {"handoff": latest["id"], "user": user}}
         try:
-            await self.rt.notifier.dm(user, messages.ack_reminder(rotation.name, user, shift))
+            await self.ctx.notifier.dm(user, messages.ack_reminder(rotation.name, user, shift))
         except SlackError as exc:
-            self.rt.audit(**audit, status="failed")
+            self.ctx.audit(**audit, status="failed")
             log.warning("acknowledge reminder to %s failed: %s", user, exc.error)
             return
-        self.rt.audit(**audit, status="sent")
+        self.ctx.audit(**audit, status="sent")
 
     # -- Slack state ------------------------------------------------------------------------------
 
@@ -221,31 +220,31 @@ class OnCallService:
                     self._remember(rotation, "usergroup_users", shift.user, now)
             topic = messages.topic_text(shift.user, shift.end, rotation.tz)
             if state.get("topic") != topic:
-                if await self._slack_write(rotation, "topic", topic, self.rt.notifier.set_topic(rotation.channel, topic)):
+                if await self._slack_write(rotation, "topic", topic, self.ctx.notifier.set_topic(rotation.channel, topic)):
                     self._remember(rotation, "topic", topic, now)
 
     async def _set_usergroup(self, rotation: Rotation, group: str, user: str) -> bool:
         try:
-            current = await self.rt.notifier.usergroup_members(group)
+            current = await self.ctx.notifier.usergroup_members(group)
         except SlackError as exc:
-            self.rt.audit(actor=BOT, verb="oncall.usergroup", status="failed", detail={"group": group, "error": exc.error})
+            self.ctx.audit(actor=BOT, verb="oncall.usergroup", status="failed", detail={"group": group, "error": exc.error})
             return False
         if current == [user]:  # someone (or an earlier run) already set it
             return True
-        return await self._slack_write(rotation, "usergroup", user, self.rt.notifier.set_usergroup(group, [user]))
+        return await self._slack_write(rotation, "usergroup", user, self.ctx.notifier.set_usergroup(group, [user]))
 
     async def _slack_write(self, rotation: Rotation, what: str, value: str, call: Awaitable[None]) -> bool:
         audit = {"actor": BOT, "verb": f"oncall.{what}", "channel": rotation.channel}
         try:
             await call
         except SlackError as exc:
-            self.rt.audit(**audit, status="failed", detail={"rotation": rotation.name, "value": value, "error": exc.error})
+            self.ctx.audit(**audit, status="failed", detail={"rotation": rotation.name, "value": value, "error": exc.error})
             return False
-        self.rt.audit(**audit, status="succeeded", detail={"rotation": rotation.name, "value": value})
+        self.ctx.audit(**audit, status="succeeded", detail={"rotation": rotation.name, "value": value})
         return True
 
     def _remember(self, rotation: Rotation, column: str, value: str, now: datetime) -> None:
-        self.rt.store.conn.execute(
+        self.ctx.store.conn.execute(
             f"INSERT INTO oncall_slack_state (rotation, {column}, updated_at) VALUES (?, ?, ?) "
             f"ON CONFLICT(rotation) DO UPDATE SET {column} = excluded.{column}, updated_at = excluded.updated_at",
             (rotation.name, value, iso(now)),
@@ -255,7 +254,7 @@ class OnCallService:
 
     async def handle(self, request: OnCallRequest, actor: str, channel: str, response_url: str) -> None:
         """Run one parsed `/mlops oncall` request and answer the person who typed it (ephemerally)."""
-        now = self.rt.clock()
+        now = self.ctx.clock()
         try:
             match request:
                 case ShowNow(rotation):
@@ -275,19 +274,19 @@ class OnCallService:
                 case Undo(override_id):
                     answer = await self.undo(override_id, actor, now)
         except OnCallError as exc:
-            self.rt.audit(actor=actor, verb=_VERBS[type(request)], status="rejected", channel=channel,
-                          detail={"error": str(exc)})
+            self.ctx.audit(actor=actor, verb=_VERBS[type(request)], status="rejected", channel=channel,
+                           detail={"error": str(exc)})
             answer = Message(f":warning: {exc}")
-        await self.rt.notifier.respond(response_url, answer)
+        await self.ctx.notifier.respond(response_url, answer)
 
     async def create_override(self, ask: CreateOverride, actor: str, now: datetime) -> Message:
         rotation = ask.rotation
-        with self.rt.store.transaction() as conn:
+        with self.ctx.store.transaction() as conn:
             if problem := validate_override(rotation, ask.start, ask.end, ask.user, now, self.overrides(rotation)):
                 raise OnCallError(problem)
             override_id = self._insert_override(conn, rotation, ask.user, ask.start, ask.end, actor, now)
-            self.rt.audit(actor=actor, verb="oncall.override", status="succeeded", channel=rotation.channel,
-                          detail={"override": override_id, "rotation": rotation.name, "user": ask.user,
+            self.ctx.audit(actor=actor, verb="oncall.override", status="succeeded", channel=rotation.channel,
+                           detail={"override": override_id, "rotation": rotation.name, "user": ask.user,
                                   "start": iso(ask.start), "end": iso(ask.end)})
         notice = messages.override_notice(rotation.name, override_id, ask.user, ask.start, ask.end, actor)
         await self._announce(rotation, notice)
@@ -299,24 +298,24 @@ class OnCallService:
         # The requester stands in for the eventual taker: same range checks, and only members ask.
         if problem := validate_override(rotation, ask.start, ask.end, actor, now, self.overrides(rotation)):
             raise OnCallError(problem)
-        with self.rt.store.transaction() as conn:
+        with self.ctx.store.transaction() as conn:
             request_id = conn.execute(
                 "INSERT INTO oncall_cover_requests (rotation, requester, start, end, channel, created_at) VALUES (?, ?, ?, ?, ?, ?)",
                 (rotation.name, actor, iso(ask.start), iso(ask.end), rotation.channel, iso(now)),
             ).lastrowid
         card = messages.cover_request(actor, ask.start, ask.end, str(request_id), rotation_name=rotation.name)
         try:
-            ts = await self.rt.notifier.post(rotation.channel, card)
+            ts = await self.ctx.notifier.post(rotation.channel, card)
         except SlackError as exc:
-            self.rt.store.conn.execute("DELETE FROM oncall_cover_requests WHERE id = ?", (request_id,))
+            self.ctx.store.conn.execute("DELETE FROM oncall_cover_requests WHERE id = ?", (request_id,))
             raise OnCallError(f"Could not post the cover request in <#{rotation.channel}> ({exc.error}); try again.") from exc
-        self.rt.store.conn.execute("UPDATE oncall_cover_requests SET ts = ? WHERE id = ?", (ts, request_id))
-        self.rt.audit(actor=actor, verb="oncall.cover", status="requested", channel=rotation.channel,
-                      detail={"request": request_id, "rotation": rotation.name, "start": iso(ask.start), "end": iso(ask.end)})
+        self.ctx.store.conn.execute("UPDATE oncall_cover_requests SET ts = ? WHERE id = ?", (ts, request_id))
+        self.ctx.audit(actor=actor, verb="oncall.cover", status="requested", channel=rotation.channel,
+                       detail={"request": request_id, "rotation": rotation.name, "start": iso(ask.start), "end": iso(ask.end)})
         return Message(f"Asked <#{rotation.channel}> to cover for you; the first member to press *Take* gets it.")
 
     async def undo(self, override_id: int, actor: str, now: datetime) -> Message:
-        with self.rt.store.transaction() as conn:
+        with self.ctx.store.transaction() as conn:
             row = self._row("SELECT * FROM oncall_overrides WHERE id = ?", override_id)
             if row is None or row["deleted_at"]:
                 raise OnCallError(f"There is no override #{override_id} to undo (see `/mlops oncall schedule`).")
@@ -328,7 +327,7 @@ class OnCallService:
             ended_early = _at(row["start"]) < now
             column = "end" if ended_early else "deleted_at"
             conn.execute(f"UPDATE oncall_overrides SET {column} = ? WHERE id = ?", (iso(now), override_id))
-            self.rt.audit(actor=actor, verb="oncall.undo", status="succeeded", detail={"override": override_id,
+            self.ctx.audit(actor=actor, verb="oncall.undo", status="succeeded", detail={"override": override_id,
                                                                                       "ended_early": ended_early})
         rotation = self.rotations.get(row["rotation"])
         notice = messages.override_undone(row["rotation"], override_id, row["user"], actor, ended_early=ended_early)
@@ -340,33 +339,33 @@ class OnCallService:
     # -- buttons ----------------------------------------------------------------------------------
 
     async def acknowledge(self, handoff_id: int, user: str, channel: str) -> None:
-        now = self.rt.clock()
+        now = self.ctx.clock()
         try:
             row = self._row("SELECT * FROM oncall_handoffs WHERE id = ?", handoff_id)
             if row is None or row["ts"] is None:
                 raise OnCallError("This handoff is not in the bot's records; nothing to acknowledge.")
             if user != row["incoming"]:
                 raise OnCallError(f"This handoff is for <@{row['incoming']}>; only they can acknowledge it.")
-            with self.rt.store.transaction() as conn:
+            with self.ctx.store.transaction() as conn:
                 claimed = conn.execute(
                     "UPDATE oncall_handoffs SET acked_by = ?, acked_at = ? WHERE id = ? AND acked_by IS NULL",
                     (user, iso(now), handoff_id),
                 ).rowcount
                 if not claimed:
                     raise OnCallError("You already acknowledged this handoff.")
-                self.rt.audit(actor=user, verb="oncall.ack_handoff", status="succeeded", channel=row["channel"],
-                              detail={"handoff": handoff_id, "rotation": row["rotation"]})
+                self.ctx.audit(actor=user, verb="oncall.ack_handoff", status="succeeded", channel=row["channel"],
+                               detail={"handoff": handoff_id, "rotation": row["rotation"]})
         except OnCallError as exc:
             await self._refuse(user, channel, "oncall.ack_handoff", exc, {"handoff": handoff_id})
             return
         posted = Message(**json.loads(row["message"]))
-        await self.rt.notifier.update(row["channel"], row["ts"], messages.handoff_acknowledged(posted, user, now))
+        await self.ctx.notifier.update(row["channel"], row["ts"], messages.handoff_acknowledged(posted, user, now))
 
     async def take(self, request_id: int, user: str, channel: str) -> None:
         """First taker wins: the check and the write happen in one BEGIN IMMEDIATE transaction."""
-        now = self.rt.clock()
+        now = self.ctx.clock()
         try:
-            with self.rt.store.transaction() as conn:
+            with self.ctx.store.transaction() as conn:
                 row = self._row("SELECT * FROM oncall_cover_requests WHERE id = ?", request_id)
                 if row is None or row["ts"] is None:
                     raise OnCallError("This cover request is not in the bot's records.")
@@ -389,12 +388,12 @@ class OnCallService:
                 # The requester owns the override: it is their shift, so they may undo it.
                 override_id = self._insert_override(conn, rotation, user, start, end, row["requester"], now)
                 conn.execute("UPDATE oncall_cover_requests SET override_id = ? WHERE id = ?", (override_id, request_id))
-                self.rt.audit(actor=user, verb="oncall.take", status="succeeded", channel=row["channel"],
-                              detail={"request": request_id, "override": override_id, "start": iso(start), "end": iso(end)})
+                self.ctx.audit(actor=user, verb="oncall.take", status="succeeded", channel=row["channel"],
+                               detail={"request": request_id, "override": override_id, "start": iso(start), "end": iso(end)})
         except OnCallError as exc:
             await self._refuse(user, channel, "oncall.take", exc, {"request": request_id})
             return
-        await self.rt.notifier.update(row["channel"], row["ts"], messages.cover_taken(row["requester"], start, end, user))
+        await self.ctx.notifier.update(row["channel"], row["ts"], messages.cover_taken(row["requester"], start, end, user))
         await self.sync_slack(rotation, now)
 
     # -- helpers ----------------------------------------------------------------------------------
@@ -410,13 +409,13 @@ class OnCallService:
     async def _announce(self, rotation: Rotation, notice: Message) -> None:
         """Tell the channel; the change is made either way, so a failed post is logged, not raised."""
         try:
-            await self.rt.notifier.post(rotation.channel, notice)
+            await self.ctx.notifier.post(rotation.channel, notice)
         except SlackError as exc:
             log.warning("could not announce in %s: %s", rotation.channel, exc.error)
 
     async def _refuse(self, user: str, channel: str, verb: str, exc: OnCallError, detail: dict[str, Any]) -> None:
-        self.rt.audit(actor=user, verb=verb, status="rejected", channel=channel, detail={**detail, "error": str(exc)})
-        await self.rt.notifier.ephemeral(channel, user, Message(f":warning: {exc}"))
+        self.ctx.audit(actor=user, verb=verb, status="rejected", channel=channel, detail={**detail, "error": str(exc)})
+        await self.ctx.notifier.ephemeral(channel, user, Message(f":warning: {exc}"))
 
 
 def _previous_handoff(rotation: Rotation, slot: datetime) -> datetime:

@@ -17,9 +17,10 @@ import shlex
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from bot.config import RetrainConfig
+from bot.context import Context
 from bot.notifier import Message, SlackError
 from bot.releases.messages import when
 from bot.retrain import messages
@@ -37,9 +38,6 @@ from bot.retrain.messages import Run
 from bot.serving.artifacts import ArtifactError, open_store
 from bot.serving.registry import Registry, RegistryError
 from bot.store import iso
-
-if TYPE_CHECKING:
-    from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -150,10 +148,10 @@ class RetrainService:
     command_poll_seconds = 0.5
     max_poll_seconds = 60.0
 
-    def __init__(self, runtime: Runtime):
-        self.rt = runtime
-        self.store = runtime.store
-        self.runs_dir = Path(runtime.config.store).resolve().parent / "retrain-runs"
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.store = ctx.store
+        self.runs_dir = Path(ctx.config.store).resolve().parent / "retrain-runs"
         self._airflow: AirflowClient | None = None
         self._followers: dict[int, asyncio.Task[Any]] = {}
         self._wake: dict[int, asyncio.Event] = {}
@@ -161,16 +159,16 @@ class RetrainService:
     # -- lookups ----------------------------------------------------------------------------------
 
     def retrain_config(self, model: str) -> RetrainConfig:
-        cfg = self.rt.config.models.get(model)
+        cfg = self.ctx.config.models.get(model)
         if cfg is None:
-            known = ", ".join(sorted(self.rt.config.models)) or "none configured"
+            known = ", ".join(sorted(self.ctx.config.models)) or "none configured"
             raise RetrainError(f"unknown model `{model}`; known models: {known}")
         if cfg.retrain is None:
             raise RetrainError(f"{model} has no retrain pipeline; add `models.{model}.retrain` to the bot's config")
         return cfg.retrain
 
     def registry(self, model: str) -> Registry:
-        return Registry(open_store(self.rt.config.models[model].registry, s3_endpoint_url=self.rt.config.s3.endpoint_url))
+        return Registry(open_store(self.ctx.config.models[model].registry, s3_endpoint_url=self.ctx.config.s3.endpoint_url))
 
     def get(self, pk: int) -> Run:
         rows = list(self.store.db.query("SELECT * FROM retrain_runs WHERE id = ?", [pk]))
@@ -186,7 +184,7 @@ class RetrainService:
 
     def airflow(self) -> AirflowClient:
         if self._airflow is None:
-            cfg, sec = self.rt.config.airflow, self.rt.secrets
+            cfg, sec = self.ctx.config.airflow, self.ctx.secrets
             if cfg is None:
                 raise AirflowError("the bot's config has no `airflow` section; add airflow.base_url")
             self._airflow = AirflowClient(cfg.base_url, api_version=cfg.api_version, auth=cfg.auth,
@@ -198,7 +196,7 @@ class RetrainService:
         """Where the run executes, as the card says it."""
         if run.backend == "airflow":
             return f"Airflow DAG `{run.handle.get('dag_id', '?')}`"
-        cfg = self.rt.config.models.get(run.model)
+        cfg = self.ctx.config.models.get(run.model)
         argv = cfg.retrain.command if cfg and cfg.retrain else ["?"]
         return f"command `{' '.join([Path(argv[0]).name, *argv[1:]])}`"
 
@@ -209,7 +207,7 @@ class RetrainService:
         """Start the model's pipeline and its card; RetrainError says why not (and nothing was started)."""
         cfg = self.retrain_config(model)
         args = dict(args or {})
-        now = self.rt.clock()
+        now = self.ctx.clock()
         run_id = new_run_id(model, now)
         audit = {"actor": actor, "verb": "retrain", "channel": channel, "model": model}
         with self.store.transaction() as conn:
@@ -220,7 +218,7 @@ class RetrainService:
                     "reason) VALUES (?, ?, ?, 'starting', ?, ?, ?, ?, ?)",
                     (model, cfg.backend, run_id, actor, json.dumps(args), channel, iso(now), reason)).lastrowid)
         if busy is not None:
-            self.rt.audit(**audit, status="refused", detail={"in_flight": busy.run_id, "args": args})
+            self.ctx.audit(**audit, status="refused", detail={"in_flight": busy.run_id, "args": args})
             raise RetrainError(
                 f"{model} is already retraining: run `{busy.run_id}` ({busy.state}), started by <@{busy.requested_by}> "
                 f"{when(busy.started_at)}. Cancel it with `/mlops retrain {model} cancel`, or add `force=true` to "
@@ -229,15 +227,15 @@ class RetrainService:
             handle = await self._launch(cfg, model, run_id, actor, args)
         except (AirflowError, CommandError) as exc:
             self.store.conn.execute("DELETE FROM retrain_runs WHERE id = ?", (pk,))
-            self.rt.audit(**audit, status="failed", detail={"run_id": run_id, "stage": "start", "error": str(exc)})
+            self.ctx.audit(**audit, status="failed", detail={"run_id": run_id, "stage": "start", "error": str(exc)})
             raise RetrainError(f"could not start retraining {model}: {exc}") from None
         self.store.conn.execute("UPDATE retrain_runs SET state = 'queued', handle = ? WHERE id = ?",
                                 (json.dumps(handle), pk))
-        self.rt.audit(**audit, status="started", detail={"run_id": run_id, "backend": cfg.backend, "args": args,
-                                                         "force": force, "reason": reason, **handle})
+        self.ctx.audit(**audit, status="started", detail={"run_id": run_id, "backend": cfg.backend, "args": args,
+                                                          "force": force, "reason": reason, **handle})
         run = self.get(pk)
         try:
-            ts = await self.rt.notifier.post(channel, messages.card(run, self.where(run)))
+            ts = await self.ctx.notifier.post(channel, messages.card(run, self.where(run)))
             self.store.conn.execute("UPDATE retrain_runs SET card_ts = ? WHERE id = ?", (ts, pk))
         except SlackError:
             log.warning("could not post the card of retrain %s; following it anyway", run_id, exc_info=True)
@@ -266,11 +264,11 @@ class RetrainService:
                 f"{when(busy.started_at)}. Cancel it with `/mlops retrain {model} cancel`, or add `force=true` to "
                 "start another alongside it.")
         args = dict(args or {})
-        registry = self.rt.config.models[model].registry
+        registry = self.ctx.config.models[model].registry
         if cfg.backend == "airflow":
             # The conf exactly as _launch sends it (the run id is drawn only when a run really starts).
             conf = {**cfg.conf, **args, "model": model, "requested_by": actor, "registry": registry}
-            unpause = self.rt.config.airflow.unpause if self.rt.config.airflow else False
+            unpause = self.ctx.config.airflow.unpause if self.ctx.config.airflow else False
             how = (f"trigger Airflow DAG `{cfg.dag_id}`{' (unpausing it if paused)' if unpause else ''} "
                    f"with conf `{json.dumps(conf, sort_keys=True)}`")
         else:
@@ -291,11 +289,11 @@ class RetrainService:
     async def _launch(self, cfg: RetrainConfig, model: str, run_id: str, actor: str,
                       args: dict[str, str]) -> dict[str, str]:
         """Start the run on its backend; returns the handle that finds it again after a restart."""
-        registry = self.rt.config.models[model].registry
+        registry = self.ctx.config.models[model].registry
         if cfg.backend == "airflow":
             assert cfg.dag_id is not None  # the config requires it for this backend
             conf = {**cfg.conf, **args, "model": model, "requested_by": actor, "registry": registry}
-            unpause = self.rt.config.airflow.unpause if self.rt.config.airflow else False
+            unpause = self.ctx.config.airflow.unpause if self.ctx.config.airflow else False
             await self.airflow().trigger(cfg.dag_id, conf, run_id=run_id, unpause=unpause)
             return {"dag_id": cfg.dag_id}
         run_dir = self.runs_dir / run_id
@@ -306,7 +304,7 @@ class RetrainService:
 
     def _backend(self, run: Run) -> Backend:
         if run.backend == "airflow":
-            ui_url = self.rt.config.airflow.ui_url if self.rt.config.airflow else None
+            ui_url = self.ctx.config.airflow.ui_url if self.ctx.config.airflow else None
             return AirflowBackend(self.airflow(), run.handle["dag_id"], run.run_id, ui_url)
         return CommandBackend(CommandRun.attach(Path(run.handle["run_dir"])))
 
@@ -335,8 +333,8 @@ class RetrainService:
             await self._backend(run).cancel()
         except (AirflowError, OSError, ValueError) as exc:
             self.store.conn.execute("UPDATE retrain_runs SET state = ?, cancelled_by = NULL WHERE id = ?", (run.state, pk))
-            self.rt.audit(actor=actor, verb="retrain", status="cancel_failed", channel=run.channel, model=run.model,
-                          detail={"run_id": run.run_id, "error": str(exc)})
+            self.ctx.audit(actor=actor, verb="retrain", status="cancel_failed", channel=run.channel, model=run.model,
+                           detail={"run_id": run.run_id, "error": str(exc)})
             raise RetrainError(f"could not cancel run `{run.run_id}` of {run.model}: {exc}") from None
         await self._update_card(self.get(pk))
         self._follow_in_background(pk)  # wakes the follower, or starts one if there is none
@@ -356,13 +354,13 @@ class RetrainService:
                 f":warning: The bot stopped following run `{run.run_id}` ({type(exc).__name__}; it is in the bot's log). "
                 "It will pick the run up again when it restarts."))
 
-        task = self.rt.spawn(self._follow(pk, resumed=resumed), name=f"retrain {pk}", on_error=lost)
+        task = self.ctx.spawn(self._follow(pk, resumed=resumed), name=f"retrain {pk}", on_error=lost)
         self._followers[pk] = task
         task.add_done_callback(lambda _: (self._followers.pop(pk, None), self._wake.pop(pk, None)))
 
     async def _follow(self, pk: int, *, resumed: bool) -> None:
         run = self.get(pk)
-        cfg = self.rt.config.models.get(run.model)
+        cfg = self.ctx.config.models.get(run.model)
         if cfg is None or cfg.retrain is None:
             await self._finish(run, RunStatus(run.run_id, "failed", detail="its model's retrain config is gone"), [])
             return
@@ -373,7 +371,7 @@ class RetrainService:
             return
         if resumed:
             await self._reply(run, messages.note(":arrows_counterclockwise: The bot restarted; following this run again."))
-        base = self.rt.config.airflow.poll_seconds if run.backend == "airflow" and self.rt.config.airflow else (
+        base = self.ctx.config.airflow.poll_seconds if run.backend == "airflow" and self.ctx.config.airflow else (
             self.command_poll_seconds)
         deadline = run.started_at + timedelta(minutes=cfg.retrain.timeout_minutes)
         delay, last = base, None
@@ -394,7 +392,7 @@ class RetrainService:
                 if changed:
                     await self._progress(pk, last, status)
                 last = status
-            if self.rt.clock() >= deadline:
+            if self.ctx.clock() >= deadline:
                 await self._time_out(pk, backend, last, cfg.retrain.timeout_minutes)
                 return
             delay = next_delay(delay, changed, base, self.max_poll_seconds)
@@ -433,7 +431,7 @@ class RetrainService:
             except (RegistryError, ArtifactError) as exc:
                 found, why = None, f"the registry could not be read: {exc}"
             else:
-                why = (f"no version in {self.rt.config.models[run.model].registry} names run `{run.run_id}` as its "
+                why = (f"no version in {self.ctx.config.models[run.model].registry} names run `{run.run_id}` as its "
                        "pipeline_run_id in metadata.json; check the pipeline's publish step")
             if found is None:
                 status = replace(status, state="failed", detail=f"the pipeline succeeded but {why}")
@@ -442,7 +440,7 @@ class RetrainService:
                 metrics = found.metadata.metrics if found.metadata else {}
         final = "cancelled" if run.state == "cancelling" else status.state
         outcome = {"success": "succeeded", "failed": "failed", "cancelled": "cancelled"}[final]
-        now = self.rt.clock()
+        now = self.ctx.clock()
         with self.store.transaction() as conn:
             cursor = conn.execute(
                 f"UPDATE retrain_runs SET state = ?, version = ?, detail = ?, ended_at = ? WHERE id = ? "
@@ -450,9 +448,9 @@ class RetrainService:
                 (final, version, status.detail, iso(now), run.id, *IN_FLIGHT))
             if cursor.rowcount != 1:
                 return  # already ended elsewhere
-            self.rt.audit(actor=run.cancelled_by if final == "cancelled" else run.requested_by, verb="retrain",
-                          status=outcome, channel=run.channel, model=run.model, version=version,
-                          detail={"run_id": run.run_id, "detail": status.detail, "failed_tasks": status.failed_tasks,
+            self.ctx.audit(actor=run.cancelled_by if final == "cancelled" else run.requested_by, verb="retrain",
+                           status=outcome, channel=run.channel, model=run.model, version=version,
+                           detail={"run_id": run.run_id, "detail": status.detail, "failed_tasks": status.failed_tasks,
                                   "url": status.url, "metrics": metrics})
         run = self.get(run.id)
         if final == "success":
@@ -467,10 +465,10 @@ class RetrainService:
 
     def oncall_mention(self, model: str) -> str:
         """Who to @-mention on a failure: the on-call user group, else the model's owner."""
-        groups = [r.usergroup for r in self.rt.config.oncall.rotations if r.usergroup]
+        groups = [r.usergroup for r in self.ctx.config.oncall.rotations if r.usergroup]
         if groups:
             return f"<!subteam^{groups[0]}>"
-        owner = self.rt.config.models[model].owner if model in self.rt.config.models else None
+        owner = self.ctx.config.models[model].owner if model in self.ctx.config.models else None
         return f"<@{owner}>" if owner else ""
 
     # -- Slack side -------------------------------------------------------------------------------
@@ -480,7 +478,7 @@ class RetrainService:
         if not run.channel:
             return
         card = messages.card(run, self.where(run), status, **extra)
-        notifier = self.rt.notifier
+        notifier = self.ctx.notifier
         try:
             ts = await (notifier.edit_or_repost(run.channel, run.card_ts, card) if run.card_ts else notifier.post(run.channel, card))
         except SlackError:
@@ -494,7 +492,7 @@ class RetrainService:
         if not (run.channel and run.card_ts):
             return
         try:
-            await self.rt.notifier.reply(run.channel, run.card_ts, msg)
+            await self.ctx.notifier.reply(run.channel, run.card_ts, msg)
         except SlackError:
             log.warning("could not reply in the thread of retrain %s", run.run_id, exc_info=True)
 
@@ -510,8 +508,8 @@ class RetrainService:
                 # (marking it failed would invite a second pipeline next to the first).
                 self.store.conn.execute("UPDATE retrain_runs SET state = 'queued', handle = ? WHERE id = ? AND state = 'starting'",
                                         (json.dumps(handle), run.id))
-                self.rt.audit(actor=run.requested_by, verb="retrain", status="started", channel=run.channel, model=run.model,
-                              detail={"run_id": run.run_id, "backend": run.backend, "args": run.args,
+                self.ctx.audit(actor=run.requested_by, verb="retrain", status="started", channel=run.channel, model=run.model,
+                               detail={"run_id": run.run_id, "backend": run.backend, "args": run.args,
                                       "found_at_restart": True, **handle})
                 run = self.get(run.id)
             if run.state == "starting":  # stopped between reserving the run and starting it
