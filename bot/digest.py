@@ -18,8 +18,9 @@ from zoneinfo import ZoneInfo
 
 from bot.config import Role
 from bot.context import Context
+from bot.datagen.history import due_at
 from bot.datagen.report import parse_report
-from bot.datagen.service import DatagenService, due_at
+from bot.datagen.service import DatagenService
 from bot.notifier import Message
 from bot.oncall.schedule import Shift, next_shift, who_is_on_call
 from bot.oncall.service import OnCallService

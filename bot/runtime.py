@@ -25,6 +25,7 @@ from slack_bolt.response import BoltResponse
 from bot.alertmanager import AlertmanagerIntake
 from bot.config import Config, Role, Secrets
 from bot.context import Clock, Context
+from bot.datagen.hook import DatagenHook
 from bot.datagen.service import DatagenService
 from bot.digest import DigestService
 from bot.hooks import HookQueue
@@ -310,7 +311,8 @@ class Runtime:
         # Domain services (each registers its scheduled jobs in its constructor).
         self.releases = ReleaseService(self)
         self.silences = Silences(self.ctx)
-        self.datagen = DatagenService(self.ctx, scheduler=self.scheduler, hooks=self.hooks, silences=self.silences)
+        self.datagen = DatagenService(self.ctx, scheduler=self.scheduler, silences=self.silences)
+        self.datagen_hook = DatagenHook(self.ctx, hooks=self.hooks, datagen=self.datagen)
         self.oncall = OnCallService(self.ctx, scheduler=self.scheduler)
         self.digests = DigestService(self.ctx, scheduler=self.scheduler, roles=self.roles, releases=self.releases,
                                      datagen=self.datagen, oncall=self.oncall)
@@ -376,7 +378,7 @@ class Runtime:
             app.router.add_post("/slack/events", self._slack_events)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
-        app.router.add_post("/hooks/datagen", self.datagen.hook)
+        app.router.add_post("/hooks/datagen", self.datagen_hook.handle)
         app.router.add_post("/hooks/alertmanager", self.alertmanager.hook)
         return app
 

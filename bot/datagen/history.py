@@ -1,0 +1,73 @@
+"""A datagen job's stored records and when each is due: the history the rules read and the summary compares.
+
+Pure rules of timing, and the reads and writes of `datagen_reports`; no Slack.
+"""
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from bot.config import DatagenJob
+from bot.datagen.report import Report, parse_report
+from bot.serving.artifacts import open_store
+from bot.store import Store, iso
+
+
+def due_at(job: DatagenJob, run_date: date) -> datetime:
+    """When the record of `run_date` should exist: the job's start in its zone plus its typical run time."""
+    start = datetime.combine(run_date, job.expected_at, ZoneInfo(job.tz))
+    return (start + timedelta(minutes=job.typical_runtime_minutes)).astimezone(UTC)
+
+
+def run_date_at(job: DatagenJob, now: datetime) -> date:
+    return now.astimezone(ZoneInfo(job.tz)).date()
+
+
+def source_uri(job: DatagenJob, run_date: date) -> str:
+    return job.source.format(date=run_date.isoformat())
+
+
+def load_history(store: Store, job: str) -> tuple[dict[date, Report], set[date]]:
+    """Every stored report of `job` by run date, and the days marked expected."""
+    reports, expected = {}, set()
+    for day_text, raw, marked in store.conn.execute(
+            "SELECT run_date, raw, expected FROM datagen_reports WHERE job = ?", (job,)):
+        day = date.fromisoformat(day_text)
+        reports[day] = parse_report(raw, run_date=day)
+        if marked:
+            expected.add(day)
+    return reports, expected
+
+
+def stored_raw(store: Store, job: str, run_date: date) -> str | None:
+    row = store.conn.execute("SELECT raw FROM datagen_reports WHERE job = ? AND run_date = ?",
+                             (job, run_date.isoformat())).fetchone()
+    return row[0] if row else None
+
+
+def save_record(store: Store, job: str, run_date: date, text: str, source: str, *, actor: str, at: datetime) -> bool:
+    """Store a readable record with its audit row; False when the very same record is already stored."""
+    if stored_raw(store, job, run_date) == text:
+        return False
+    with store.transaction() as conn:
+        # A rerun of the job replaces its record; the day's "expected" mark stays.
+        conn.execute(
+            "INSERT INTO datagen_reports (job, run_date, raw, source, ingested_at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(job, run_date) DO UPDATE SET raw = excluded.raw, source = excluded.source, "
+            "ingested_at = excluded.ingested_at",
+            (job, run_date.isoformat(), text, source, iso(at)))
+        store.audit(actor=actor, verb="datagen.ingest", status="ok", model=job, version=run_date.isoformat(),
+                    detail={"source": source}, at=at)
+    return True
+
+
+async def read_source(uri: str, s3_endpoint_url: str | None) -> bytes:
+    folder, _, name = uri.rpartition("/")
+    return await open_store(folder, s3_endpoint_url=s3_endpoint_url).read(name)
+
+
+def usual_runtime(history: dict[date, Report], run_date: date, days: int = 14) -> timedelta | None:
+    """The median run time of the successful runs in the `days` before `run_date`."""
+    times = sorted(r.run_time for d, r in history.items()
+                   if run_date - timedelta(days=days) <= d < run_date and not r.failed and r.run_time is not None)
+    return times[len(times) // 2] if times else None
