@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from bot.retrain.service import RetrainRequest, next_delay, parse_request
+from bot.retrain.follow import next_delay
+from bot.retrain.service import RetrainRequest, parse_request
 
 MODELS = {"ranker": True, "blip": False}
 
