@@ -287,7 +287,7 @@ class OnCallService:
             override_id = self._insert_override(conn, rotation, ask.user, ask.start, ask.end, actor, now)
             self.ctx.audit(actor=actor, verb="oncall.override", status="succeeded", channel=rotation.channel,
                            detail={"override": override_id, "rotation": rotation.name, "user": ask.user,
-                                  "start": iso(ask.start), "end": iso(ask.end)})
+                                   "start": iso(ask.start), "end": iso(ask.end)})
         notice = messages.override_notice(rotation.name, override_id, ask.user, ask.start, ask.end, actor)
         await self._announce(rotation, notice)
         await self.sync_slack(rotation, now)
@@ -328,7 +328,7 @@ class OnCallService:
             column = "end" if ended_early else "deleted_at"
             conn.execute(f"UPDATE oncall_overrides SET {column} = ? WHERE id = ?", (iso(now), override_id))
             self.ctx.audit(actor=actor, verb="oncall.undo", status="succeeded", detail={"override": override_id,
-                                                                                      "ended_early": ended_early})
+                                                                                        "ended_early": ended_early})
         rotation = self.rotations.get(row["rotation"])
         notice = messages.override_undone(row["rotation"], override_id, row["user"], actor, ended_early=ended_early)
         if rotation is not None:
