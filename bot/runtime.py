@@ -27,7 +27,7 @@ from bot.config import Config, Role, Secrets
 from bot.context import Clock, Context
 from bot.datagen.hook import DatagenHook
 from bot.datagen.service import DatagenService
-from bot.digest import DigestService
+from bot.digest.service import DigestService
 from bot.hooks import HookQueue
 from bot.notifier import Message, Notifier, SlackError, web_client
 from bot.oncall.service import OnCallService

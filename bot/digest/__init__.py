@@ -1,0 +1,1 @@
+"""The digests and the App Home."""

@@ -1,0 +1,161 @@
+"""The digests and the App Home in Block Kit, from the plain values of `facts`.
+
+Sections stay under Slack's 3000 characters; a digest of more than 50 blocks continues in its own thread
+(`Notifier.post`).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from bot.digest.facts import DailyFacts, DatagenStatus, ModelRow, OnCall, OpenAlert, StagedRelease, WeeklyFacts
+from bot.notifier import Message
+from bot.releases.messages import ReleaseRef, btn, context, section, when
+from bot.releases.model import State
+
+MAX_SECTION = 3000
+# Audit rows that only echo another row (the press before its outcome) or are plumbing, not news.
+QUIET_STATUSES = ("accepted",)
+QUIET_VERBS = ("help", "datagen.chart", "slack.request")
+NOISIEST = 3
+
+
+def duration(span: timedelta) -> str:
+    minutes = int(span.total_seconds() // 60)
+    days, minutes = divmod(minutes, 24 * 60)
+    hours, minutes = divmod(minutes, 60)
+    return " ".join(f"{n} {unit}" for n, unit in ((days, "d"), (hours, "h"), (minutes, "min")) if n) or "under a minute"
+
+
+# --- Block Kit ---------------------------------------------------------------------------------------------
+
+
+def sections(title: str, lines: list[str], empty: str) -> list[dict[str, Any]]:
+    """`title` and its lines packed into as few sections as fit Slack's 3000 characters each."""
+    blocks, text = [], f"*{title}*"
+    for line in lines or [f"_{empty}_"]:
+        line = line[: MAX_SECTION - len(title) - 8]
+        if len(text) + 1 + len(line) > MAX_SECTION:
+            blocks.append(section(text))
+            text = f"*{title}* (continued)"
+        text += "\n" + line
+    return [*blocks, section(text)]
+
+
+def model_line(row: ModelRow) -> str:
+    if row.version is None:
+        return f"*{row.model}* · {row.env}: not deployed"
+    who = f"deployed by <@{row.deployed_by}>" if row.deployed_by else "deployed by —"
+    if row.approved_by:
+        who += f", unblocked by <@{row.approved_by}>"
+    trained = f" · trained {when(row.trained_at)}" if row.trained_at else ""
+    return (f"*{row.model}* · {row.env}: `{row.version}` {(row.state or '?').replace('_', ' ')} · {who} "
+            f"{when(row.updated_at)}{trained}")
+
+
+def datagen_line(status: DatagenStatus) -> str:
+    if status.run_date is None:
+        return f":grey_question: *{status.job}*: no record stored yet"
+    late = status.run_date < status.expected
+    icon = ":x:" if status.failed else ":warning:" if late or status.alert not in (None, "resolved") else ":white_check_mark:"
+    words = "the run failed" if status.failed else "ran"
+    line = f"{icon} *{status.job}* {status.run_date}: {words}"
+    if status.alert:
+        line += f", alert {status.alert}"
+    if late:
+        line += f"; no record for {status.expected} yet"
+    return line
+
+
+def pending_line(r: StagedRelease) -> str:
+    by = f"deployed by <@{r.deployed_by}>" if r.deployed_by else ""
+    return f"*{r.model} {r.version}* verified {when(r.verified_at)}, {by}: waiting for an approver to unblock prod"
+
+
+def unverified_line(r: StagedRelease, now: datetime) -> str:
+    since = duration(now - r.deployed_at) if r.deployed_at else "a while"
+    who = f"<@{r.deployed_by}>" if r.deployed_by else "whoever deployed it"
+    return f"*{r.model} {r.version}* has been on staging for {since} ({State(r.state).words}): {who}, verify it or roll it back"
+
+
+def alert_line(a: OpenAlert) -> str:
+    icon = ":red_circle:" if a.severity in ("crit", "critical", "page") else ":large_orange_circle:"
+    summary = a.summary if len(a.summary) <= 200 else a.summary[:199] + "…"
+    return f"{icon} {a.source} · {summary} ({a.state}, since {when(a.opened_at)})"
+
+
+def action_line(row: Mapping[str, Any]) -> str:
+    what = " ".join(str(row[k]) for k in ("model", "env", "version") if row.get(k))
+    return f"{when(row['ts'])} <@{row['actor']}> {row['verb']} {what} · {row['status']}".replace("  ", " ")
+
+
+def newsworthy(row: Mapping[str, Any]) -> bool:
+    return row["status"] not in QUIET_STATUSES and row["verb"] not in QUIET_VERBS
+
+
+def daily(facts: DailyFacts) -> Message:
+    news = [row for row in facts.actions if newsworthy(row)]
+    blocks = [
+        {"type": "header", "text": {"type": "plain_text", "text": f"Daily digest · {facts.now:%a %d %b %Y}"}},
+        *sections("Models in service", [model_line(r) for r in facts.models], "no models configured"),
+        *sections("Datagen", [datagen_line(s) for s in facts.datagen], "no datagen jobs configured"),
+        *sections("Approvals pending", [pending_line(r) for r in facts.pending], "nothing waiting for an approver"),
+        *sections(f"On staging unverified for more than {facts.unverified_hours:g} h",
+                  [unverified_line(r, facts.now) for r in facts.unverified], "nothing left unverified on staging"),
+        *sections("Open alerts", [alert_line(a) for a in facts.alerts], "no open alerts"),
+        *sections(f"Last 24 h: {len(news)} actions", [action_line(r) for r in news], "nothing happened"),
+    ]
+    text = (f"Daily digest: {len(facts.pending)} approvals pending, {len(facts.unverified)} unverified on staging, "
+            f"{len(facts.alerts)} open alerts")
+    return Message(text=text, blocks=blocks)
+
+
+def weekly(facts: WeeklyFacts) -> Message:
+    models = sorted(set(facts.deploys) | set(facts.promotions) | set(facts.rollbacks))
+    per_model = [f"*{m}*: {facts.deploys[m]} deploys to staging, {facts.promotions[m]} to prod, "
+                 f"{facts.rollbacks[m]} rollbacks" for m in models]
+    rules = [f"{n} × {rule}" for rule, n in facts.alerts_per_rule.most_common()]
+    noisiest = ", ".join(f"*{rule}* ({n})" for rule, n in facts.alerts_per_rule.most_common(NOISIEST))
+    lead = facts.staging_to_prod
+    mean = (f"mean time from staging to prod: *{duration(sum(lead, timedelta()) / len(lead))}* over {len(lead)} releases"
+            if lead else "mean time from staging to prod: no release reached prod this week")
+    blocks = [
+        {"type": "header", "text": {"type": "plain_text", "text": f"Weekly digest · {facts.since:%d %b} – {facts.until:%d %b %Y}"}},
+        section(f"Noisiest alert rules: {noisiest}" if noisiest else "No alerts fired this week."),
+        *sections("Alerts per rule", rules, "no alerts"),
+        *sections("Releases per model", per_model, "no deploys or rollbacks"),
+        section(mean),
+    ]
+    text = (f"Weekly digest: {sum(facts.alerts_per_rule.values())} alerts, {sum(facts.deploys.values())} deploys, "
+            f"{sum(facts.rollbacks.values())} rollbacks")
+    return Message(text=text, blocks=blocks)
+
+
+def oncall_line(o: OnCall) -> str:
+    now = f"<@{o.now.user}> until {when(o.now.end)}" if o.now else "nobody"
+    following = f"<@{o.next.user}> from {when(o.next.start)}" if o.next else "—"
+    return f"*{o.rotation}*: now {now} · next {following}"
+
+
+def operation_line(op: Mapping[str, Any]) -> str:
+    return f":hourglass_flowing_sand: {op['what']} since {when(op['since'])}"
+
+
+def home_view(*, user: str, now: datetime, models: list[ModelRow], oncall: list[OnCall], alerts: list[OpenAlert],
+              approvals: list[StagedRelease], operations: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """The App Home of `user`: the model table, on call, open alerts, their approvals and running work."""
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text", "text": "MLOps dashboard"}},
+        context(f"for <@{user}> · as of {when(now)}"),
+        *sections("Models in service", [model_line(r) for r in models], "no models configured"),
+        *sections("On call", [oncall_line(o) for o in oncall], "no rotations configured"),
+        *sections("Open alerts", [alert_line(a) for a in alerts[:20]]
+                  + ([f"and {len(alerts) - 20} more"] if len(alerts) > 20 else []), "no open alerts"),
+        {"type": "divider"},
+        section("*Waiting for you to unblock*" if approvals else "*Waiting for you to unblock*\n_nothing_"),
+    ]
+    for r in approvals[:10]:
+        blocks.append({**section(pending_line(r)), "accessory": btn("Unblock prod", "release.promote", ReleaseRef(release=r.id), "primary")})
+    blocks += sections("Your running operations", [operation_line(op) for op in operations], "none")
+    return {"type": "home", "blocks": blocks[:100]}
