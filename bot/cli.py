@@ -40,7 +40,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from bot.runtime import Runtime, serve
+    from bot.runtime import Runtime
+    from bot.serve import serve
 
     config = _load(args)
     secrets = Secrets.from_env()

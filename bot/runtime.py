@@ -1,292 +1,41 @@
 """Builds the bot from a config: store, Slack client, services, the Bolt app, the scheduler, HTTP routes.
 
 Listeners ack at once and hand the work to `Runtime.spawn`, which tracks it so shutdown can wait for it
-(up to a bound) and record what it had to cut short.
+(up to a bound) and record what it had to cut short. `bot.serve` runs it.
 """
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import hmac
 import logging
-import signal
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from slack_bolt.async_app import AsyncApp
-from slack_bolt.middleware.async_middleware import AsyncMiddleware
 from slack_bolt.request.async_request import AsyncBoltRequest
-from slack_bolt.response import BoltResponse
 
 from bot.alertmanager import AlertmanagerIntake
-from bot.config import Config, Role, Secrets
+from bot.config import Config, Secrets
 from bot.context import Clock, Context
 from bot.datagen.hook import DatagenHook
 from bot.datagen.service import DatagenService
 from bot.digest.service import DigestService
 from bot.hooks import HookQueue
-from bot.notifier import Message, Notifier, SlackError, web_client
+from bot.ingress import RefuseWhileStoreUnwritable, Rejections, unsigned
+from bot.metrics import Metrics, request_kind
+from bot.notifier import Notifier, web_client
 from bot.oncall.service import OnCallService
 from bot.releases.service import ReleaseService
 from bot.retrain.service import RetrainService
+from bot.roles import RoleDirectory
 from bot.scheduler import Scheduler
 from bot.silences import Silences
 from bot.store import Store, utcnow
+from bot.tasks import Tasks
 
 log = logging.getLogger(__name__)
-
-
-class Metrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter("mlops_slack_requests", "Slack requests by kind", ["kind", "status"], registry=self.registry)
-        self.ack_latency = Histogram(
-            "mlops_ack_latency_seconds",
-            "Time from receiving a Slack request to answering it",
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 3),
-            registry=self.registry,
-        )
-        self.actions = Counter("mlops_actions", "Audited actions by verb and status", ["verb", "status"], registry=self.registry)
-        self._children: dict[tuple[Counter, tuple[str, ...]], Counter] = {}
-        self._sets: dict[Counter, int] = {}
-
-    # A backstop, far above what the bot's own verbs, kinds and statuses make: label values that still come from
-    # outside (a payload's type, say) must not grow /metrics without end, so past this many series of one counter
-    # new ones count as "other". The handlers already fold unknown verbs and action ids into one label each.
-    max_series = 1000
-
-    def count(self, counter: Counter, *labels: str) -> None:
-        """Increment one labelled child, kept once found: `labels()` costs more than the increment (ack path)."""
-        key = (counter, labels)
-        child = self._children.get(key)
-        if child is None:
-            if self._sets.get(counter, 0) >= self.max_series:
-                key = (counter, ("other",) * len(labels))
-                child = self._children.get(key)
-            if child is None:
-                child = self._children[key] = counter.labels(*key[1])
-                self._sets[counter] = self._sets.get(counter, 0) + 1
-        child.inc()
-
-
-class Rejections:
-    """Slack requests refused before anything ran (unsigned, forged, stale, malformed), audited in summary.
-
-    A flood of forged requests must not become a flood of undeletable audit rows and log lines: each (source,
-    reason) gets one audit row per window with its count, written when the window closes, and one log line, at
-    its first refusal. Bodies are never logged or stored: they are the sender's, and may hold a response_url.
-    """
-
-    window = 60.0  # seconds
-    max_buckets = 100  # distinct (source, reason) pairs per window; more sources are summed as one
-
-    def __init__(self, runtime: Runtime):
-        self.runtime = runtime
-        self._buckets: dict[tuple[str, str], dict[str, Any]] = {}
-        self._timer: asyncio.TimerHandle | None = None
-
-    def note(self, source: str, reason: str, example: str | None = None) -> None:
-        key = (source, reason)
-        if key not in self._buckets and len(self._buckets) >= self.max_buckets:
-            key = ("other sources", reason)
-        bucket = self._buckets.get(key)
-        now = self.runtime.clock().isoformat()
-        if bucket is None:
-            bucket = self._buckets[key] = {"count": 0, "first": now}
-            if example:
-                bucket["example"] = example[:300]
-            log.warning("refused a Slack request from %s: %s (like ones are counted and audited every %.0f s)",
-                        key[0], reason, self.window)
-            self._arm()
-        bucket["count"] += 1
-        bucket["last"] = now
-
-    def _arm(self) -> None:
-        if self._timer is not None:
-            return
-        try:
-            self._timer = asyncio.get_running_loop().call_later(self.window, self.flush)
-        except RuntimeError:  # no loop: nothing would close the window, so write now
-            self.flush()
-
-    def flush(self) -> None:
-        """Write one row per (source, reason) seen since the last flush. Runtime.stop should call it first."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        buckets, self._buckets = self._buckets, {}
-        for (source, reason), bucket in buckets.items():
-            self.runtime.audit(actor="unknown", verb="slack.request", status="rejected",
-                               detail={"source": source, "reason": reason, "window_s": self.window, **bucket})
-
-
-class Tasks:
-    """Background work started by listeners and services, so shutdown knows what is still running."""
-
-    def __init__(self) -> None:
-        self._running: dict[asyncio.Task[Any], str] = {}
-
-    def spawn(
-        self,
-        coro: Coroutine[Any, Any, Any],
-        *,
-        name: str,
-        on_error: Callable[[Exception], Awaitable[None]] | None = None,
-    ) -> asyncio.Task[Any]:
-        task = asyncio.create_task(self._guard(coro, name, on_error), name=name)
-        self._running[task] = name
-        task.add_done_callback(self._running.pop)
-        return task
-
-    @staticmethod
-    async def _guard(coro: Coroutine[Any, Any, Any], name: str, on_error: Callable[[Exception], Awaitable[None]] | None):
-        try:
-            return await coro
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            # The traceback goes to the log; people get a short message from on_error, never the traceback.
-            log.exception("background task %s failed", name)
-            if on_error:
-                try:
-                    await on_error(exc)
-                except Exception:
-                    log.exception("reporting the failure of %s failed too", name)
-
-    @property
-    def names(self) -> list[str]:
-        return list(self._running.values())
-
-    async def drain(self, timeout: float) -> list[str]:
-        """Wait up to `timeout` s for running work; cancel the rest and return its names."""
-        if self._running:
-            await asyncio.wait(list(self._running), timeout=timeout)
-        left = dict(self._running)
-        for task in left:
-            task.cancel()
-        if left:
-            await asyncio.gather(*left, return_exceptions=True)
-        return list(left.values())
-
-
-class RoleDirectory:
-    """Who holds which role, resolving user groups through Slack (cached: a role check is on the ack path)."""
-
-    ttl = 300.0
-
-    def __init__(self, config: Config, notifier: Notifier):
-        self.roles = config.roles
-        self.notifier = notifier
-        self._groups: dict[str, tuple[float, set[str]]] = {}
-
-    async def _group(self, group: str) -> set[str]:
-        cached = self._groups.get(group)
-        if cached and time.monotonic() - cached[0] < self.ttl:
-            return cached[1]
-        try:
-            members = set(await self.notifier.usergroup_members(group))
-        except SlackError:
-            log.warning("cannot resolve user group %s; treating it as empty", group, exc_info=True)
-            members = cached[1] if cached else set()
-        self._groups[group] = (time.monotonic(), members)
-        return members
-
-    async def _in(self, user: str, role: Role) -> bool:
-        members = getattr(self.roles, role)
-        if user in members.users:
-            return True
-        for group in members.groups:
-            if user in await self._group(group):
-                return True
-        return False
-
-    async def has(self, user: str, role: Role) -> bool:
-        return await self._in(user, role) or (role != "admins" and await self._in(user, "admins"))
-
-    def who_to_ask(self, role: Role) -> list[str]:
-        """Slack mentions of the people and groups that hold (or can grant) a role."""
-        admins = self.roles.admins
-        return [f"<@{u}>" for u in admins.users] + [f"<!subteam^{g}>" for g in admins.groups] or [
-            f"<@{u}>" for u in getattr(self.roles, role).users
-        ]
-
-
-class RefuseWhileStoreUnwritable(AsyncMiddleware):
-    """While the store cannot take a write, Slack work that would change something is refused before it starts,
-    with the reason: work never done leaves nothing half-done and no audit row to lose. Reads still answer.
-
-    First in the chain, so a refused request claims nothing either (its delivery key, a press).
-    """
-
-    READ_ONLY_VERBS = frozenset({"help", "status", "models", "provenance"})
-
-    def __init__(self, runtime: Runtime):
-        self.runtime = runtime
-
-    async def async_process(self, *, req: AsyncBoltRequest, resp: BoltResponse,
-                            next: Callable[[], Awaitable[BoltResponse]]) -> BoltResponse:
-        body = req.body if isinstance(req.body, dict) else {}
-        problem = self.runtime.store.write_problem()  # the last failure, else one statvfs
-        if problem is None or self._reads_only(body):
-            return await next()
-        req.context["mlops_kind"] = "store_unwritable"
-        text = (f":no_entry: The bot cannot write its audit log right now: {problem}. Nothing was done; "
-                "try again when /healthz is green.")
-        kind = "command" if "command" in body else str(body.get("type") or "other")
-        user = body.get("user_id") or _get(body, "user", "id") or "unknown"
-        channel = body.get("channel_id") or _get(body, "channel", "id") or _get(body, "container", "channel_id")
-        if kind == "command":
-            asked = f"{body.get('command', '')} {body.get('text', '')}"
-        else:
-            asked = _get(body, "actions", 0, "action_id") or _get(body, "view", "callback_id")
-        # Kept in memory with the rest of the group and written once the store takes writes again.
-        self.runtime.audit(actor=str(user), channel=channel, verb="slack.request", status="store_unwritable",
-                           detail={"kind": kind, "asked": str(asked or "")[:200], "reason": problem},
-                           key=body.get("trigger_id"))
-        if kind == "command":
-            return BoltResponse(status=200, body={"text": text, "response_type": "ephemeral"})
-        if kind == "view_submission":
-            return BoltResponse(status=200, body=_refused_view(body, text))
-        if kind == "block_actions":
-            if url := body.get("response_url"):
-                self.runtime.spawn(self.runtime.notifier.respond(str(url), Message(text)), name="store.refused")
-            elif channel and user != "unknown":
-                self.runtime.spawn(self.runtime.notifier.ephemeral(str(channel), str(user), Message(text)),
-                                   name="store.refused")
-        return BoltResponse(status=200, body="")
-
-    def _reads_only(self, body: dict[str, Any]) -> bool:
-        if body.get("type") == "event_callback":  # app_home_opened: the Home tab is drawn from what is stored
-            return True
-        if "command" in body:
-            words = str(body.get("text") or "").split()
-            return (words[0].lower() if words else "help") in self.READ_ONLY_VERBS
-        return False
-
-
-def _get(value: Any, *path: str | int) -> Any:
-    """A nested field of a Slack payload, or None when any step is missing or of another shape."""
-    for step in path:
-        if isinstance(step, int):
-            value = value[step] if isinstance(value, list) and len(value) > step else None
-        else:
-            value = value.get(step) if isinstance(value, dict) else None
-    return value
-
-
-def _refused_view(body: dict[str, Any], text: str) -> dict[str, Any]:
-    """A modal stays open with the reason on its first input, so what was typed is not lost; else it says so."""
-    blocks = _get(body, "view", "blocks") or []
-    inputs = [b for b in blocks if isinstance(b, dict) and b.get("type") == "input" and b.get("block_id")]
-    if inputs:
-        return {"response_action": "errors", "errors": {inputs[0]["block_id"]: text}}
-    return {"response_action": "update", "view": {
-        "type": "modal", "title": {"type": "plain_text", "text": "Nothing was done"},
-        "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]}}
 
 
 class Runtime:
@@ -330,7 +79,7 @@ class Runtime:
     def _bolt_app(self) -> AsyncApp:
         from handlers import SlackApp, register  # handlers depend on the runtime, not the other way round
 
-        self.rejections = Rejections(self)  # what the edge and the handlers' shape check refuse, in summary
+        self.rejections = Rejections(self.ctx)  # what the edge and the handlers' shape check refuse, in summary
         app = SlackApp(
             self,
             client=self.client,
@@ -343,7 +92,7 @@ class Runtime:
             # self-event filter would cost every request for nothing.
             ignoring_self_events_enabled=False,
         )
-        app.use(RefuseWhileStoreUnwritable(self))  # before the handlers' own middleware: nothing is claimed
+        app.use(RefuseWhileStoreUnwritable(self.ctx))  # before the handlers' own middleware: nothing is claimed
         register(app, self)
         return app
 
@@ -388,7 +137,7 @@ class Runtime:
         source = request.remote or "unknown"
         # The signature is checked here, on the bytes, before anything parses them: a header or body Bolt
         # cannot read raised inside it (500 and a traceback), and its own refusal logs the whole body.
-        if refusal := self._unsigned(raw, request.headers):
+        if refusal := unsigned(self.secrets.slack_signing_secret, raw, request.headers, time.time()):
             return self._refuse(started, source, 401, "rejected", refusal, {"error": "invalid request"})
         try:
             bolt_request = AsyncBoltRequest(body=raw.decode(), query=request.query_string, headers=request.headers,  # type: ignore[arg-type]
@@ -397,35 +146,12 @@ class Runtime:
             return self._refuse(started, source, 400, "malformed", "body is not a Slack payload (form or JSON object)",
                                 {"error": "malformed body"}, type(exc).__name__)
         response = await self.app.async_dispatch(bolt_request)
-        kind = bolt_request.context.get("mlops_kind") or _kind(bolt_request)
+        kind = bolt_request.context.get("mlops_kind") or request_kind(bolt_request.body)
         self.metrics.ack_latency.observe(time.perf_counter() - started)
         self.metrics.count(self.metrics.requests, kind, str(response.status))
         if response.status == 401:  # Bolt's own check, should the clock have moved past the window since ours
             self.rejections.note(source, "bad signature or timestamp")
         return web.Response(status=response.status, body=response.body.encode(), headers=response.first_headers_without_set_cookie())
-
-    # Slack's window for a request's timestamp, either way (slack_sdk's SignatureVerifier uses the same).
-    signature_window = 300
-
-    def _unsigned(self, raw: bytes, headers: Any) -> str | None:
-        """Why a request is not signed by Slack now, or None (https://api.slack.com/authentication/verifying-requests-from-slack)."""
-        secret = self.secrets.slack_signing_secret
-        if not secret:  # an empty key would accept anyone's signature
-            return "no signing secret is configured"
-        timestamp, signature = headers.get("X-Slack-Request-Timestamp"), headers.get("X-Slack-Signature")
-        if not timestamp or not signature:
-            return "unsigned (no signature or timestamp)"
-        if not (timestamp.isascii() and timestamp.isdecimal() and len(timestamp) <= 12):
-            return "malformed timestamp"
-        age = time.time() - int(timestamp)
-        if age > self.signature_window:
-            return "stale timestamp"
-        if age < -self.signature_window:
-            return "timestamp in the future"
-        expected = "v0=" + hmac.new(secret.encode(), b"v0:" + timestamp.encode() + b":" + raw, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(expected.encode(), signature.encode("utf-8", "replace")):
-            return "bad signature"
-        return None
 
     def _refuse(self, started: float, source: str, status: int, kind: str, reason: str, body: dict[str, str],
                 example: str | None = None) -> web.Response:
@@ -461,74 +187,3 @@ class Runtime:
 
     async def _metrics(self, _: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
-def _kind(request: AsyncBoltRequest) -> str:
-    body = request.body if isinstance(request.body, dict) else {}
-    return str(body.get("type") or ("command" if "command" in body else "other"))
-
-
-async def serve(runtime: Runtime, *, host: str, port: int) -> None:
-    """Run until SIGINT/SIGTERM: Socket Mode when SLACK_APP_TOKEN is set, else HTTP /slack/events."""
-    socket_mode = None
-    if runtime.secrets.slack_app_token:
-        import sys
-
-        import aiohttp
-        from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
-        from slack_bolt.adapter.socket_mode.async_internals import send_async_response
-        from slack_sdk.errors import SlackApiError
-        from slack_sdk.socket_mode.request import SocketModeRequest
-
-        app_token = runtime.secrets.slack_app_token
-        # The Socket Mode client retries a refused token forever without a word, so ask once: a token Slack
-        # will not take stops the bot here, as a bad config does.
-        try:
-            await runtime.client.apps_connections_open(app_token=app_token)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            log.warning("cannot reach Slack to open Socket Mode yet (%s); retrying", exc)
-        except SlackApiError as exc:
-            error = exc.response.get("error") if exc.response is not None else None
-            if error not in ("ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"):
-                print(f"mlops-bot serve: Slack refused SLACK_APP_TOKEN for Socket Mode ({error}); set an app-level "
-                      "token (xapp-) with connections:write (see README: Slack app)", file=sys.stderr)
-                raise SystemExit(2) from None
-        socket_mode = AsyncSocketModeHandler(runtime.app, app_token)
-
-        async def handle(client: Any, req: SocketModeRequest) -> None:
-            """Bolt's own dispatch and ack, counted in /metrics the way an HTTP request is."""
-            started = time.perf_counter()
-            headers: dict[str, str] = {}  # the envelope's retry fields, as the HTTP retry headers Bolt knows
-            if req.retry_attempt is not None:
-                headers["x-slack-retry-num"] = str(req.retry_attempt)
-            if req.retry_reason is not None:
-                headers["x-slack-retry-reason"] = req.retry_reason
-            bolt_request = AsyncBoltRequest(mode="socket_mode", body=req.payload, headers=headers or None)
-            response = await runtime.app.async_dispatch(bolt_request)
-            await send_async_response(client, req, response, started)  # acks only a 200, as Bolt does
-            runtime.metrics.ack_latency.observe(time.perf_counter() - started)
-            kind = bolt_request.context.get("mlops_kind") or _kind(bolt_request)
-            runtime.metrics.count(runtime.metrics.requests, kind, str(response.status))
-
-        socket_mode.client.socket_mode_request_listeners[:] = [handle]
-    web_runner = web.AppRunner(runtime.web_app(slack_events=socket_mode is None), access_log=None)
-    await web_runner.setup()
-    site = web.TCPSite(web_runner, host, port)
-    await site.start()
-    await runtime.start()
-    if socket_mode:
-        await socket_mode.connect_async()
-        runtime.socket_connected = socket_mode.client.is_connected
-    log.info("mlops-bot listening on http://%s:%s (%s)", host, port, "socket mode" if socket_mode else "HTTP events")
-    print(f"mlops-bot ready on http://{host}:{port}", flush=True)
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("stopping: waiting up to %.0f s for running work", runtime.shutdown_grace)
-    if socket_mode:
-        await socket_mode.close_async()
-    await web_runner.cleanup()
-    await runtime.stop()
