@@ -13,7 +13,6 @@ from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo
 
-from bot.config import Role
 from bot.context import Context
 from bot.datagen.history import due_at
 from bot.datagen.report import parse_report
@@ -34,6 +33,7 @@ from bot.digest.messages import daily, home_view, weekly
 from bot.oncall.schedule import next_shift, who_is_on_call
 from bot.oncall.service import OnCallService
 from bot.releases.model import State
+from bot.roles import RoleDirectory
 from bot.scheduler import Scheduler
 from bot.scheduler import daily as daily_trigger
 from bot.serving.artifacts import ArtifactError
@@ -64,14 +64,8 @@ class Releases(Protocol):
     def registry(self, model: str) -> Registry: ...
 
 
-class Roles(Protocol):
-    """Who holds a role (user groups resolved through Slack)."""
-
-    async def has(self, user: str, role: Role) -> bool: ...
-
-
 class DigestService:
-    def __init__(self, ctx: Context, *, scheduler: Scheduler, roles: Roles, releases: Releases, datagen: DatagenService,
+    def __init__(self, ctx: Context, *, scheduler: Scheduler, roles: RoleDirectory, releases: Releases, datagen: DatagenService,
                  oncall: OnCallService):
         self.ctx = ctx
         self.roles = roles
