@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 from bot.releases.verify import verify
+from bot.sandbox.tritonserver import TritonServer, triton_missing
 from bot.serving.artifacts import open_store
 from bot.serving.registry import Registry
 from bot.serving.triton import Fleet, deploy_files
-from bot.sandbox.tritonserver import TritonServer, triton_missing
 
 EXAMPLES = Path(__file__).parents[1] / "examples" / "registry"
 MODEL, VERSION = "ranker", "v2"

@@ -285,7 +285,7 @@ class Soak:
     async def _guard(self, kind: str, work) -> None:
         try:
             await work
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             self.tally.statuses[(kind, type(exc).__name__)] += 1
 
 

@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import sys
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 from bot.config import Config, ConfigError, Secrets, load_config
@@ -90,7 +90,7 @@ def cmd_audit_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
-    since = datetime.combine(args.since, datetime.min.time(), tzinfo=timezone.utc)
+    since = datetime.combine(args.since, datetime.min.time(), tzinfo=UTC)
     rows = _store(args).actions(since=since)
     if args.format == "json":
         json.dump(rows, sys.stdout, indent=1)

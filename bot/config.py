@@ -16,8 +16,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import (
     AfterValidator,
-    BeforeValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -28,7 +28,6 @@ from pydantic import (
 
 from bot.datagen.rules import RuleSet, default_rules
 from bot.oncall.schedule import WEEKDAYS, Rotation, Weekday
-
 
 # A datagen alert has one Retrain button per model of its job, each with its own action id (ids must be unique
 # within a message), so a job lists at most this many models.

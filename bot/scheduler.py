@@ -18,7 +18,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta, timezone
+from datetime import UTC, datetime, time, timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
@@ -59,7 +59,7 @@ class Scheduler:
         self.store = store
         self.clock = clock
         self.jobs: dict[str, Job] = {}
-        self._aps = AsyncIOScheduler(timezone=timezone.utc)
+        self._aps = AsyncIOScheduler(timezone=UTC)
         self._running: set[tuple[str, str]] = set()  # (job, slot) running in this process
 
     def add(self, job_id: str, trigger: BaseTrigger, func: JobFunc, *, grace: timedelta = timedelta(hours=6),

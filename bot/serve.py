@@ -33,7 +33,7 @@ async def serve(runtime: Runtime, *, host: str, port: int) -> None:
         # will not take stops the bot here, as a bad config does.
         try:
             await runtime.client.apps_connections_open(app_token=app_token)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             log.warning("cannot reach Slack to open Socket Mode yet (%s); retrying", exc)
         except SlackApiError as exc:
             error = exc.response.get("error") if exc.response is not None else None

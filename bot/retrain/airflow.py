@@ -239,7 +239,7 @@ class AirflowClient:
                     error = _http_error(response.status, await response.text(), method, url, what, hint)
             except AirflowError as exc:  # from fetching a token
                 error = exc
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 error = self._no_answer(f"{method} {path}")
             except aiohttp.ClientConnectionError as exc:
                 error = AirflowError(
@@ -276,7 +276,7 @@ class AirflowClient:
                 if response.status >= 400:
                     raise _http_error(response.status, await response.text(), "POST", url, "a login token")
                 return (await response.json())["access_token"]
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise self._no_answer("POST /auth/token") from None
 
     def _http(self) -> aiohttp.ClientSession:

@@ -22,7 +22,7 @@ import shutil
 import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from bot.retrain.airflow import RunStatus
@@ -152,7 +152,7 @@ async def start_command(
         "MLOPS_REGISTRY": registry,
     }
     full_argv = command_line(argv, args or {})
-    started_at = datetime.now(timezone.utc)
+    started_at = datetime.now(UTC)
     with (run_dir / LOG_FILE).open("ab") as log:
         process = await asyncio.create_subprocess_exec(
             "sh", "-c", WRAPPER, "sh", str(run_dir / EXIT_FILE), *full_argv,
@@ -265,6 +265,6 @@ class CommandRun:
 
 def _mtime(path: Path) -> datetime | None:
     try:
-        return datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
+        return datetime.fromtimestamp(path.stat().st_mtime, UTC)
     except FileNotFoundError:
         return None

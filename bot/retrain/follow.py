@@ -102,7 +102,7 @@ class Followers:
             try:
                 await asyncio.wait_for(wake.wait(), timeout=delay)
                 wake.clear()
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def _progress(self, pk: int, last: RunStatus | None, status: RunStatus) -> None:

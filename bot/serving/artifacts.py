@@ -118,7 +118,7 @@ class LocalStore(ArtifactStore):
         await _local(self.key_uri(_folder(prefix)), delete)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _s3_client(endpoint_url: str | None) -> Any:
     """One thread-safe client per endpoint: creating one costs tens of milliseconds.
 

@@ -156,7 +156,7 @@ class Fleet:
             message = f"unreachable ({cause.lower()})"
         except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as error:
             message = f"connection lost ({error})"
-        except asyncio.TimeoutError:
+        except TimeoutError:
             message = f"no answer within {self.timeout:.0f}s"
         except aiohttp.ClientError as error:
             message = f"HTTP error: {error}"

@@ -13,7 +13,7 @@ import json
 import os
 import random
 import shutil
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 
@@ -22,7 +22,7 @@ def created_at(version_dir: Path) -> datetime:
         stamp = json.loads((version_dir / "metadata.json").read_text())["created_at"]
         return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
     except (OSError, KeyError, ValueError):
-        return datetime.fromtimestamp(version_dir.stat().st_mtime, timezone.utc)
+        return datetime.fromtimestamp(version_dir.stat().st_mtime, UTC)
 
 
 def versions(model_dir: Path) -> list[Path]:
@@ -66,7 +66,7 @@ def publish(registry: Path, model: str, run_id: str, dataset: str, git_sha: str,
 
 def main() -> None:
     env = os.environ
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     target = publish(
         registry=Path(env["MLOPS_REGISTRY"]),
         model=env["MLOPS_MODEL"],

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from bot.releases.model import State
+from bot.sandbox.tritonserver import triton_missing
 from tests.conftest import ROOT
 from tests.e2e.test_release_failures import bot_config, fleet, start_bot  # noqa: F401 - fixtures
 from tests.e2e.test_release_train import MONDAY_10_LA, Clock, audit, card, card_in_state, deploy_verified, serving
-from bot.sandbox.tritonserver import triton_missing
 
 if triton_missing() is not None:
     pytestmark = pytest.mark.skip(reason=triton_missing() or "")

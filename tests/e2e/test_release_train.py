@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from bot.config import load_config
 from bot.releases.model import State
 from bot.sandbox.local import local_bot
+from bot.sandbox.tritonserver import TritonServer, triton_missing
 from bot.serving.triton import Fleet
 from tests.conftest import ROOT, write_config
-from bot.sandbox.tritonserver import TritonServer, triton_missing
 
 pytestmark = pytest.mark.skipif(triton_missing() is not None, reason=triton_missing() or "")
 
-MONDAY_10_LA = datetime(2026, 11, 23, 18, 0, tzinfo=timezone.utc)
+MONDAY_10_LA = datetime(2026, 11, 23, 18, 0, tzinfo=UTC)
 
 
 class Clock:
@@ -27,10 +27,10 @@ class Clock:
         self.set(at)
 
     def set(self, at: datetime) -> None:
-        self.offset = at - datetime.now(timezone.utc)
+        self.offset = at - datetime.now(UTC)
 
     def __call__(self) -> datetime:
-        return datetime.now(timezone.utc) + self.offset
+        return datetime.now(UTC) + self.offset
 
 
 @pytest.fixture(scope="module")

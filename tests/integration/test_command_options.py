@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -19,7 +19,7 @@ from bot.serving.triton import Fleet
 from tests.conftest import EXAMPLE_CONFIG, ROOT, write_config
 from tests.support.airflow import free_port
 
-MONDAY_10_LA = datetime(2026, 11, 23, 18, 0, tzinfo=timezone.utc)  # inside deploy hours
+MONDAY_10_LA = datetime(2026, 11, 23, 18, 0, tzinfo=UTC)  # inside deploy hours
 TABLES = ("releases", "environments", "locks", "operations", "silences", "retrain_runs")
 DRY = "*Dry run*: "
 REFUSED = ":warning: would be refused: "
@@ -29,10 +29,10 @@ class Clock:
     """Real time moved to a chosen instant, so the deploy-hour rules see a Monday morning."""
 
     def __init__(self, at: datetime):
-        self.offset = at - datetime.now(timezone.utc)
+        self.offset = at - datetime.now(UTC)
 
     def __call__(self) -> datetime:
-        return datetime.now(timezone.utc) + self.offset
+        return datetime.now(UTC) + self.offset
 
 
 def ranker(registry: Path, environments: dict[str, dict]) -> dict:

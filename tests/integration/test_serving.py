@@ -11,11 +11,11 @@ import boto3
 import numpy as np
 import pytest
 
+from bot.sandbox.tritonserver import TritonServer, free_port, triton_missing
 from bot.serving.artifacts import ArtifactError, ArtifactStore, copy, open_store
 from bot.serving.registry import Registry, RegistryError
 from bot.serving.triton import Fleet, FleetError, deploy_files, triton_repository_path
 from tests.support.s3 import AWS_ENV, MotoServer
-from bot.sandbox.tritonserver import TritonServer, free_port, triton_missing
 
 EXAMPLES = Path(__file__).parents[2] / "examples" / "registry"
 

@@ -13,10 +13,10 @@ import pytest
 from aiohttp import web
 
 from bot.releases.verify import baseline_difference, latency_percentiles, output_problems, verify
+from bot.sandbox.tritonserver import TritonServer, free_port, triton_missing
 from bot.serving.artifacts import open_store
 from bot.serving.registry import Expected, GoldenRequest, Registry, VerifySpec
 from bot.serving.triton import Fleet, deploy_files
-from bot.sandbox.tritonserver import TritonServer, free_port, triton_missing
 
 EXAMPLES = Path(__file__).parents[2] / "examples" / "registry"
 

@@ -35,10 +35,10 @@ from bot.config import load_config
 from bot.datagen.hook import sign
 from bot.oncall.schedule import WEEKDAYS
 from bot.retrain.command import CommandRun, process_group_alive
-from bot.scheduler import MAX_ATTEMPTS, Scheduler, daily
 from bot.sandbox.local import workspace
 from bot.sandbox.slack_emulator import Delivery, SlackEmulator, SlackEventsClient
 from bot.sandbox.tritonserver import TritonServer, free_port, triton_missing
+from bot.scheduler import MAX_ATTEMPTS, Scheduler, daily
 from bot.serving.triton import Fleet
 from bot.store import Store
 from tests.conftest import EXAMPLE_CONFIG, ROOT, write_config
@@ -481,11 +481,10 @@ def datagen_config(tmp_path: Path) -> Path:
 async def push_record(bot: Served, day: date) -> int:
     body = json.dumps(real_record()).encode()
     query, stamp = f"job=recsys&date={day}", str(int(time.time()))
-    async with aiohttp.ClientSession() as http:
-        async with http.post(f"{bot.url}/hooks/datagen?{query}", data=body, headers={
-                "X-Datagen-Timestamp": stamp,
-                "X-Datagen-Signature": sign(HOOK_SECRET, stamp, "POST", "/hooks/datagen", query, body)}) as resp:
-            return resp.status
+    async with aiohttp.ClientSession() as http, http.post(f"{bot.url}/hooks/datagen?{query}", data=body, headers={
+            "X-Datagen-Timestamp": stamp,
+            "X-Datagen-Signature": sign(HOOK_SECRET, stamp, "POST", "/hooks/datagen", query, body)}) as resp:
+        return resp.status
 
 
 async def test_kill_9_while_the_datagen_summary_is_posted_posts_it_once_after_the_restart(tmp_path):

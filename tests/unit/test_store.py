@@ -2,7 +2,7 @@ import asyncio
 import json
 import sqlite3
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -159,8 +159,8 @@ async def test_a_claim_in_the_group_is_seen_by_the_next_statement_on_the_connect
     updated = store.conn.execute("UPDATE job_runs SET detail = '{\"finished\": true}' WHERE job = ? AND slot = ?",
                                  ("digest.daily", "2026-11-22T17:00"))
     assert updated.rowcount == 1
-    assert store.claim_press("release.promote:1", "U0CAROL", datetime(2026, 11, 22, tzinfo=timezone.utc)) is None
-    first = store.claim_press("release.promote:1", "U0BOB", datetime(2026, 11, 23, tzinfo=timezone.utc))
-    assert first == ("U0CAROL", datetime(2026, 11, 22, tzinfo=timezone.utc))
+    assert store.claim_press("release.promote:1", "U0CAROL", datetime(2026, 11, 22, tzinfo=UTC)) is None
+    first = store.claim_press("release.promote:1", "U0BOB", datetime(2026, 11, 23, tzinfo=UTC))
+    assert first == ("U0CAROL", datetime(2026, 11, 22, tzinfo=UTC))
     assert store.db["presses"].count == 1
     store.close()
