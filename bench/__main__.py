@@ -150,7 +150,7 @@ def table(results: list[tuple[str, list[Row]]], markdown: bool) -> str:
         lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in flat]
         return "\n".join(lines)
     widths = [max(len(row[i]) for row in [head, *flat]) for i in range(4)]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [head, *flat])
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in [head, *flat])
 
 
 def main() -> int:

@@ -126,7 +126,7 @@ async def main(total: int, rounds: int) -> None:
                         rate, cpu = statistics.median(r for _, r, _ in rows), statistics.median(c for _, _, c in rows)
                         result[name] = (p50, p99)
                         print(f"{name:<6} {concurrency:>5} {p50:>8.2f} {p99:>8.2f} {rate:>8.0f} {cpu:>11.0f}")
-                    ratios = [bot[1] / bare[1] for bot, bare in zip(runs["bot"], runs["bare"])]
+                    ratios = [bot[1] / bare[1] for bot, bare in zip(runs["bot"], runs["bare"], strict=True)]
                     print(f"{'ratio':<6} {concurrency:>5} {result['bot'][0] / result['bare'][0]:>8.2f} "
                           f"{result['bot'][1] / result['bare'][1]:>8.2f} {statistics.median(ratios):>8.2f}  "
                           f"(bot / bare; req/s: median of {rounds} paired rounds, range {min(ratios):.2f}-{max(ratios):.2f})")

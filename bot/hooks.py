@@ -13,6 +13,7 @@ is worth retrying (429, 5xx, dropped connections), and a rerun could post twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -175,10 +176,8 @@ class HookQueue:
             if item is not None:
                 self._running[item[0]] = asyncio.create_task(self._work(*item), name=f"hook-queue.{item[1]}.{item[0]}")
                 continue
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.record_retry if self._unrecorded else None)
-            except TimeoutError:
-                pass
 
     async def _work(self, item_id: int, kind: str, key: str, payload: str) -> None:
         try:

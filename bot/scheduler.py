@@ -97,9 +97,9 @@ class Scheduler:
         key = (job.id, iso(slot))
         if key in self._running:  # APScheduler and the catch-up at start woke up for the same slot
             return None
-        if not self.store.claim_slot(job.id, key[1], now, {"finished": False, "attempt": 1} if job.resumable else None):
-            if not (job.resumable and self._take_over(key, now)):
-                return None
+        claimed = self.store.claim_slot(job.id, key[1], now, {"finished": False, "attempt": 1} if job.resumable else None)
+        if not claimed and not (job.resumable and self._take_over(key, now)):
+            return None
         self._running.add(key)
         try:
             await job.func(slot)

@@ -29,7 +29,7 @@ def funnel(report: Report) -> bytes:
     figure = Figure(figsize=(8, 0.45 * len(steps) + 1.2))
     axes = figure.subplots()
     axes.barh(labels[::-1], counts[::-1], color="#4a7bd0")
-    for y, (count, step) in enumerate(zip(counts[::-1], steps[::-1])):
+    for y, (count, step) in enumerate(zip(counts[::-1], steps[::-1], strict=True)):
         loss = f"  {count:,}" + (f" (-{step.item_loss_pct:.1f}%)" if step.item_loss_pct else "")
         axes.text(count, y, loss, va="center", fontsize=8)
     axes.set_title(f"datagen funnel {report.run_date} (items; final rows in rows)")
@@ -42,8 +42,8 @@ def final_rows(history: dict[date, Report], run_date: date) -> bytes:
     rows = [history[d].final_rows if d in history and history[d].final_rows is not None else None for d in days]
     figure = Figure(figsize=(8, 3))
     axes = figure.subplots()
-    axes.plot([d for d, r in zip(days, rows) if r is not None], [r for r in rows if r is not None], marker="o")
-    for day, value in zip(days, rows):
+    axes.plot([d for d, r in zip(days, rows, strict=True) if r is not None], [r for r in rows if r is not None], marker="o")
+    for day, value in zip(days, rows, strict=True):
         if value is None:  # a missing or failed run is a gap, marked so nobody reads it as zero
             axes.axvline(day, color="#d04a4a", alpha=0.3)
     axes.set_title(f"final rows, {DAYS} days to {run_date}")

@@ -9,6 +9,7 @@ is non-empty; a failed record need not carry any numbers.
 """
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import re
@@ -229,10 +230,8 @@ class Report(BaseModel):
             else:
                 rest[key] = value
         if "run_date" not in rest and isinstance(rest.get("datagen_start_time"), str):
-            try:
+            with contextlib.suppress(ValueError):  # the field's own validation names the bad value
                 rest["run_date"] = datetime.fromisoformat(_job_datetime(rest["datagen_start_time"])).date()
-            except ValueError:
-                pass  # the field's own validation names the bad value
         return {**rest, "stages": stages, "errors": errors}
 
     @model_validator(mode="after")

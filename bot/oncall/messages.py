@@ -122,10 +122,7 @@ def handoff_message(
     *,
     usergroup: str | None = None,
 ) -> Message:
-    if outgoing is None:
-        who = f"<@{incoming.user}> takes the first shift"
-    else:
-        who = f"<@{outgoing}> → <@{incoming.user}>"
+    who = f"<@{incoming.user}> takes the first shift" if outgoing is None else f"<@{outgoing}> → <@{incoming.user}>"
     title = f"On-call handoff ({rotation_name}): {who}"
     shift_line = f"*Shift*: {_window(incoming)}{' (covering)' if incoming.overridden else ''}"
     next_line = (

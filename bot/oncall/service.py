@@ -215,13 +215,13 @@ class OnCallService:
             return
         async with self._sync_locks[rotation.name]:
             state = self._row("SELECT * FROM oncall_slack_state WHERE rotation = ?", rotation.name) or {}
-            if rotation.usergroup and state.get("usergroup_users") != shift.user:
-                if await self._set_usergroup(rotation, rotation.usergroup, shift.user):
-                    self._remember(rotation, "usergroup_users", shift.user, now)
+            if (rotation.usergroup and state.get("usergroup_users") != shift.user
+                    and await self._set_usergroup(rotation, rotation.usergroup, shift.user)):
+                self._remember(rotation, "usergroup_users", shift.user, now)
             topic = messages.topic_text(shift.user, shift.end, rotation.tz)
-            if state.get("topic") != topic:
-                if await self._slack_write(rotation, "topic", topic, self.ctx.notifier.set_topic(rotation.channel, topic)):
-                    self._remember(rotation, "topic", topic, now)
+            if state.get("topic") != topic and await self._slack_write(
+                    rotation, "topic", topic, self.ctx.notifier.set_topic(rotation.channel, topic)):
+                self._remember(rotation, "topic", topic, now)
 
     async def _set_usergroup(self, rotation: Rotation, group: str, user: str) -> bool:
         try:

@@ -234,7 +234,7 @@ class Registry:
         if not files:
             await self.get(model, version)
         hashes = await asyncio.gather(*(self.store.sha256(self.key(model, version, f)) for f in files))
-        return files_digest(dict(zip(files, hashes)))
+        return files_digest(dict(zip(files, hashes, strict=True)))
 
     async def _version(self, model: str, version: str) -> ModelVersion:
         try:

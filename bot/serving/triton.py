@@ -179,7 +179,7 @@ class Fleet:
                 raise result
         if failures:
             raise FleetError(failures)
-        return dict(zip(self.endpoints, results))  # type: ignore[arg-type]
+        return dict(zip(self.endpoints, results, strict=True))  # type: ignore[arg-type]
 
     async def health(self) -> dict[str, EndpointHealth]:
         """Liveness and readiness of every endpoint; never raises for an endpoint that is down."""

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -531,9 +531,7 @@ async def test_a_scheduled_job_cut_short_every_time_is_given_up_after_three_atte
     for _ in range(5):
         scheduler = Scheduler(store, lambda: now)
         scheduler.add("oncall.recsys.handoff", daily(now.replace(minute=0).time(), "UTC"), dies, resumable=True)
-        try:
+        with suppress(asyncio.CancelledError):
             await scheduler.run_due()
-        except asyncio.CancelledError:
-            pass
     assert len(attempts) == MAX_ATTEMPTS == 3
     store.close()

@@ -327,10 +327,10 @@ async def front(airflow: AirflowStandalone) -> AsyncIterator[AirflowFront]:
 
 def retrain_bot(tmp_path: Path, airflow: AirflowStandalone, base_url: str, *, password: str | None = None):
     """The bot with ranker retraining on Airflow DAG train_model at `base_url`."""
-    registry = tmp_path / "registry"
-    shutil.copytree(ROOT / "examples" / "registry", registry, ignore=shutil.ignore_patterns("__pycache__"))
+    copy = tmp_path / "registry"
+    shutil.copytree(ROOT / "examples" / "registry", copy, ignore=shutil.ignore_patterns("__pycache__"))
     model = yaml.safe_load(EXAMPLE_CONFIG.read_text())["models"]["ranker"]
-    model["registry"] = str(registry)
+    model["registry"] = str(copy)
     model["environments"] = {env: {"repository": str(tmp_path / "repos" / env), "endpoints": [f"http://127.0.0.1:{free_port()}"]}
                              for env in ("staging", "prod")}
     model["retrain"] = {"backend": "airflow", "dag_id": "train_model", "conf": {"epochs": 1}}
@@ -432,7 +432,7 @@ async def delivered(bot: LocalBot, version: str) -> tuple[dict, list[str]]:
 
 
 def assert_whole_thread(notes: list[str]) -> None:
-    assert len(notes) == len(THREAD) and all(n.startswith(t) for n, t in zip(notes, THREAD)), notes
+    assert len(notes) == len(THREAD) and all(n.startswith(t) for n, t in zip(notes, THREAD, strict=True)), notes
 
 
 async def test_a_429_storm_slows_the_deploy_card_and_its_thread_but_loses_and_doubles_nothing(bot):
@@ -489,7 +489,7 @@ async def test_a_thread_note_slack_times_out_on_is_posted_once_in_its_place(bot,
     card, notes = await delivered(bot, "v5")
     assert card["text"].endswith(": verified")
     expected = [t.replace("ranker v1", "ranker v5") for t in THREAD]
-    assert len(notes) == len(expected) and all(n.startswith(t) for n, t in zip(notes, expected)), notes
+    assert len(notes) == len(expected) and all(n.startswith(t) for n, t in zip(notes, expected, strict=True)), notes
     assert audit(bot, "release.note", "unshown")[-1]["detail"]["error"] == "TimeoutError"
     assert_settled(bot)
 

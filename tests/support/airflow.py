@@ -5,6 +5,7 @@ Everything it writes (SQLite db, logs, passwords) stays in a temporary AIRFLOW_H
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -139,10 +140,8 @@ class AirflowStandalone:
         """Stop every Airflow process (the whole process group) and remove AIRFLOW_HOME."""
         if self._process is not None:
             _signal_group(self._process.pid, signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self._process.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                pass
             _signal_group(self._process.pid, signal.SIGKILL)  # whatever the components left running
             self._process.wait()
             self._process = None
@@ -150,10 +149,8 @@ class AirflowStandalone:
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def start_or_skip() -> AirflowStandalone:

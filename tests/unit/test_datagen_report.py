@@ -184,7 +184,7 @@ def test_examples_are_consecutive_days_in_the_real_format():
     days = [date.fromisoformat(path.stem) for path in files]
 
     assert days == [date(2026, 11, 12) + timedelta(days=i) for i in range(10)]
-    for path, day in zip(files, days):
+    for path, day in zip(files, days, strict=True):
         record = json.loads(path.read_text())
         assert list(record) == list(real_record())
         assert parse_report(record, run_date=day).start_time.date() == day

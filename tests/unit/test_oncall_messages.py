@@ -57,7 +57,8 @@ def within_slack_limits(message: Message) -> bool:
     return len(message.blocks) <= 50 and all(len(t) <= 3000 for t in sections)
 
 
-def handoff(summary: ShiftSummary = ShiftSummary(), duties: list[str] | None = None, **kwargs) -> Message:
+def handoff(summary: ShiftSummary | None = None, duties: list[str] | None = None, **kwargs) -> Message:
+    summary = summary or ShiftSummary()
     return handoff_message(
         "ranker",
         "UANA",

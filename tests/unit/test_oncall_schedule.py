@@ -1,4 +1,5 @@
 from datetime import UTC, date, datetime, time, timedelta
+from itertools import pairwise
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -107,7 +108,7 @@ def test_shifts_tile_time_and_start_at_the_local_handoff(zone, shift, hhmm, offs
     end = begin + timedelta(days=span_days)
     found = shifts(rot, begin, end)
     assert found[0].start <= begin and found[-1].end >= end
-    assert all(a.end == b.start for a, b in zip(found, found[1:]))
+    assert all(a.end == b.start for a, b in pairwise(found))
     assert [s.start for s in found if s.start >= begin] == handoff_times(rot, begin, end)
     wall, tz = time.fromisoformat(hhmm), ZoneInfo(zone)
     for s in found:

@@ -138,7 +138,7 @@ def test_any_values_round_trip_through_the_store_and_verify(batch, on_loop):
         reopened.close()
 
     assert len(stored) == len(batch)
-    for given_row, row in zip(batch, stored):
+    for given_row, row in zip(batch, stored, strict=True):
         expected = _as_stored_json(given_row["detail"])
         assert json.dumps(row["detail"], sort_keys=True) == json.dumps(expected, sort_keys=True)  # NaN != NaN
         for name in FIELDS:
