@@ -58,7 +58,7 @@ class Runtime:
         self.ctx = Context(config=config, secrets=secrets, store=self.store, notifier=self.notifier, clock=clock,
                            audit=self.audit, spawn=self.spawn)
         # Domain services (each registers its scheduled jobs in its constructor).
-        self.releases = ReleaseService(self)
+        self.releases = ReleaseService(self.ctx, roles=self.roles)
         self.silences = Silences(self.ctx)
         self.datagen = DatagenService(self.ctx, scheduler=self.scheduler, silences=self.silences)
         self.datagen_hook = DatagenHook(self.ctx, hooks=self.hooks, datagen=self.datagen)

@@ -15,20 +15,19 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from bot.context import Context
 from bot.notifier import Message, SlackError
 from bot.releases import messages
 from bot.releases.model import BAD, BUSY, FAILS, Event, Release, State, env_of, next_state, rollback_target, sources
 from bot.releases.policy import may_promote, short, unblock_blocker
 from bot.releases.verify import verify
+from bot.roles import RoleDirectory
 from bot.serving.artifacts import ArtifactError, open_store
 from bot.serving.registry import Registry, RegistryError, triton_config_json
 from bot.serving.triton import Fleet, FleetError, deploy_files
 from bot.store import iso
-
-if TYPE_CHECKING:
-    from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +89,11 @@ def describe_served(served: dict[str, list[int] | str]) -> str:
 
 
 class ReleaseService:
-    def __init__(self, runtime: Runtime):
-        self.rt = runtime
-        self.config = runtime.config
-        self.store = runtime.store
+    def __init__(self, ctx: Context, *, roles: RoleDirectory):
+        self.ctx = ctx
+        self.config = ctx.config
+        self.store = ctx.store
+        self.roles = roles  # who may unblock prod
         self._running: set[int] = set()  # operations running in this process: only their locks are live
         self._unshown_of: dict[int, _Unshown] = {}  # by release: what Slack refused, tried again in the background
         self._slack_locks: dict[int, asyncio.Lock] = {}  # one Slack write at a time per release, so none is doubled
@@ -143,10 +143,10 @@ class ReleaseService:
         if r["kind"] == "operation" and r["operation_id"] not in self._running:
             with self.store.transaction() as conn:
                 conn.execute("DELETE FROM locks WHERE model = ? AND env = ? AND kind = 'operation'", (model, env))
-                self.rt.audit(actor="mlops-bot", verb="lock.freed", status="ok", model=model, env=env,
+                self.ctx.audit(actor="mlops-bot", verb="lock.freed", status="ok", model=model, env=env,
                               detail={"holder": r["holder"], "reason": r["reason"], "why": "its operation is not running"})
             return None
-        if r["kind"] == "manual" and _dt(r["expires_at"]) <= self.rt.clock():
+        if r["kind"] == "manual" and _dt(r["expires_at"]) <= self.ctx.clock():
             return None
         return Lock(r["holder"], r["reason"], r["kind"], _dt(r["expires_at"]))
 
@@ -168,7 +168,7 @@ class ReleaseService:
         sets = ", ".join(f"{k} = ?" for k in (column, "updated_at", *fields))
         cursor = self.store.conn.execute(
             f"UPDATE releases SET {sets} WHERE id = ? AND ({where})",
-            (new.value, iso(self.rt.clock()), *fields.values(), release.id, *(s.value for s in allowed if s)),
+            (new.value, iso(self.ctx.clock()), *fields.values(), release.id, *(s.value for s in allowed if s)),
         )
         if cursor.rowcount != 1:
             raise ReleaseError(self._why_not(release.id, event, env))
@@ -182,7 +182,7 @@ class ReleaseService:
         compare-and-set of its release, if any) and the `started` row; free the lock however it ends. An
         exception that escapes the body leaves no release in a running standing: it fails there (or is
         interrupted, when the bot is stopping) and the card says why."""
-        now = self.rt.clock()
+        now = self.ctx.clock()
         with self.store.transaction() as conn:
             self._check_free(model, env)
             op = conn.execute("INSERT INTO operations (kind, model, env, actor, state, detail, started_at) "
@@ -193,7 +193,7 @@ class ReleaseService:
             release = start()
             if release is not None:
                 conn.execute("UPDATE operations SET release_id = ?, version = ? WHERE id = ?", (release.id, release.version, op))
-            self.rt.audit(actor=actor, verb=kind, status="started", channel=channel or (release.channel if release else None),
+            self.ctx.audit(actor=actor, verb=kind, status="started", channel=channel or (release.channel if release else None),
                           model=model, env=env, version=release.version if release else None,
                           detail={**({"release": release.id} if release else {}), **(detail or {})})
         self._running.add(op)
@@ -209,7 +209,7 @@ class ReleaseService:
             self._running.discard(op)
             with self.store.transaction() as conn:
                 conn.execute("DELETE FROM locks WHERE operation_id = ?", (op,))
-                conn.execute("UPDATE operations SET state = ?, ended_at = ? WHERE id = ?", (outcome, iso(self.rt.clock()), op))
+                conn.execute("UPDATE operations SET state = ?, ended_at = ? WHERE id = ?", (outcome, iso(self.ctx.clock()), op))
 
     async def _abandon(self, release_id: int, env: str, actor: str, exc: BaseException) -> None:
         """The last resort of `_operation`: a release still running in `env` fails there, said on its card."""
@@ -223,7 +223,7 @@ class ReleaseService:
             log.error("release %s: %s on %s failed unexpectedly", release.id, standing.value, env, exc_info=exc)
         with self.store.transaction():
             release = self._cas(release, event, env)
-            self.rt.audit(actor=actor, verb=_VERBS[FAILS[standing]], status="interrupted" if cancelled else "failed", channel=release.channel,
+            self.ctx.audit(actor=actor, verb=_VERBS[FAILS[standing]], status="interrupted" if cancelled else "failed", channel=release.channel,
                           model=release.model, env=env, version=release.version,
                           detail={"release": release.id, "state": release.standing(env).value, "error": failure_text(exc)})
         if not cancelled:  # a stopping bot says nothing more; the next start reconciles and tells
@@ -256,7 +256,7 @@ class ReleaseService:
             "previous_triton_version, deployed_by, approved_by, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (release.model, env, release.version, release.triton_version, release.id,
              current["version"] if current else None, current["triton_version"] if current else None,
-             actor, approved_by, iso(self.rt.clock())),
+             actor, approved_by, iso(self.ctx.clock())),
         )
 
     # -- Slack side -------------------------------------------------------------------------------
@@ -288,8 +288,8 @@ class ReleaseService:
         shown_report = report if report is not None else self._report(release)
         card = messages.card(release, env=env, verify_report=shown_report, note=note, blocker=self._blocker(release, shown_report))
         try:
-            shown = await (self.rt.notifier.edit_or_repost(release.channel, ts, card) if ts
-                           else self.rt.notifier.post(release.channel, card))
+            shown = await (self.ctx.notifier.edit_or_repost(release.channel, ts, card) if ts
+                           else self.ctx.notifier.post(release.channel, card))
         except SlackError as exc:
             unshown = self._unshown_of.setdefault(release_id, _Unshown())
             if unshown.card is None:
@@ -320,7 +320,7 @@ class ReleaseService:
         ts = self._card_ts(release)
         while unshown.notes and ts:
             try:
-                await self.rt.notifier.reply(release.channel, ts, messages.note(unshown.notes[0]))
+                await self.ctx.notifier.reply(release.channel, ts, messages.note(unshown.notes[0]))
             except SlackError as exc:
                 if not unshown.note_refused:
                     self._unshown(release, "note", exc)
@@ -339,7 +339,7 @@ class ReleaseService:
     def _redeliver(self, release_id: int) -> None:
         if release_id not in self._redelivering:
             self._redelivering.add(release_id)
-            self.rt.spawn(self._redelivery(release_id), name=f"release {release_id}: show in Slack")
+            self.ctx.spawn(self._redelivery(release_id), name=f"release {release_id}: show in Slack")
 
     async def _redelivery(self, release_id: int) -> None:
         """Try again what Slack refused of one release, with growing pauses, until all of it is shown."""
@@ -357,7 +357,7 @@ class ReleaseService:
                 release = self.get(release_id)
                 log.error("gave up showing release %s in Slack: card %s, %d notes", release_id,
                           "refused" if unshown.card else "shown", len(unshown.notes))
-                self.rt.audit(actor="mlops-bot", verb="release.card" if unshown.card else "release.note", status="undelivered",
+                self.ctx.audit(actor="mlops-bot", verb="release.card" if unshown.card else "release.note", status="undelivered",
                               channel=release.channel, model=release.model, version=release.version,
                               detail={"release": release_id, "card": unshown.card is not None, "notes": unshown.notes})
         finally:
@@ -365,7 +365,7 @@ class ReleaseService:
 
     def _unshown(self, release: Release, what: str, exc: SlackError) -> None:
         log.warning("could not show the %s of release %s", what, release.id, exc_info=True)
-        self.rt.audit(actor="mlops-bot", verb=f"release.{what}", status="unshown", channel=release.channel, model=release.model,
+        self.ctx.audit(actor="mlops-bot", verb=f"release.{what}", status="unshown", channel=release.channel, model=release.model,
                       version=release.version, detail={"release": release.id, "error": exc.error})
 
     def _report(self, release: Release) -> dict | None:
@@ -382,10 +382,10 @@ class ReleaseService:
 
     async def _say(self, channel: str, text: str) -> None:
         try:
-            await self.rt.notifier.post(channel, Message(text))
+            await self.ctx.notifier.post(channel, Message(text))
         except SlackError as exc:
             log.warning("could not post to %s: %s", channel, exc)
-            self.rt.audit(actor="mlops-bot", verb="release.note", status="unshown", channel=channel,
+            self.ctx.audit(actor="mlops-bot", verb="release.note", status="unshown", channel=channel,
                           detail={"error": exc.error, "text": text[:500]})
 
     # -- deploy -----------------------------------------------------------------------------------
@@ -405,7 +405,7 @@ class ReleaseService:
         try:
             version = await self.resolve_version(model, version)
         except ReleaseError as exc:  # refused before anything started, and audited as any deploy that fails is
-            self.rt.audit(actor=actor, verb="deploy", status="failed", channel=channel, model=model, env="staging",
+            self.ctx.audit(actor=actor, verb="deploy", status="failed", channel=channel, model=model, env="staging",
                           version=version, detail={"error": str(exc)})
             raise
         registry = self.registry(model)
@@ -413,7 +413,7 @@ class ReleaseService:
             await registry.validate(model, version)
             return version, await registry.digest(model, version)
         except EXPECTED as exc:
-            self.rt.audit(actor=actor, verb="deploy", status="failed", channel=channel, model=model, env="staging",
+            self.ctx.audit(actor=actor, verb="deploy", status="failed", channel=channel, model=model, env="staging",
                           version=version, detail={"error": str(exc)})
             raise ReleaseError(str(exc)) from None
 
@@ -422,7 +422,7 @@ class ReleaseService:
         version, digest = await self._checked_version(model, version, actor, channel)
 
         def insert() -> Release:
-            now = iso(self.rt.clock())
+            now = iso(self.ctx.clock())
             release_id = self.store.conn.execute(
                 "INSERT INTO releases (model, version, digest, state, deployed_by, deployed_at, channel, updated_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (model, version, digest, State.DEPLOYING.value, actor, now, channel, now),
@@ -457,7 +457,7 @@ class ReleaseService:
             restored = await self._restore(model, "staging")
             with self.store.transaction():
                 release = self._cas(release, Event.DEPLOY_FAILED, "staging")
-                self.rt.audit(actor=actor, verb="deploy", status="failed", channel=release.channel, model=model, env="staging",
+                self.ctx.audit(actor=actor, verb="deploy", status="failed", channel=release.channel, model=model, env="staging",
                               version=version, detail={"release": release.id, "error": failure_text(exc), "restored": restored})
             await self._card(release, "staging", note=f":x: Deploy failed: {failure_text(exc)}\n{restored} "
                                                       "Fix what is named above and deploy again.")
@@ -470,7 +470,7 @@ class ReleaseService:
                 self._cas(old, Event.SUPERSEDE, "staging")
             release = self._cas(release, Event.DEPLOYED, "staging")
             self._set_env(release, "staging", actor=actor)
-            self.rt.audit(actor=actor, verb="deploy", status="succeeded", channel=release.channel, model=model, env="staging",
+            self.ctx.audit(actor=actor, verb="deploy", status="succeeded", channel=release.channel, model=model, env="staging",
                           version=version, detail={"release": release.id, "superseded": [r.id for r in superseded]})
         for old in superseded:  # their buttons go; a press on a copy not yet refreshed is still refused
             await self._card(old, "staging", note=f"Superseded on staging by {version}, deployed by <@{actor}>.")
@@ -537,8 +537,8 @@ class ReleaseService:
             passed, reason, report = await self._check(release, env)
             with self.store.transaction():
                 release = self._cas(release, Event.PASSED if passed else Event.FAILED, env, verify_report=json.dumps(report),
-                                    verified_at=iso(self.rt.clock()) if passed else None)
-                self.rt.audit(actor=actor, verb="verify", status="passed" if passed else "failed", channel=release.channel,
+                                    verified_at=iso(self.ctx.clock()) if passed else None)
+                self.ctx.audit(actor=actor, verb="verify", status="passed" if passed else "failed", channel=release.channel,
                               model=release.model, env=env, version=release.version,
                               detail={"release": release.id, "state": release.state.value, **({"reason": reason} if reason else {})})
         blocker = self._blocker(release, report)
@@ -556,7 +556,7 @@ class ReleaseService:
             passed, reason, report = await self._check(release, "prod")
             with self.store.transaction() as conn:
                 conn.execute("UPDATE releases SET verify_report = ? WHERE id = ?", (json.dumps(report), release.id))
-                self.rt.audit(actor=actor, verb="verify", status="passed" if passed else "failed", channel=release.channel,
+                self.ctx.audit(actor=actor, verb="verify", status="passed" if passed else "failed", channel=release.channel,
                               model=release.model, env="prod", version=release.version, detail={"reason": reason})
         await self._thread(release, (f":white_check_mark: Prod re-verified by <@{actor}>: {release.model} {release.version} is healthy."
                                      if passed else f":x: Prod verification of {release.version} failed: {reason}. "
@@ -580,15 +580,15 @@ class ReleaseService:
             digest = await self.registry(release.model).digest(release.model, release.version)
         except EXPECTED as exc:
             raise ReleaseError(f"cannot read {release.model} {release.version} from the registry: {exc}") from None
-        return may_promote(release, actor=actor, is_approver=await self.rt.roles.has(actor, "approvers"),
+        return may_promote(release, actor=actor, is_approver=await self.roles.has(actor, "approvers"),
                            staging_only=cfg.staging_only, current_digest=digest, policy=self.config.deploy,
-                           now=self.rt.clock(), urgent=urgent)
+                           now=self.ctx.clock(), urgent=urgent)
 
     def _start_promote(self, release: Release, actor: str) -> Release:
         release = self.get(release.id)
         if release.state is not State.VERIFIED:  # staging's verdict is read in the same transaction
             raise ReleaseError(self._why_not(release.id, Event.PROMOTE, "staging"))
-        return self._cas(release, Event.PROMOTE, "prod", approved_by=actor, approved_at=iso(self.rt.clock()))
+        return self._cas(release, Event.PROMOTE, "prod", approved_by=actor, approved_at=iso(self.ctx.clock()))
 
     async def promote(self, release: Release, actor: str, *, urgent_reason: str | None = None) -> Release:
         """Copy to prod, load on every prod endpoint, verify prod; on failure put prod back as the bot records it."""
@@ -599,13 +599,13 @@ class ReleaseService:
             raise ReleaseError(self._why_not(release.id, Event.PROMOTE, "staging"))
         decision = await self.check_promote(release, actor, urgent=urgent_reason is not None)
         if not decision.allowed:
-            self.rt.audit(actor=actor, verb="promote", status="denied", channel=release.channel, model=release.model,
+            self.ctx.audit(actor=actor, verb="promote", status="denied", channel=release.channel, model=release.model,
                           env="prod", version=release.version, detail={"reason": decision.reason})
             raise ReleaseError(decision.reason)
         async with self._operation("promote", release.model, "prod", actor, f"promoting {release.version}",
                                    start=lambda: self._start_promote(release, actor)) as release:
             if urgent_reason:
-                self.rt.audit(actor=actor, verb="promote.urgent", status="ok", channel=release.channel, model=release.model,
+                self.ctx.audit(actor=actor, verb="promote.urgent", status="ok", channel=release.channel, model=release.model,
                               env="prod", version=release.version, detail={"reason": urgent_reason})
                 await self._thread(release, f":rotating_light: Urgent unblock outside deploy hours by <@{actor}>: {urgent_reason}"
                                    + self._oncall_mention())
@@ -618,13 +618,13 @@ class ReleaseService:
                         self._cas(previous, Event.SUPERSEDE, "prod")
                     release = self._cas(release, Event.PROMOTED, "prod")
                     self._set_env(release, "prod", actor=release.deployed_by or actor, approved_by=actor)
-                    self.rt.audit(actor=actor, verb="promote", status="succeeded", channel=release.channel, model=release.model,
+                    self.ctx.audit(actor=actor, verb="promote", status="succeeded", channel=release.channel, model=release.model,
                                   env="prod", version=release.version, detail={"release": release.id})
             else:
                 restored = await self._restore(release.model, "prod")
                 with self.store.transaction():
                     release = self._cas(release, Event.PROMOTE_FAILED, "prod")
-                    self.rt.audit(actor=actor, verb="promote", status="failed", channel=release.channel, model=release.model,
+                    self.ctx.audit(actor=actor, verb="promote", status="failed", channel=release.channel, model=release.model,
                                   env="prod", version=release.version, detail={"release": release.id, "error": failure,
                                                                                "restored": restored})
         if failure is None:
@@ -703,7 +703,7 @@ class ReleaseService:
         # An endpoint that is down serves nothing, so putting the others back is still worth doing and saying.
         done = [e for e in self.model_config(model).environments[env].endpoints if e not in failed]
         status = "partial" if failed and done else "failed" if failed else "succeeded"
-        self.rt.audit(actor="mlops-bot", verb="rollback", status=status, model=model, env=env, version=back,
+        self.ctx.audit(actor="mlops-bot", verb="rollback", status=status, model=model, env=env, version=back,
                       detail={"automatic": True, "failed": failed, **({"not_ready": stuck} if stuck else {})})
         what = f"put {env} back on {back}" if back else f"unloaded {model} from {env} (the bot records nothing served there)"
         restart = "".join(f" {e} still holds the failed load of {', '.join(f)}, so it reports not ready until it restarts: "
@@ -721,7 +721,7 @@ class ReleaseService:
         async with self.fleet(model, env) as fleet:
             served = await fleet.observe(model, settle=True)
         off = {e: v for e, v in served.items() if v != [n]}
-        self.rt.audit(actor="mlops-bot", verb="rollback", status="failed" if off else "unchanged", model=model, env=env,
+        self.ctx.audit(actor="mlops-bot", verb="rollback", status="failed" if off else "unchanged", model=model, env=env,
                       version=back, detail={"automatic": True, "failed": {e: str(v) for e, v in off.items()}, "registry": str(exc)})
         if not off:
             return f"{env} still serves {back} on every endpoint."
@@ -742,7 +742,7 @@ class ReleaseService:
             raise ReleaseError(f"{release.model} {release.version} is already unblocked for prod; roll prod back instead")
         with self.store.transaction():
             release = self._cas(self.get(release.id), Event.REJECT, "staging")
-            self.rt.audit(actor=actor, verb="reject", status="succeeded", channel=release.channel, model=release.model,
+            self.ctx.audit(actor=actor, verb="reject", status="succeeded", channel=release.channel, model=release.model,
                           env="staging", version=release.version, detail={"release": release.id})
         await self._card(release, "staging", note=f"Rejected by <@{actor}>; it will not go to prod.")
         return release
@@ -791,7 +791,7 @@ class ReleaseService:
                 if not isinstance(exc, EXPECTED):
                     log.error("rollback of %s %s failed unexpectedly", model, env, exc_info=True)
                 restored = await self._restore(model, env)
-                self.rt.audit(actor=actor, verb="rollback", status="failed", model=model, env=env, version=target.version,
+                self.ctx.audit(actor=actor, verb="rollback", status="failed", model=model, env=env, version=target.version,
                               detail={"error": failure_text(exc), "restored": restored})
                 raise ReleaseError(f"rollback of {model} {env} to {target.version} failed: {failure_text(exc)}. {restored}") from None
             with self.store.transaction():
@@ -802,7 +802,7 @@ class ReleaseService:
                 if target.standing(env) in sources(env_of(env), Event.RESTORE):
                     target = self._cas(target, Event.RESTORE, env)
                 self._set_env(target, env, actor=actor, approved_by=target.approved_by if env == "prod" else None)
-                self.rt.audit(actor=actor, verb="rollback", status="succeeded", model=model, env=env, version=target.version,
+                self.ctx.audit(actor=actor, verb="rollback", status="succeeded", model=model, env=env, version=target.version,
                               detail={"from": current.version, "reason": reason})
         await self._card(self.get(current.id), env, note=f":rewind: Rolled back by <@{actor}> to {target.version}: {reason}")
         return f":rewind: {model} {env} is serving {target.version} again (was {current.version}). Reason: {reason}"
@@ -819,19 +819,19 @@ class ReleaseService:
 
     def lock(self, model: str, env: str, actor: str, reason: str) -> str:
         self._check_env(model, env)
-        now = self.rt.clock()
+        now = self.ctx.clock()
         with self.store.transaction() as conn:
             self._check_free(model, env)
             conn.execute("INSERT OR REPLACE INTO locks (model, env, holder, reason, kind, expires_at, created_at) "
                          "VALUES (?, ?, ?, ?, 'manual', ?, ?)",
                          (model, env, actor, reason, iso(now + timedelta(hours=self.config.deploy.lock_ttl_hours)), iso(now)))
-            self.rt.audit(actor=actor, verb="lock", status="succeeded", model=model, env=env, detail={"reason": reason})
+            self.ctx.audit(actor=actor, verb="lock", status="succeeded", model=model, env=env, detail={"reason": reason})
         return f":lock: {model} {env} is locked by <@{actor}>: {reason}. `/mlops unlock {model} {env}` releases it."
 
     def plan_lock(self, model: str, env: str, actor: str, reason: str) -> str:
         self._check_env(model, env)
         self._check_free(model, env)
-        until = self.rt.clock() + timedelta(hours=self.config.deploy.lock_ttl_hours)
+        until = self.ctx.clock() + timedelta(hours=self.config.deploy.lock_ttl_hours)
         return (f"*Dry run*: `/mlops lock` would lock {model} {env} for <@{actor}> ({reason}) until {messages.when(until)}: "
                 "no deploy, promotion or rollback could start there until then. Nothing was changed.")
 
@@ -850,14 +850,14 @@ class ReleaseService:
         row = next(iter(self._rows("SELECT * FROM locks WHERE model = ? AND env = ?", model, env)), None)
         if row and row["kind"] == "operation" and row["operation_id"] not in self._running:
             self.lock_of(model, env)  # frees it, with its audit row
-            self.rt.audit(actor=actor, verb="unlock", status="succeeded", model=model, env=env,
+            self.ctx.audit(actor=actor, verb="unlock", status="succeeded", model=model, env=env,
                           detail={"was": row["reason"], "holder": row["holder"], "operation": "gone"})
             return (f":unlock: {model} {env} unlocked: freed the lock <@{row['holder']}> held for `{row['reason']}`, "
                     "whose operation is no longer running.")
         held = self._held_manual(model, env)
         with self.store.transaction() as conn:
             conn.execute("DELETE FROM locks WHERE model = ? AND env = ? AND kind = 'manual'", (model, env))
-            self.rt.audit(actor=actor, verb="unlock", status="succeeded", model=model, env=env, detail={"was": held.reason, "holder": held.holder})
+            self.ctx.audit(actor=actor, verb="unlock", status="succeeded", model=model, env=env, detail={"was": held.reason, "holder": held.holder})
         return f":unlock: {model} {env} unlocked (was locked by <@{held.holder}>: {held.reason})."
 
     def plan_unlock(self, model: str, env: str, actor: str) -> str:
@@ -910,7 +910,7 @@ class ReleaseService:
 
     def overdue_operations(self) -> list[str]:
         """Operations running past the lock TTL: the bot is not wedged by design, so this is worth a page."""
-        cutoff = iso(self.rt.clock() - timedelta(hours=self.config.deploy.lock_ttl_hours))
+        cutoff = iso(self.ctx.clock() - timedelta(hours=self.config.deploy.lock_ttl_hours))
         return [f"{r['kind']} {r['model']} {r['env']} by {r['actor']} since {r['started_at']}" for r in self._rows(
             "SELECT * FROM operations WHERE state = 'running' AND started_at < ?", cutoff) if r["id"] in self._running]
 
@@ -929,11 +929,11 @@ class ReleaseService:
                 if op["release_id"]:
                     self._interrupt(self.get(op["release_id"]), op["env"])
                 conn.execute("UPDATE operations SET state = 'reconciled', ended_at = coalesce(ended_at, ?) WHERE id = ?",
-                             (iso(self.rt.clock()), op["id"]))
+                             (iso(self.ctx.clock()), op["id"]))
         for lock in self._rows("SELECT * FROM locks WHERE kind = 'operation'"):
             with self.store.transaction() as conn:
                 conn.execute("DELETE FROM locks WHERE model = ? AND env = ? AND kind = 'operation'", (lock["model"], lock["env"]))
-                self.rt.audit(actor="mlops-bot", verb="reconcile", status="interrupted", model=lock["model"], env=lock["env"],
+                self.ctx.audit(actor="mlops-bot", verb="reconcile", status="interrupted", model=lock["model"], env=lock["env"],
                               detail={"was": lock["reason"], "holder": lock["holder"]})
             touched.setdefault((lock["model"], lock["env"]), {}).setdefault(f"<@{lock['holder']}> was {lock['reason']}", None)
         for (model, env), doing in touched.items():
@@ -943,7 +943,7 @@ class ReleaseService:
         standing = release.standing(env)
         if standing in BUSY:
             self._cas(release, Event.INTERRUPT, env)
-            self.rt.audit(actor="mlops-bot", verb="reconcile", status="interrupted", model=release.model, env=env,
+            self.ctx.audit(actor="mlops-bot", verb="reconcile", status="interrupted", model=release.model, env=env,
                           version=release.version, detail={"release": release.id, "was": standing.value})
 
     async def _reconcile_env(self, model: str, env: str, doing: dict[str, int | None]) -> None:
