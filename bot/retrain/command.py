@@ -116,7 +116,23 @@ def process_group_alive(pgid: int) -> bool:
         return False
     except PermissionError:
         return True  # someone else's process group: alive, though not ours to signal
-    return True
+    # A killed command's processes stay in the group as zombies until their parent reaps them, which an init
+    # may do seconds later and a container whose PID 1 is no init never does; they run nothing.
+    return not _only_zombies(pgid)
+
+
+def _only_zombies(pgid: int) -> bool:
+    """True when every process of the group has exited and waits to be reaped (Linux's /proc; else False)."""
+    states = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses, so split after the last ")".
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:  # the process ended while we looked
+            continue
+        if len(fields) > 2 and fields[2] == str(pgid):
+            states.append(fields[0])
+    return bool(states) and all(state == "Z" for state in states)
 
 
 async def start_command(

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -106,6 +107,22 @@ async def test_cancel_stops_the_command_and_everything_it_started(registry: Path
     assert status.detail == "cancelled"
     assert not process_group_alive(run.pgid)
     assert new_versions(registry) == []
+
+
+async def test_a_killed_run_whose_processes_nobody_reaps_has_ended(registry: Path) -> None:
+    # As under a container's PID 1 that is no init: the killed processes stay zombies, since their parent (here
+    # the test, which never waits for them) does not reap them. They run nothing; the run has ended.
+    process = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    run_dir = registry.parent / "runs" / "run-z"
+    run_dir.mkdir(parents=True)
+    run = CommandRun("run-z", run_dir, process.pid, ["sleep", "300"], datetime.now(UTC))
+    assert (await run.status()).state == "running"
+
+    await asyncio.wait_for(run.cancel(), timeout=3)  # without waiting out the SIGKILL grace
+
+    assert (await run.status()).detail == "cancelled"
+    assert not process_group_alive(run.pgid)
+    process.wait()
 
 
 async def test_a_restarted_bot_follows_a_run_started_before_it(registry: Path) -> None:

@@ -198,8 +198,11 @@ async def test_a_button_press_runs_over_the_socket(
     assert press.status == 200 and press.body == ""
     assert press.envelope.type == "interactive" and not press.envelope.accepts_response_payload
     assert press.envelope.payload["type"] == "block_actions"
-    await slack.wait_for(lambda: "Cancelled by <@U0BOB>" in json.dumps(slack.find_message("C0MLOPS", card["ts"])),
-                         timeout=20)
+    try:
+        await slack.wait_for(lambda: "Cancelled by <@U0BOB>" in json.dumps(slack.find_message("C0MLOPS", card["ts"])),
+                             timeout=20)
+    except TimeoutError:
+        raise AssertionError(f"not cancelled; told {[e['text'] for e in slack.ephemerals]}") from None
     assert (await rows_for(store, [press.trigger_id], "retrain.cancel")) == {press.trigger_id: 1}
     assert [r["actor"] for r in audit_rows(store, "retrain") if r["status"] == "cancelled"] == ["U0BOB"]
 
