@@ -53,6 +53,16 @@ def when(moment: datetime | None) -> str:
     return f"<!date^{unix}^{{date_short_pretty}} {{time}}|{moment.isoformat(timespec='minutes')}>"
 
 
+def size(n: int) -> str:
+    """A byte count as people read it: 812 B, 3.4 MiB."""
+    value, unit = float(n), "B"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            break
+        value /= 1024
+    return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+
+
 def section(text: str) -> dict[str, Any]:
     return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
 
@@ -138,12 +148,14 @@ def status_table(rows: list[dict[str, Any]]) -> Message:
         if r.get("approved_by"):
             who += f", unblocked by <@{r['approved_by']}>"
         lock = r.get("lock")
-        lines = [f"*{r['model']}* · {r['env']}: `{r['version'] or '—'}` ({r['state'] or 'not deployed'}) {who} {when(r.get('updated_at'))}"]
+        lines = [f"*{r['model']}* · {r['env']}: `{r['version'] or '—'}` ({r['state'] or 'not deployed'}) {who} "
+                 f"{when(r.get('updated_at'))}"]
         if r.get("verify"):
             lines.append(f"last verify: {r['verify']}")
         if lock:
             what = "in progress" if lock.kind == "operation" else "locked"
-            lines.append(f":lock: {what}: <@{lock.holder}> {lock.reason}" + (f", until {when(lock.expires_at)}" if lock.kind == "manual" else ""))
+            until = f", until {when(lock.expires_at)}" if lock.kind == "manual" else ""
+            lines.append(f":lock: {what}: <@{lock.holder}> {lock.reason}{until}")
         lines += [f":warning: {d}" for d in r.get("drift") or []]
         blocks.append(section("\n".join(lines)))
     return Message(text="Models in service", blocks=blocks)

@@ -72,7 +72,8 @@ def may_promote(
     if policy.four_eyes and actor == release.deployed_by:
         return Decision(False, "you deployed this version to staging; another approver has to unblock it (four-eyes)")
     if release.verified_at is None or now - release.verified_at > timedelta(hours=policy.approval_ttl_hours):
-        return Decision(False, f"the verification is older than {policy.approval_ttl_hours:g} h; run `/mlops verify {release.model}` again")
+        return Decision(False, f"the verification is older than {policy.approval_ttl_hours:g} h; "
+                               f"run `/mlops verify {release.model}` again")
     if not in_window(now, policy.windows) and not urgent:
         return Decision(False, f"outside deploy hours ({describe_windows(policy.windows)})", needs_urgent=True)
     return Decision(True)
