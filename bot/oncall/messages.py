@@ -214,7 +214,8 @@ def override_notice(rotation_name: str, override_id: int, user: str, start: date
 
 def override_undone(rotation_name: str, override_id: int, user: str, by: str, *, ended_early: bool) -> Message:
     how = "ended it early" if ended_early else "undid it"
-    text = f"<@{by}> {how}: override #{override_id} (<@{user}> on call for {rotation_name}). The rotation's schedule applies again."
+    text = (f"<@{by}> {how}: override #{override_id} (<@{user}> on call for {rotation_name}). "
+            "The rotation's schedule applies again.")
     return Message(text=text, blocks=[_section(text)])
 
 

@@ -7,15 +7,12 @@ restarts, and one missed while the bot was down runs at start within its grace):
 - `day-before`, 24 h before each shift change: a DM to whoever will be on call;
 - `tick`, every 15 minutes: the Slack state sync (overrides start and end between handoffs) and the one
   reminder to acknowledge a handoff left unacknowledged for an hour.
-The user group and the topic are only written when they differ from what the bot last set (kept in
-`oncall_slack_state`), so unchanged ticks make no Slack calls.
+The user group and the topic follow the schedule through slack_state.py.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-from collections.abc import Awaitable
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -38,13 +35,13 @@ from bot.oncall.schedule import (
     validate_override,
     who_is_on_call,
 )
+from bot.oncall.slack_state import BOT, SlackState
 from bot.oncall.summary import summarize
 from bot.scheduler import Scheduler
 from bot.store import iso
 
 log = logging.getLogger(__name__)
 
-BOT = "mlops-bot"
 HANDOFF_GRACE = timedelta(hours=12)
 DAY_BEFORE = timedelta(hours=24)
 DAY_BEFORE_GRACE = timedelta(hours=6)
@@ -80,8 +77,7 @@ class OnCallService:
     def __init__(self, ctx: Context, *, scheduler: Scheduler):
         self.ctx = ctx
         self.rotations = {r.name: r for r in ctx.config.oncall.rotations}
-        # One sync at a time per rotation, so a tick and a handoff at the same instant write Slack once.
-        self._sync_locks = {name: asyncio.Lock() for name in self.rotations}
+        self.slack_state = SlackState(ctx, self.rotations)
         tick = CronTrigger(minute=f"*/{TICK_EVERY_MINUTES}", timezone=UTC)
         for name, rotation in self.rotations.items():
             add = scheduler.add
@@ -137,7 +133,8 @@ class OnCallService:
         with self.ctx.store.transaction() as conn:
             if earlier is None:
                 handoff_id = conn.execute(
-                    "INSERT INTO oncall_handoffs (rotation, slot, outgoing, incoming, channel, posted_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO oncall_handoffs (rotation, slot, outgoing, incoming, channel, posted_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
                     (rotation.name, iso(slot), outgoing and outgoing.user, incoming.user, rotation.channel, iso(now)),
                 ).lastrowid
             else:
@@ -211,44 +208,8 @@ class OnCallService:
     async def sync_slack(self, rotation: Rotation, now: datetime) -> None:
         """Point the user group and the channel topic at whoever is on call, writing only what changed."""
         shift = who_is_on_call(rotation, now, self.overrides(rotation))
-        if shift is None:  # before the first shift: leave the group alone rather than empty it
-            return
-        async with self._sync_locks[rotation.name]:
-            state = self._row("SELECT * FROM oncall_slack_state WHERE rotation = ?", rotation.name) or {}
-            if (rotation.usergroup and state.get("usergroup_users") != shift.user
-                    and await self._set_usergroup(rotation, rotation.usergroup, shift.user)):
-                self._remember(rotation, "usergroup_users", shift.user, now)
-            topic = messages.topic_text(shift.user, shift.end, rotation.tz)
-            if state.get("topic") != topic and await self._slack_write(
-                    rotation, "topic", topic, self.ctx.notifier.set_topic(rotation.channel, topic)):
-                self._remember(rotation, "topic", topic, now)
-
-    async def _set_usergroup(self, rotation: Rotation, group: str, user: str) -> bool:
-        try:
-            current = await self.ctx.notifier.usergroup_members(group)
-        except SlackError as exc:
-            self.ctx.audit(actor=BOT, verb="oncall.usergroup", status="failed", detail={"group": group, "error": exc.error})
-            return False
-        if current == [user]:  # someone (or an earlier run) already set it
-            return True
-        return await self._slack_write(rotation, "usergroup", user, self.ctx.notifier.set_usergroup(group, [user]))
-
-    async def _slack_write(self, rotation: Rotation, what: str, value: str, call: Awaitable[None]) -> bool:
-        audit = {"actor": BOT, "verb": f"oncall.{what}", "channel": rotation.channel}
-        try:
-            await call
-        except SlackError as exc:
-            self.ctx.audit(**audit, status="failed", detail={"rotation": rotation.name, "value": value, "error": exc.error})
-            return False
-        self.ctx.audit(**audit, status="succeeded", detail={"rotation": rotation.name, "value": value})
-        return True
-
-    def _remember(self, rotation: Rotation, column: str, value: str, now: datetime) -> None:
-        self.ctx.store.conn.execute(
-            f"INSERT INTO oncall_slack_state (rotation, {column}, updated_at) VALUES (?, ?, ?) "
-            f"ON CONFLICT(rotation) DO UPDATE SET {column} = excluded.{column}, updated_at = excluded.updated_at",
-            (rotation.name, value, iso(now)),
-        )
+        if shift is not None:  # before the first shift: leave the group alone rather than empty it
+            await self.slack_state.sync(rotation, shift, now)
 
     # -- /mlops oncall ----------------------------------------------------------------------------
 
@@ -300,7 +261,8 @@ class OnCallService:
             raise OnCallError(problem)
         with self.ctx.store.transaction() as conn:
             request_id = conn.execute(
-                "INSERT INTO oncall_cover_requests (rotation, requester, start, end, channel, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO oncall_cover_requests (rotation, requester, start, end, channel, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
                 (rotation.name, actor, iso(ask.start), iso(ask.end), rotation.channel, iso(now)),
             ).lastrowid
         card = messages.cover_request(actor, ask.start, ask.end, str(request_id), rotation_name=rotation.name)
