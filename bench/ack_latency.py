@@ -22,7 +22,8 @@ from pathlib import Path
 
 import aiohttp
 
-from bot.sandbox.slack_emulator import SlackEmulator, SlackEventsClient
+from bot.sandbox.slack_emulator import SlackEmulator
+from bot.sandbox.slack_events import SlackEventsClient
 from tests.conftest import write_config
 
 SECRET, TOKEN = "bench-secret", "xoxb-bench"

@@ -55,7 +55,8 @@ import yaml
 
 from bot.config import load_config
 from bot.sandbox.local import workspace
-from bot.sandbox.slack_emulator import SlackEmulator, SlackEventsClient
+from bot.sandbox.slack_emulator import SlackEmulator
+from bot.sandbox.slack_events import SlackEventsClient
 from tests.conftest import write_config
 from tests.support.datagen_history import make_history, real_record
 

@@ -14,7 +14,8 @@ from aiohttp import web
 
 from bot.config import Config, Secrets
 from bot.runtime import Runtime
-from bot.sandbox.slack_emulator import SlackEmulator, SlackEventsClient
+from bot.sandbox.slack_emulator import SlackEmulator
+from bot.sandbox.slack_events import SlackEventsClient
 from bot.store import utcnow
 
 BOT_TOKEN = "xoxb-sandbox"

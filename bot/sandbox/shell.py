@@ -19,7 +19,7 @@ from bot.runtime import Runtime
 from bot.sandbox.local import LocalBot, local_bot
 from bot.sandbox.preflight import preflight
 from bot.sandbox.render import Button, render_message, render_view
-from bot.sandbox.slack_emulator import dm_id
+from bot.sandbox.slack_api import dm_id
 from bot.sandbox.tritonserver import TritonServer, triton_missing
 
 HELP = """Type /mlops <verb> ... as the current user; a number presses that button; /as USER switches user;

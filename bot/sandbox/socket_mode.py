@@ -20,6 +20,7 @@ one; after `link_disabled` the app cannot connect (`socket_mode_disabled`) until
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import secrets
@@ -31,9 +32,10 @@ from urllib.parse import parse_qsl
 import aiohttp
 from aiohttp import web
 
-from bot.sandbox.slack_emulator import APP_ID, Delivery, Json, SlackEventsClient, _message_content, _SlackError
+from bot.sandbox.slack_api import APP_ID, Json, SlackApiError, message_content
+from bot.sandbox.slack_events import Delivery, SlackEventsClient
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: slack_emulator imports this module
     from bot.sandbox.slack_emulator import SlackEmulator
 
 ENVELOPE_TYPES = ("slash_commands", "interactive", "events_api")
@@ -146,11 +148,11 @@ class SocketModeServer:
 
     def connections_open(self, token: str, in_header: bool) -> Json:
         if not in_header:
-            raise _SlackError("not_authed")  # Slack takes this method's token only in the Authorization header
+            raise SlackApiError("not_authed")  # Slack takes this method's token only in the Authorization header
         if token != self.app_token:
-            raise _SlackError("not_allowed_token_type" if token == self.emulator.bot_token else "invalid_auth")
+            raise SlackApiError("not_allowed_token_type" if token == self.emulator.bot_token else "invalid_auth")
         if not self.enabled:
-            raise _SlackError("socket_mode_disabled")
+            raise SlackApiError("socket_mode_disabled")
         ticket = secrets.token_urlsafe(16)
         self._tickets[ticket] = time.monotonic()
         return {"url": f"ws://{self.emulator.url.removeprefix('http://')}/link/?ticket={ticket}&app_id={APP_ID}"}
@@ -199,8 +201,8 @@ class SocketModeServer:
         channel, user = envelope.payload.get("channel_id", ""), envelope.payload.get("user_id", "")
         emulator = self.emulator
         try:
-            text, blocks = _message_content(body)
-        except _SlackError as e:
+            text, blocks = message_content(body)
+        except SlackApiError as e:
             envelope.response_error = e.error
             return
         emulator.responses.append({"channel": channel, "user": user, "body": body, "via": "socket_mode_ack"})
@@ -303,10 +305,8 @@ class SocketModeServer:
         for conn in [connection] if connection else self.open_connections:
             conn.disconnect_reason, conn.disconnected = reason, time.monotonic()
             frame = {"type": "disconnect", "reason": reason, "debug_info": {"host": f"applink-emulator-{conn.id}"}}
-            try:
+            with contextlib.suppress(ConnectionError, RuntimeError):
                 await conn.ws.send_json(frame)
-            except (ConnectionError, RuntimeError):
-                pass
             self._spawn(self._close_later(conn, grace))
 
     async def drop(self, connection: Connection | None = None) -> None:

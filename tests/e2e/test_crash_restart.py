@@ -16,7 +16,8 @@ import pytest
 
 from bot.config import load_config
 from bot.sandbox.local import workspace
-from bot.sandbox.slack_emulator import SlackEmulator, SlackEventsClient
+from bot.sandbox.slack_emulator import SlackEmulator
+from bot.sandbox.slack_events import SlackEventsClient
 from bot.sandbox.tritonserver import free_port, triton_missing
 from tests.e2e.test_release_failures import bot_config, fleet, registry, until_loading  # noqa: F401 - fixtures
 from tests.e2e.test_release_train import serving

@@ -13,7 +13,8 @@ import urllib.parse
 import aiohttp
 import pytest
 
-from bot.sandbox.slack_emulator import SlackEmulator, SlackEventsClient
+from bot.sandbox.slack_emulator import SlackEmulator
+from bot.sandbox.slack_events import SlackEventsClient
 
 SECRET = "e2e-signing-secret"
 TOKEN = "xoxb-e2e"

@@ -15,7 +15,8 @@ from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetry
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.sandbox.slack_emulator import NOT_JSON, UPSTREAM_ERROR, SlackEmulator, SlackEventsClient
+from bot.sandbox.slack_emulator import NOT_JSON, UPSTREAM_ERROR, SlackEmulator
+from bot.sandbox.slack_events import SlackEventsClient
 
 TOKEN = "xoxb-sandbox"
 SECRET = "sandbox-signing-secret"

@@ -36,7 +36,8 @@ from bot.datagen.hook import sign
 from bot.oncall.schedule import WEEKDAYS
 from bot.retrain.command import CommandRun, process_group_alive
 from bot.sandbox.local import workspace
-from bot.sandbox.slack_emulator import Delivery, SlackEmulator, SlackEventsClient
+from bot.sandbox.slack_emulator import SlackEmulator
+from bot.sandbox.slack_events import Delivery, SlackEventsClient
 from bot.sandbox.tritonserver import TritonServer, free_port, triton_missing
 from bot.scheduler import MAX_ATTEMPTS, Scheduler, daily
 from bot.serving.triton import Fleet

@@ -30,8 +30,8 @@ from hypothesis import strategies as st
 from bot.alertmanager import AlertmanagerError, Group, group, parse
 from bot.config import ConfigError, load_config
 from bot.datagen.report import Report, ReportError, parse_report
+from bot.sandbox.block_kit import MAX_MESSAGE_BLOCKS, MAX_MESSAGE_TEXT, block_problems
 from bot.sandbox.local import LocalBot, local_bot
-from bot.sandbox.slack_emulator import MAX_MESSAGE_BLOCKS, MAX_MESSAGE_TEXT, block_problems
 from handlers.actions import BUTTONS
 from handlers.commands import VERBS
 from handlers.views import MODALS

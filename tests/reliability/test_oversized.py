@@ -18,8 +18,9 @@ import pytest
 
 from bot.config import load_config
 from bot.notifier import Message, Notifier, web_client
+from bot.sandbox.block_kit import MAX_MESSAGE_BLOCKS, MAX_MESSAGE_TEXT, block_problems
 from bot.sandbox.local import LocalBot, local_bot
-from bot.sandbox.slack_emulator import MAX_MESSAGE_BLOCKS, MAX_MESSAGE_TEXT, SlackEmulator, block_problems
+from bot.sandbox.slack_emulator import SlackEmulator
 from tests.conftest import Clock, write_config
 
 MAIN = "C0MLOPS"
