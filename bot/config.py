@@ -227,6 +227,7 @@ class AirflowConfig(Strict):
     ui_url: str | None = None
     unpause: bool = False
     poll_seconds: float = Field(default=5, gt=0)
+    timeout_seconds: float = Field(default=30, gt=0, description="the budget of one call, its retries included")
 
 
 class DatagenJob(Strict):

@@ -73,7 +73,7 @@ class Backends:
                 raise AirflowError("the bot's config has no `airflow` section; add airflow.base_url")
             self._airflow = AirflowClient(cfg.base_url, api_version=cfg.api_version, auth=cfg.auth,
                                           username=sec.airflow_username, password=sec.airflow_password,
-                                          token=sec.airflow_token)
+                                          token=sec.airflow_token, timeout=cfg.timeout_seconds)
         return self._airflow
 
     async def launch(self, cfg: RetrainConfig, model: str, run_id: str, actor: str,

@@ -325,7 +325,8 @@ async def front(airflow: AirflowStandalone) -> AsyncIterator[AirflowFront]:
         yield peer
 
 
-def retrain_bot(tmp_path: Path, airflow: AirflowStandalone, base_url: str, *, password: str | None = None):
+def retrain_bot(tmp_path: Path, airflow: AirflowStandalone, base_url: str, *, password: str | None = None,
+                timeout_seconds: float = 30):
     """The bot with ranker retraining on Airflow DAG train_model at `base_url`."""
     copy = tmp_path / "registry"
     shutil.copytree(ROOT / "examples" / "registry", copy, ignore=shutil.ignore_patterns("__pycache__"))
@@ -335,7 +336,8 @@ def retrain_bot(tmp_path: Path, airflow: AirflowStandalone, base_url: str, *, pa
                              for env in ("staging", "prod")}
     model["retrain"] = {"backend": "airflow", "dag_id": "train_model", "conf": {"epochs": 1}}
     config = load_config(write_config(tmp_path, models={"ranker": model}, datagen={"jobs": {}},
-                                      airflow={"base_url": base_url, "auth": "token", "unpause": True, "poll_seconds": 1}))
+                                      airflow={"base_url": base_url, "auth": "token", "unpause": True, "poll_seconds": 1,
+                                               "timeout_seconds": timeout_seconds}))
     secrets = Secrets(airflow_username=airflow.username, airflow_password=password or airflow.password)
     return local_bot(config, secrets=secrets)
 
@@ -407,12 +409,12 @@ async def test_airflow_answering_500_starts_nothing_and_a_lost_answer_starts_one
 
 @pytest.mark.airflow
 async def test_airflow_that_never_answers_is_reported_within_the_clients_timeout(airflow, front, tmp_path):
-    async with retrain_bot(tmp_path, airflow, front.url) as bot:
+    async with retrain_bot(tmp_path, airflow, front.url, timeout_seconds=4) as bot:
         front.mode = "hang"
         await bot.client.command("U0ALICE", "retrain ranker")
-        # The client's whole budget is 30 s, retries included: the person hears within it, not minutes later.
-        said = await told_eventually(bot, "could not start retraining ranker", timeout=45)
-        assert f"Airflow at {front.url} did not answer POST /auth/token within 30s" in said
+        # The client's whole budget (airflow.timeout_seconds), retries included: the person hears within it.
+        said = await told_eventually(bot, "could not start retraining ranker", timeout=15)
+        assert f"Airflow at {front.url} did not answer POST /auth/token within 4s" in said
         assert "check that Airflow runs" in said
         assert_nothing_started(bot)
 
