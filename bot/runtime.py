@@ -65,7 +65,7 @@ class Runtime:
         self.oncall = OnCallService(self.ctx, scheduler=self.scheduler)
         self.digests = DigestService(self.ctx, scheduler=self.scheduler, roles=self.roles, releases=self.releases,
                                      datagen=self.datagen, oncall=self.oncall)
-        self.home = self.digests  # handlers/events.py publishes the App Home through it
+        self.home = self.digests  # handlers/home.py publishes the App Home through it
         self.alertmanager = AlertmanagerIntake(self.ctx, hooks=self.hooks, silences=self.silences)
         self.retrain = RetrainService(self.ctx)
         self.app = self._bolt_app()

@@ -1,4 +1,5 @@
-"""Slack listeners, one module per kind; `register(app, runtime)` wires them all."""
+"""Slack listeners, one module per domain over the shared command, button and modal tables, behind an edge that
+checks each payload's shape; `register(app, runtime)` wires them all."""
 from __future__ import annotations
 
 import hashlib
@@ -12,17 +13,21 @@ from slack_bolt.middleware.async_middleware import AsyncMiddleware
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_bolt.response import BoltResponse
 
-from handlers import actions, commands, events, views
+from handlers import alerts, buttons, datagen, environments, home, modals, oncall, releases, retrain, router
+from handlers.payloads import EVENTS, BlockActions, EventCallback, SlashCommand, ViewSubmission
 
 if TYPE_CHECKING:
     from bot.runtime import Runtime
 
+# Imported for what they declare: their verbs, buttons and modals fill the router's, buttons' and modals' tables.
+DOMAINS = (alerts, datagen, environments, oncall, releases, retrain)
+
 # The payloads the bot listens to, each with the model of the fields its handler reads.
 SHAPES: dict[str, type[BaseModel]] = {
-    "command": commands.SlashCommand,
-    "block_actions": actions.BlockActions,
-    "view_submission": views.ViewSubmission,
-    "event_callback": events.EventCallback,
+    "command": SlashCommand,
+    "block_actions": BlockActions,
+    "view_submission": ViewSubmission,
+    "event_callback": EventCallback,
 }
 
 
@@ -61,7 +66,7 @@ def refuse_shape(runtime: Runtime, req: AsyncBoltRequest) -> BoltResponse | None
         source = req.context.get("mlops_source") or req.mode.replace("_", " ")
         runtime.rejections.note(str(source), f"malformed {kind} payload", where)
         return BoltResponse(status=400, body={"error": "malformed payload"})
-    if kind == "event_callback" and payload.event.type not in events.EVENTS:
+    if kind == "event_callback" and payload.event.type not in EVENTS:
         return BoltResponse(status=200, body="")  # subscribed to but not handled: Slack would retry a 404
     return None
 
@@ -114,7 +119,7 @@ class OncePerDelivery(AsyncMiddleware):
 
 def register(app: AsyncApp, runtime: Runtime) -> None:
     app.use(OncePerDelivery(runtime))
-    commands.register(app, runtime)
-    actions.register(app, runtime)
-    views.register(app, runtime)
-    events.register(app, runtime)
+    router.register(app, runtime)
+    buttons.register(app, runtime)
+    modals.register(app, runtime)
+    home.register(app, runtime)

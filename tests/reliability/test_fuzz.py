@@ -32,9 +32,9 @@ from bot.config import ConfigError, load_config
 from bot.datagen.report import Report, ReportError, parse_report
 from bot.sandbox.block_kit import MAX_MESSAGE_BLOCKS, MAX_MESSAGE_TEXT, block_problems
 from bot.sandbox.local import LocalBot, local_bot
-from handlers.actions import BUTTONS
-from handlers.commands import VERBS
-from handlers.views import MODALS
+from handlers.buttons import BUTTONS
+from handlers.modals import MODALS
+from handlers.router import VERBS
 from tests.conftest import EXAMPLE_CONFIG, ROOT, Clock, write_config
 
 SCALE = float(os.environ.get("MLOPS_FUZZ_SCALE", "1"))

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -31,14 +31,14 @@ from bot.retrain.command import SECRET_ENV
 from bot.sandbox.local import BOT_TOKEN, SIGNING_SECRET, LocalBot, local_bot
 from bot.sandbox.tritonserver import TritonServer, triton_missing
 from bot.serving.triton import Fleet
-from handlers.actions import BUTTONS
-from handlers.commands import VERBS
-from handlers.views import MODALS
+from handlers.buttons import BUTTONS
+from handlers.modals import MODALS
+from handlers.router import VERBS
 from tests.conftest import EXAMPLE_CONFIG, ROOT, Clock, write_config
 
 MAIN = "C0MLOPS"
 OUTSIDER = "U0DAVE"  # in no role and no group
-MONDAY_10_LA = datetime(2026, 11, 23, 18, 0, tzinfo=timezone.utc)  # inside deploy hours
+MONDAY_10_LA = datetime(2026, 11, 23, 18, 0, tzinfo=UTC)  # inside deploy hours
 
 
 def rows(bot: LocalBot, verb: str | None = None, status: str | None = None, actor: str | None = None) -> list[dict]:
@@ -154,10 +154,10 @@ class ShiftedClock:
     """Real time moved to a chosen instant, so deploy-hour rules see the day the test wants."""
 
     def __init__(self, at: datetime):
-        self.offset = at - datetime.now(timezone.utc)
+        self.offset = at - datetime.now(UTC)
 
     def __call__(self) -> datetime:
-        return datetime.now(timezone.utc) + self.offset
+        return datetime.now(UTC) + self.offset
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,10 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-import handlers.commands as commands
 from bot.config import Secrets, load_config
 from bot.runtime import Runtime
-from handlers.commands import UsageError, split_words, tokenize
+from handlers.grammar import DRY_RUN, FLAG_WORDS, UsageError, split_words, tokenize
+from handlers.router import VERBS, read
 from tests.conftest import write_config
 
 
@@ -48,7 +48,7 @@ def runtime(tmp_path_factory):
     built.store.close()
 
 
-DECLARED = sorted({name for v in commands.VERBS.values() for name in v.options})
+DECLARED = sorted({name for v in VERBS.values() for name in v.options})
 # The words the verbs look for, so the parsers get past their first checks, mixed with any text at all.
 KNOWN_WORDS = ["ranker", "nosuchmodel", "staging", "prod", "qa", "to", "latest", "v1", "v2", "end", "datagen", "recsys",
                "cancel", "schedule", "override", "cover", "undo", "compare", "2026-03-10", "2026-03-10T14:00", "1", "#2",
@@ -57,61 +57,62 @@ WORD = st.one_of(st.sampled_from(KNOWN_WORDS), st.text(min_size=1, max_size=12).
 OPTION = st.tuples(
     st.one_of(st.sampled_from([*DECLARED, "force", "bogus", "dry_run2", "DRY_RUN"]),
               st.from_regex(r"[a-z_][a-z0-9_]{0,8}", fullmatch=True)),
-    st.one_of(st.sampled_from(["true", "false", "yes", "no", "1", "0", "TRUE", "maybe", "", "recsys", "x y"]), st.text(max_size=8)),
+    st.one_of(st.sampled_from(["true", "false", "yes", "no", "1", "0", "TRUE", "maybe", "", "recsys", "x y"]),
+              st.text(max_size=8)),
 )
 
 
 def check(runtime, v, args, options):
     try:
-        cmd, _ = commands.read(runtime, v, args, options, "U0ALICE", "C0MLOPS")
-    except commands.UsageError:
+        cmd, _ = read(runtime, v, args, options, "U0ALICE", "C0MLOPS")
+    except UsageError:
         return
     # Accepted: every option given is one the verb declares (retrain: its conf is open by design).
     assert v.any_option or options.keys() <= v.options, (v.name, options)
-    assert commands.DRY_RUN not in cmd.options  # the router's own, never a parser's or a pipeline's
-    if commands.DRY_RUN in options:
-        assert cmd.dry_run is commands.FLAG_WORDS[options[commands.DRY_RUN].lower()]
+    assert DRY_RUN not in cmd.options  # the router's own, never a parser's or a pipeline's
+    if DRY_RUN in options:
+        assert cmd.dry_run is FLAG_WORDS[options[DRY_RUN].lower()]
     else:
         assert cmd.dry_run is False
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(name=st.sampled_from(sorted(commands.VERBS)), args=st.lists(WORD, max_size=5), options=st.lists(OPTION, max_size=3))
+@given(name=st.sampled_from(sorted(VERBS)), args=st.lists(WORD, max_size=5), options=st.lists(OPTION, max_size=3))
 @example(name="oncall", args=["undo", "²"], options=[])  # isdigit() passed it and int() raised ValueError: a 500
 @example(name="silence", args=["end", "²"], options=[])
 @example(name="deploy", args=["ranker", "v1"], options=[("dry_run", "maybe")])
 def test_each_verb_parses_or_says_usage_and_takes_only_its_options(runtime, name, args, options):
-    check(runtime, commands.VERBS[name], args, dict(options))
+    check(runtime, VERBS[name], args, dict(options))
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(name=st.sampled_from(sorted(commands.VERBS)), words=st.lists(st.one_of(WORD, OPTION.map("=".join)), max_size=6))
+@given(name=st.sampled_from(sorted(VERBS)), words=st.lists(st.one_of(WORD, OPTION.map("=".join)), max_size=6))
 def test_typed_text_parses_or_says_usage(runtime, name, words):
     """The same through tokenize, as typed: quoting, key case and key=value splitting included."""
     try:
-        verb, args, options = commands.tokenize(shlex.join([name, *words]))
-    except commands.UsageError:
+        verb, args, options = tokenize(shlex.join([name, *words]))
+    except UsageError:
         return
     assert verb == name
-    check(runtime, commands.VERBS[verb], args, options)
+    check(runtime, VERBS[verb], args, options)
 
 
 def test_unknown_option_is_refused_naming_it_and_what_the_verb_takes(runtime):
-    with pytest.raises(commands.UsageError) as refused:
-        commands.read(runtime, commands.VERBS["deploy"], ["ranker", "v1"], {"dryrun": "true"}, "U0ALICE", "C0MLOPS")
+    with pytest.raises(UsageError) as refused:
+        read(runtime, VERBS["deploy"], ["ranker", "v1"], {"dryrun": "true"}, "U0ALICE", "C0MLOPS")
     assert str(refused.value) == "`/mlops deploy` does not understand `dryrun=`; it takes `dry_run=`"
 
 
 def test_dry_run_is_true_or_false_only(runtime):
-    lock = commands.VERBS["lock"]
-    cmd, parsed = commands.read(runtime, lock, ["ranker", "prod"], {"dry_run": "Yes", "reason": "load test"}, "U0ALICE", "C0MLOPS")
+    lock = VERBS["lock"]
+    cmd, parsed = read(runtime, lock, ["ranker", "prod"], {"dry_run": "Yes", "reason": "load test"}, "U0ALICE", "C0MLOPS")
     assert cmd.dry_run is True and cmd.options == {"reason": "load test"} and parsed == ("ranker", "prod", "load test")
-    with pytest.raises(commands.UsageError, match="`dry_run` is true or false"):
-        commands.read(runtime, lock, ["ranker", "prod"], {"dry_run": "maybe"}, "U0ALICE", "C0MLOPS")
+    with pytest.raises(UsageError, match="`dry_run` is true or false"):
+        read(runtime, lock, ["ranker", "prod"], {"dry_run": "maybe"}, "U0ALICE", "C0MLOPS")
 
 
 def test_retrain_passes_its_conf_on_but_keeps_dry_run(runtime):
-    cmd, request = commands.read(runtime, commands.VERBS["retrain"], ["ranker"], {"epochs": "3", "dry_run": "1"},
+    cmd, request = read(runtime, VERBS["retrain"], ["ranker"], {"epochs": "3", "dry_run": "1"},
                                  "U0ALICE", "C0MLOPS")
     assert cmd.dry_run is True and request.args == {"epochs": "3"} and request.force is False
 
@@ -119,6 +120,6 @@ def test_retrain_passes_its_conf_on_but_keeps_dry_run(runtime):
 def test_words_a_parser_would_drop_are_refused(runtime):
     for text in ("promote ranker now", "unlock ranker prod please", "verify ranker prod twice", "models ranker",
                  "status ranker prod", "help deploy now"):
-        name, args, options = commands.tokenize(text)
-        with pytest.raises(commands.UsageError, match="unexpected words"):
-            commands.read(runtime, commands.VERBS[name], args, options, "U0ALICE", "C0MLOPS")
+        name, args, options = tokenize(text)
+        with pytest.raises(UsageError, match="unexpected words"):
+            read(runtime, VERBS[name], args, options, "U0ALICE", "C0MLOPS")
