@@ -57,15 +57,25 @@ async def wait_up(url: str) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
-async def load(client: SlackEventsClient, http: aiohttp.ClientSession, url: str, concurrency: int, total: int) -> tuple[list[float], float]:
+async def load(
+    client: SlackEventsClient, http: aiohttp.ClientSession, url: str, concurrency: int, total: int
+) -> tuple[list[float], float]:
     latencies: list[float] = []
     queue = iter(range(total))
 
     async def worker() -> None:
         for i in queue:
-            body = urllib.parse.urlencode({"command": "/mlops", "text": "help", "user_id": "U0ALICE", "channel_id": "C0MLOPS",
-                                           "team_id": "T0SANDBOX", "trigger_id": f"bench.{time.monotonic_ns()}.{i}",
-                                           "response_url": ""}).encode()
+            body = urllib.parse.urlencode(
+                {
+                    "command": "/mlops",
+                    "text": "help",
+                    "user_id": "U0ALICE",
+                    "channel_id": "C0MLOPS",
+                    "team_id": "T0SANDBOX",
+                    "trigger_id": f"bench.{time.monotonic_ns()}.{i}",
+                    "response_url": "",
+                }
+            ).encode()
             headers = {**client.sign(body), "Content-Type": "application/x-www-form-urlencoded"}
             started = time.perf_counter()
             async with http.post(url, data=body, headers=headers) as resp:
@@ -98,11 +108,30 @@ async def main(total: int, rounds: int) -> None:
         config = write_config(Path(tmp), datagen={"jobs": {}}, oncall={"rotations": []})
         bot_port, bare_port = free_port(), free_port()
         procs = {
-            "bot": subprocess.Popen([sys.executable, "-m", "bot.cli", "--config", str(config), "--log-level", "WARNING",
-                                     "serve", "--host", "127.0.0.1", "--port", str(bot_port)], env=env,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-            "bare": subprocess.Popen([sys.executable, "-c", BARE_APP, str(bare_port), TOKEN, slack.api_url, SECRET],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+            "bot": subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "bot.cli",
+                    "--config",
+                    str(config),
+                    "--log-level",
+                    "WARNING",
+                    "serve",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(bot_port),
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            ),
+            "bare": subprocess.Popen(
+                [sys.executable, "-c", BARE_APP, str(bare_port), TOKEN, slack.api_url, SECRET],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            ),
         }
         urls = {"bot": f"http://127.0.0.1:{bot_port}/slack/events", "bare": f"http://127.0.0.1:{bare_port}/slack/events"}
         try:
@@ -128,9 +157,11 @@ async def main(total: int, rounds: int) -> None:
                         result[name] = (p50, p99)
                         print(f"{name:<6} {concurrency:>5} {p50:>8.2f} {p99:>8.2f} {rate:>8.0f} {cpu:>11.0f}")
                     ratios = [bot[1] / bare[1] for bot, bare in zip(runs["bot"], runs["bare"], strict=True)]
-                    print(f"{'ratio':<6} {concurrency:>5} {result['bot'][0] / result['bare'][0]:>8.2f} "
-                          f"{result['bot'][1] / result['bare'][1]:>8.2f} {statistics.median(ratios):>8.2f}  "
-                          f"(bot / bare; req/s: median of {rounds} paired rounds, range {min(ratios):.2f}-{max(ratios):.2f})")
+                    print(
+                        f"{'ratio':<6} {concurrency:>5} {result['bot'][0] / result['bare'][0]:>8.2f} "
+                        f"{result['bot'][1] / result['bare'][1]:>8.2f} {statistics.median(ratios):>8.2f}  "
+                        f"(bot / bare; req/s: median of {rounds} paired rounds, range {min(ratios):.2f}-{max(ratios):.2f})"
+                    )
             await client.close()
         finally:
             for proc in procs.values():

@@ -66,11 +66,16 @@ async def storm(directory: Path, window: float = WINDOW, per_alert: int = PER_AL
         busiest = {}
         for (channel, _), n in per_second.items():
             busiest[channel] = max(busiest.get(channel, 0), n)
-        print(f"{len(arrivals):,} breach arrivals over {arrived:.1f} s; Slack caught up at {elapsed:.1f} s; {stored:,} breaches stored in "
-              f"{bot.runtime.store.conn.execute('SELECT count(*) FROM alerts').fetchone()[0]} alerts "
-              f"({stored_on_arrival:,} already stored when the last breach arrived)")
-        print(f"chat.postMessage ok: {sum(c.ok for c in posts)}, answered 429: {sum(c.status == 429 for c in posts)}; "
-              f"chat.update ok: {sum(c.ok for c in calls if c.method == 'chat.update')}")
+        print(
+            f"{len(arrivals):,} breach arrivals over {arrived:.1f} s; Slack caught up at {elapsed:.1f} s; "
+            f"{stored:,} breaches stored in "
+            f"{bot.runtime.store.conn.execute('SELECT count(*) FROM alerts').fetchone()[0]} alerts "
+            f"({stored_on_arrival:,} already stored when the last breach arrived)"
+        )
+        print(
+            f"chat.postMessage ok: {sum(c.ok for c in posts)}, answered 429: {sum(c.status == 429 for c in posts)}; "
+            f"chat.update ok: {sum(c.ok for c in calls if c.method == 'chat.update')}"
+        )
         print(f"busiest second per channel (posts): {busiest}")
         print(f"calls failed for good: {sum(1 for c in calls if not c.ok and c.status != 429)}")
 

@@ -394,10 +394,14 @@ async def main(minutes: float, rate: float, seed: int, keep_log: str | None, wit
                 await asyncio.sleep(3)  # let start-up work (scheduler, first polls) finish before idle is read
                 idle = rss_mb(proc.pid)
                 client = SlackEventsClient(f"{url}/slack/events", SECRET, slack)
-                print(f"soak{' without charts' if without_charts else ''}: {minutes:g} min; Slack requests {rate:g}/s (" + ", ".join(
-                      f"{k} {v:.0%}" for k, v in SLACK_SHARES.items()) + "), hooks " + ", ".join(
-                      f"{k} {v:g}/s" for k, v in HOOK_RATES.items()) + f"; bot pid {proc.pid}, idle RSS {idle:.1f} MB",
-                      flush=True)
+                print(
+                    f"soak{' without charts' if without_charts else ''}: {minutes:g} min; Slack requests {rate:g}/s ("
+                    + ", ".join(f"{k} {v:.0%}" for k, v in SLACK_SHARES.items())
+                    + "), hooks "
+                    + ", ".join(f"{k} {v:g}/s" for k, v in HOOK_RATES.items())
+                    + f"; bot pid {proc.pid}, idle RSS {idle:.1f} MB",
+                    flush=True,
+                )
                 traffic_started = time.perf_counter()
                 await soak.traffic(slack, client, http, url, proc.pid)
                 traffic_s = time.perf_counter() - traffic_started
@@ -413,52 +417,82 @@ async def main(minutes: float, rate: float, seed: int, keep_log: str | None, wit
                 proc.kill()
                 proc.wait()
             await slack.stop()
-        verify = subprocess.run([sys.executable, "-m", "bot.cli", "--config", str(config_path), "audit", "verify"],
-                                env=env, capture_output=True, text=True)
+        verify = subprocess.run(
+            [sys.executable, "-m", "bot.cli", "--config", str(config_path), "audit", "verify"],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         if keep_log:
             Path(keep_log).write_text(log_path.read_text())
         injected_tb, other_tb = tracebacks(log_path.read_text())
         return report(soak, slack, idle, end, traffic_s, settled_s, counts, verify, injected_tb, other_tb)
 
 
-def report(soak: Soak, slack: SlackEmulator, idle: float, end: float, traffic_s: float, settled_s: float,
-           counts: dict[str, int], verify: subprocess.CompletedProcess, injected_tb: Counter, other_tb: Counter) -> int:
+def report(
+    soak: Soak,
+    slack: SlackEmulator,
+    idle: float,
+    end: float,
+    traffic_s: float,
+    settled_s: float,
+    counts: dict[str, int],
+    verify: subprocess.CompletedProcess,
+    injected_tb: Counter,
+    other_tb: Counter,
+) -> int:
     t = soak.tally
     by_kind: dict[str, Counter] = {}
     for (kind, status), n in t.statuses.items():
         by_kind.setdefault(kind, Counter())[status] += n
     handled = sum(n for (kind, status), n in t.statuses.items() if isinstance(status, int))
     fivexx = sum(n for (_, status), n in t.statuses.items() if isinstance(status, int) and status >= 500)
-    failed_sends = sum(n for (kind, status), n in t.statuses.items()
-                       if not isinstance(status, int) and status not in ("not sent", "in-flight cap"))
-    print(f"requests answered: {handled:,} in {traffic_s:.0f} s ({handled / traffic_s:.1f}/s); "
-          f"sent late (>100 ms after their slot): {t.late}")
+    failed_sends = sum(
+        n
+        for (kind, status), n in t.statuses.items()
+        if not isinstance(status, int) and status not in ("not sent", "in-flight cap")
+    )
+    print(
+        f"requests answered: {handled:,} in {traffic_s:.0f} s ({handled / traffic_s:.1f}/s); "
+        f"sent late (>100 ms after their slot): {t.late}"
+    )
     for kind, statuses in sorted(by_kind.items()):
         print(f"  {kind:<12} " + ", ".join(f"{s}: {n:,}" for s, n in sorted(statuses.items(), key=str)))
-    print(f"errors: 5xx {fivexx}, requests without an answer {failed_sends}, tracebacks in the bot's log "
-          f"{sum(other_tb.values())} (+{sum(injected_tb.values())} from injected Slack faults)")
+    print(
+        f"errors: 5xx {fivexx}, requests without an answer {failed_sends}, tracebacks in the bot's log "
+        f"{sum(other_tb.values())} (+{sum(injected_tb.values())} from injected Slack faults)"
+    )
     for line, n in (other_tb + injected_tb).most_common(8):
         print(f"  {n:>4} x {line}")
     faults = ", ".join(f"{m} {k} x{n}" for (m, k), n in sorted(t.faults.items()))
     posts = slack.calls_to("chat.postMessage")
     per_channel = Counter(c.args.get("channel") for c in posts if c.ok)
     print("chat.postMessage ok per channel: " + ", ".join(f"{ch} {n / traffic_s:.2f}/s" for ch, n in sorted(per_channel.items())))
-    print(f"Slack faults injected: {sum(t.faults.values())} ({faults}); chat.postMessage ok {sum(c.ok for c in posts):,},"
-          f" answered 429 {sum(c.status == 429 for c in posts):,}; chat.update ok "
-          f"{sum(c.ok for c in slack.calls_to('chat.update')):,}")
+    print(
+        f"Slack faults injected: {sum(t.faults.values())} ({faults}); chat.postMessage ok {sum(c.ok for c in posts):,},"
+        f" answered 429 {sum(c.status == 429 for c in posts):,}; chat.update ok "
+        f"{sum(c.ok for c in slack.calls_to('chat.update')):,}"
+    )
     acks = t.latency["command"] + t.latency["press"]
     hooks = t.latency["alertmanager"] + t.latency["datagen"]
     ack_p99, hook_p99 = pct(acks, 99) * 1000, pct(hooks, 99) * 1000
-    for name, values in (("ack (commands and presses)", acks), ("hooks (datagen and Alertmanager)", hooks),
-                         *((f"  {kind}", v) for kind, v in t.latency.items())):
-        print(f"{name + ':':<34} {len(values):>6,} answers, p50 {pct(values, 50) * 1000:6.1f} ms, "
-              f"p99 {pct(values, 99) * 1000:6.1f} ms, max {max(values, default=0) * 1000:6.0f} ms")
+    for name, values in (
+        ("ack (commands and presses)", acks),
+        ("hooks (datagen and Alertmanager)", hooks),
+        *((f"  {kind}", v) for kind, v in t.latency.items()),
+    ):
+        print(
+            f"{name + ':':<34} {len(values):>6,} answers, p50 {pct(values, 50) * 1000:6.1f} ms, "
+            f"p99 {pct(values, 99) * 1000:6.1f} ms, max {max(values, default=0) * 1000:6.0f} ms"
+        )
     # A stall of the bot's event loop delays every answer in flight; say how many slow ones came just after a
     # datagen push was answered, when its queued summary, details and charts are made.
     slow = [at for at, took in t.sends if took > 0.05]
     after_push = sum(any(d <= at + 0.5 and at <= d + 1.5 for d in t.datagen_answered) for at in slow)
-    print(f"answers over 50 ms: {len(slow)} of {len(t.sends):,}; {after_push} of them sent within 1.5 s after a datagen "
-          f"push was answered ({len(t.datagen_answered)} pushes)")
+    print(
+        f"answers over 50 ms: {len(slow)} of {len(t.sends):,}; {after_push} of them sent within 1.5 s after a datagen "
+        f"push was answered ({len(t.datagen_answered)} pushes)"
+    )
     quiet = [took for at, took in t.sends if not any(d <= at + 0.5 and at <= d + 1.5 for d in t.datagen_answered)]
     print(f"  all kinds, leaving out those 1.5 s windows: {len(quiet):,} answers, p99 {pct(quiet, 99) * 1000:.1f} ms")
     window = max(3.0, soak.seconds * 0.1)
@@ -468,30 +502,42 @@ def report(soak: Soak, slack: SlackEmulator, idle: float, end: float, traffic_s:
     late_mb = statistics.median(late) if late else float("nan")
     peak = max((mb for _, mb in soak.rss), default=float("nan"))
     growth = (late_mb / early_mb - 1) * 100
-    print(f"RSS: idle {idle:.1f} MB; under load peak {peak:.1f} MB, median {early_mb:.1f} MB at "
-          f"{window:.0f}-{2 * window:.0f} s and {late_mb:.1f} MB over the last {window:.0f} s (growth {growth:+.1f} %); "
-          f"after the traffic {end:.1f} MB ({(end / idle - 1) * 100:+.1f} % on idle)")
+    print(
+        f"RSS: idle {idle:.1f} MB; under load peak {peak:.1f} MB, median {early_mb:.1f} MB at "
+        f"{window:.0f}-{2 * window:.0f} s and {late_mb:.1f} MB over the last {window:.0f} s (growth {growth:+.1f} %); "
+        f"after the traffic {end:.1f} MB ({(end / idle - 1) * 100:+.1f} % on idle)"
+    )
     lost_slack = counts["slack_missing"]
     lost_datagen = t.datagen_stored - counts["datagen_rows"]
     lost_alerts = t.alertmanager_queued - counts["alert_rows"]
-    print(f"audit: {counts['rows']:,} rows; commands and presses answered {len(t.triggers):,}, without their row "
-          f"{lost_slack}; datagen pushes stored {t.datagen_stored}, ingest rows {counts['datagen_rows']}; Alertmanager "
-          f"groups queued {t.alertmanager_queued:,}, alert rows {counts['alert_rows']:,}; hook items left queued "
-          f"{counts['queued']}, failed (a Slack post refused, audited) {counts['failed']}, hooks.post error rows "
-          f"{counts['post_errors']}; settled {settled_s:.1f} s after the traffic")
+    print(
+        f"audit: {counts['rows']:,} rows; commands and presses answered {len(t.triggers):,}, without their row "
+        f"{lost_slack}; datagen pushes stored {t.datagen_stored}, ingest rows {counts['datagen_rows']}; Alertmanager "
+        f"groups queued {t.alertmanager_queued:,}, alert rows {counts['alert_rows']:,}; hook items left queued "
+        f"{counts['queued']}, failed (a Slack post refused, audited) {counts['failed']}, hooks.post error rows "
+        f"{counts['post_errors']}; settled {settled_s:.1f} s after the traffic"
+    )
     print(f"audit verify: exit {verify.returncode} {verify.stdout.strip() or verify.stderr.strip()[-200:]}")
     lost = lost_slack + max(0, lost_datagen) + max(0, lost_alerts) + counts["queued"]
     targets = [  # (what, target, figure, met; None: a figure without a target)
         ("RSS idle", "<= 120 MB", f"{idle:.1f} MB", idle <= 120),
         ("RSS under load", "<= 200 MB", f"{peak:.1f} MB peak", peak <= 200),
         ("RSS growth over the soak", "<= 10 %", f"{growth:+.1f} %", growth <= 10),
-        ("actions lost, audit chain", "0, verifies", f"{lost}, audit verify exit {verify.returncode}",
-         lost == 0 and verify.returncode == 0),
+        (
+            "actions lost, audit chain",
+            "0, verifies",
+            f"{lost}, audit verify exit {verify.returncode}",
+            lost == 0 and verify.returncode == 0,
+        ),
         ("hook p99 while Slack is paced", "<= 50 ms", f"{hook_p99:.1f} ms", hook_p99 <= 50),
         ("ack p99 (commands and presses)", "", f"{ack_p99:.1f} ms", None),
         ("requests answered", "", f"{handled:,} in {traffic_s:.0f} s, 5xx {fivexx}", None),
-        ("tracebacks in the bot's log", "", f"{sum(other_tb.values())} (+{sum(injected_tb.values())} from injected "
-                                            "Slack faults)", None),
+        (
+            "tracebacks in the bot's log",
+            "",
+            f"{sum(other_tb.values())} (+{sum(injected_tb.values())} from injected Slack faults)",
+            None,
+        ),
     ]
     print("targets:")  # `python -m bench` reads these lines
     for name, target, figure, ok in targets:

@@ -5,9 +5,11 @@ every later notification, ending as RESOLVED. The hook answers once the notifica
 (bot/hooks.py) and the message is brought in line from the queue, so Alertmanager never waits on Slack's
 pacing. A group of thousands of alerts reads as counts by alertname and severity, its first few alerts and
 "and N more"; only that much of it is kept. A group that fires again after it resolved gets a new
-message, since nobody notices an edit to one that scrolled away; the old one stays as history. When the labels name a configured model and environment
-the message carries "Roll back" (the same modal and code as `/mlops rollback`) and "Silence" buttons.
+message, since nobody notices an edit to one that scrolled away; the old one stays as history. When the labels
+name a configured model and environment the message carries "Roll back" (the same modal and code as
+`/mlops rollback`) and "Silence" buttons.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -83,9 +85,13 @@ def group(n: Notification) -> Group:
     shown = sorted(n.alerts, key=lambda a: a.status != "firing")[:MAX_ALERT_LINES]  # stable: firing first
     names = Counter(a.labels.get("alertname", "alert") for a in n.alerts)
     severities = Counter(a.labels.get("severity", "none") for a in n.alerts)
-    return Group(notification=n.model_copy(update={"alerts": shown}), alerts=len(n.alerts),
-                 firing=sum(a.status == "firing" for a in n.alerts),
-                 by_alertname=names.most_common(MAX_COUNTS), by_severity=severities.most_common(MAX_COUNTS))
+    return Group(
+        notification=n.model_copy(update={"alerts": shown}),
+        alerts=len(n.alerts),
+        firing=sum(a.status == "firing" for a in n.alerts),
+        by_alertname=names.most_common(MAX_COUNTS),
+        by_severity=severities.most_common(MAX_COUNTS),
+    )
 
 
 class AlertRef(BaseModel):
@@ -138,20 +144,29 @@ def message(g: Group, *, row_id: int, target: tuple[str, str] | None, silenced: 
     name = plain(label(n, "alertname") or grouped_by or "alert", 100)
     where = f" · {target[0]} {target[1]}" if target else ""
     firing = n.status == "firing"
-    head = (f":rotating_light: *FIRING* · {name}{where} · {g.firing:,} firing" if firing
-            else f":white_check_mark: *RESOLVED* · ~{name}{where}~")
+    head = (
+        f":rotating_light: *FIRING* · {name}{where} · {g.firing:,} firing"
+        if firing
+        else f":white_check_mark: *RESOLVED* · ~{name}{where}~"
+    )
     lines = [alert_line(a) for a in n.alerts]
     if g.more > 0:
         lines.append(f"and {g.more:,} more")
     summary = n.commonAnnotations.get("summary") or n.commonAnnotations.get("description")
     blocks = [section(head + (f"\n{plain(summary, 500)}" if summary else ""))]
     if g.more > 0 or len(g.by_alertname) > 1:  # a big or mixed group: say what it is made of first
-        blocks.append(section(f"*{g.alerts:,} alerts* by alertname: {_counts(g.by_alertname, g.alerts)}\n"
-                              f"by severity: {_counts(g.by_severity, g.alerts)}"))
+        blocks.append(
+            section(
+                f"*{g.alerts:,} alerts* by alertname: {_counts(g.by_alertname, g.alerts)}\n"
+                f"by severity: {_counts(g.by_severity, g.alerts)}"
+            )
+        )
     blocks.append(section("\n".join(lines)))
-    facts = [f"severity {label(n, 'severity')}" if label(n, "severity") else "",
-             f"<{n.externalURL}|Alertmanager>" if n.externalURL.startswith("http") else "",
-             f"silenced by <@{silenced[0]}> until {when(silenced[1])}" if silenced and firing else ""]
+    facts = [
+        f"severity {label(n, 'severity')}" if label(n, "severity") else "",
+        f"<{n.externalURL}|Alertmanager>" if n.externalURL.startswith("http") else "",
+        f"silenced by <@{silenced[0]}> until {when(silenced[1])}" if silenced and firing else "",
+    ]
     if any(facts):
         blocks.append(context(" · ".join(f for f in facts if f)))
     if firing and target:
@@ -202,8 +217,9 @@ class AlertmanagerIntake:
         except BodyTooLarge as exc:
             # Said loudly: Alertmanager keeps sending a group it cannot deliver, and nobody sees it in Slack.
             log.warning("alertmanager hook refused a notification from %s: %s", request.remote, exc)
-            self.ctx.audit(actor="alertmanager", verb="alertmanager.hook", status="too_large",
-                           detail={"bytes": exc.size, "limit": exc.limit})
+            self.ctx.audit(
+                actor="alertmanager", verb="alertmanager.hook", status="too_large", detail={"bytes": exc.size, "limit": exc.limit}
+            )
             return web.json_response({"error": f"notification refused: {exc}"}, status=413)
         try:
             notification = parse(body)
@@ -231,24 +247,34 @@ class AlertmanagerIntake:
             existing = self.row(n.groupKey)
             state = "resolved" if n.status == "resolved" else "silenced" if silenced else "open"
             fields = {
-                "state": state, "severity": label(n, "severity") or "warning",
+                "state": state,
+                "severity": label(n, "severity") or "warning",
                 "summary": (n.commonAnnotations.get("summary") or label(n, "alertname") or n.groupKey)[:1000],
                 "detail": json.dumps({"alertname": label(n, "alertname"), "target": target, "group": g.model_dump(mode="json")}),
                 "resolved_at": iso(now) if state == "resolved" else None,
             }
             if existing is None:
-                self.ctx.store.db["alerts"].insert({"source": SOURCE, "key": n.groupKey, "channel": self.channel,
-                                                    "opened_at": iso(now), **fields})
+                self.ctx.store.db["alerts"].insert(
+                    {"source": SOURCE, "key": n.groupKey, "channel": self.channel, "opened_at": iso(now), **fields}
+                )
             elif existing["state"] == "resolved" and state != "resolved":  # fired again: a fresh message
-                self.ctx.store.db["alerts"].update(existing["id"], {**fields, "ts": None, "acked_by": None,
-                                                                    "opened_at": iso(now), "channel": self.channel})
+                self.ctx.store.db["alerts"].update(
+                    existing["id"], {**fields, "ts": None, "acked_by": None, "opened_at": iso(now), "channel": self.channel}
+                )
             else:
                 self.ctx.store.db["alerts"].update(existing["id"], fields)
             row = self.row(n.groupKey)
             assert row is not None
             model, env = target or (None, None)
-            self.ctx.audit(actor="alertmanager", verb="alertmanager.alert", status=state, channel=row["channel"],
-                           model=model, env=env, detail={"group": n.groupKey, "alerts": g.alerts})
+            self.ctx.audit(
+                actor="alertmanager",
+                verb="alertmanager.alert",
+                status=state,
+                channel=row["channel"],
+                model=model,
+                env=env,
+                detail={"group": n.groupKey, "alerts": g.alerts},
+            )
             shown = message(g, row_id=row["id"], target=target, silenced=silenced)
             if row["ts"]:
                 ts = await self.ctx.notifier.edit_or_repost(row["channel"], row["ts"], shown)
@@ -275,10 +301,17 @@ class AlertmanagerIntake:
         with self.ctx.store.transaction():
             self.silences.add(SOURCE, f"{model}/{env}", until, user)
             self.ctx.store.db["alerts"].update(alert_id, {"state": "silenced", "acked_by": user})
-            self.ctx.audit(actor=user, verb=SILENCE, status="ok", model=model, env=env, detail={"alert": alert_id, "until": iso(until)})
+            self.ctx.audit(
+                actor=user, verb=SILENCE, status="ok", model=model, env=env, detail={"alert": alert_id, "until": iso(until)}
+            )
         # Rows stored before groups were kept cut down hold the whole notification.
-        g = Group.model_validate(detail["group"]) if "group" in detail else group(Notification.model_validate(detail["notification"]))
+        g = (
+            Group.model_validate(detail["group"])
+            if "group" in detail
+            else group(Notification.model_validate(detail["notification"]))
+        )
         if found["ts"]:
-            await self.ctx.notifier.update(found["channel"], found["ts"],
-                                           message(g, row_id=alert_id, target=(model, env), silenced=(user, until)))
+            await self.ctx.notifier.update(
+                found["channel"], found["ts"], message(g, row_id=alert_id, target=(model, env), silenced=(user, until))
+            )
         return f"Alerts for {model} {env} are silenced until {when(until)}."

@@ -151,10 +151,12 @@ class Runtime:
         self.metrics.count(self.metrics.requests, kind, str(response.status))
         if response.status == 401:  # Bolt's own check, should the clock have moved past the window since ours
             self.rejections.note(source, "bad signature or timestamp")
-        return web.Response(status=response.status, body=response.body.encode(), headers=response.first_headers_without_set_cookie())
+        headers = response.first_headers_without_set_cookie()
+        return web.Response(status=response.status, body=response.body.encode(), headers=headers)
 
-    def _refuse(self, started: float, source: str, status: int, kind: str, reason: str, body: dict[str, str],
-                example: str | None = None) -> web.Response:
+    def _refuse(
+        self, started: float, source: str, status: int, kind: str, reason: str, body: dict[str, str], example: str | None = None
+    ) -> web.Response:
         self.rejections.note(source, reason, example)
         self.metrics.ack_latency.observe(time.perf_counter() - started)
         self.metrics.count(self.metrics.requests, kind, str(status))
@@ -163,16 +165,21 @@ class Runtime:
     async def _healthz(self, _: web.Request) -> web.Response:
         store_problem = self.store.probe()  # a real committed write, with whatever audit rows are waiting
         overdue = self.releases.overdue_operations()
-        checks = {"store_writable": store_problem is None, "scheduler_running": self.scheduler.running,
-                  "operations_on_time": not overdue}
+        checks = {
+            "store_writable": store_problem is None,
+            "scheduler_running": self.scheduler.running,
+            "operations_on_time": not overdue,
+        }
         if self.socket_connected is not None:
             checks["socket_mode_connected"] = await self._socket_up()
         body = {"ok": all(checks.values()), **checks, "tasks": len(self.tasks.names), "overdue_operations": overdue}
         if store_problem:
             body["reason"] = store_problem
         elif not checks.get("socket_mode_connected", True):
-            body["reason"] = (f"no Socket Mode connection to Slack for {time.monotonic() - (self._socket_down_since or 0):.0f} s "
-                              "(Socket Mode turned off for the app, or Slack unreachable); the bot keeps reconnecting")
+            body["reason"] = (
+                f"no Socket Mode connection to Slack for {time.monotonic() - (self._socket_down_since or 0):.0f} s "
+                "(Socket Mode turned off for the app, or Slack unreachable); the bot keeps reconnecting"
+            )
         return web.json_response(body, status=200 if all(checks.values()) else 503)
 
     async def _socket_up(self) -> bool:

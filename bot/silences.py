@@ -122,4 +122,6 @@ class Silences:
             conn.execute("UPDATE silences SET until = ? WHERE id = ?", (iso(now), silence_id))
             self.ctx.audit(actor=user, channel=channel, verb="silence.end", status="ok",
                            detail={"silence": silence_id, "source": ended.source, "matcher": ended.matcher})
-        return f":bell: <@{user}> ended silence #{silence_id}: alerts for {describe(ended.source, ended.matcher)} are posted again."
+        return (
+            f":bell: <@{user}> ended silence #{silence_id}: alerts for {describe(ended.source, ended.matcher)} are posted again."
+        )

@@ -121,14 +121,19 @@ def weekly(facts: WeeklyFacts) -> Message:
     mean = (f"mean time from staging to prod: *{duration(sum(lead, timedelta()) / len(lead))}* over {len(lead)} releases"
             if lead else "mean time from staging to prod: no release reached prod this week")
     blocks = [
-        {"type": "header", "text": {"type": "plain_text", "text": f"Weekly digest · {facts.since:%d %b} – {facts.until:%d %b %Y}"}},
+        {
+            "type": "header",
+            "text": {"type": "plain_text", "text": f"Weekly digest · {facts.since:%d %b} – {facts.until:%d %b %Y}"},
+        },
         section(f"Noisiest alert rules: {noisiest}" if noisiest else "No alerts fired this week."),
         *sections("Alerts per rule", rules, "no alerts"),
         *sections("Releases per model", per_model, "no deploys or rollbacks"),
         section(mean),
     ]
-    text = (f"Weekly digest: {sum(facts.alerts_per_rule.values())} alerts, {sum(facts.deploys.values())} deploys, "
-            f"{sum(facts.rollbacks.values())} rollbacks")
+    text = (
+        f"Weekly digest: {sum(facts.alerts_per_rule.values())} alerts, {sum(facts.deploys.values())} deploys, "
+        f"{sum(facts.rollbacks.values())} rollbacks"
+    )
     return Message(text=text, blocks=blocks)
 
 
@@ -142,20 +147,33 @@ def operation_line(op: Mapping[str, Any]) -> str:
     return f":hourglass_flowing_sand: {op['what']} since {when(op['since'])}"
 
 
-def home_view(*, user: str, now: datetime, models: list[ModelRow], oncall: list[OnCall], alerts: list[OpenAlert],
-              approvals: list[StagedRelease], operations: list[Mapping[str, Any]]) -> dict[str, Any]:
+def home_view(
+    *,
+    user: str,
+    now: datetime,
+    models: list[ModelRow],
+    oncall: list[OnCall],
+    alerts: list[OpenAlert],
+    approvals: list[StagedRelease],
+    operations: list[Mapping[str, Any]],
+) -> dict[str, Any]:
     """The App Home of `user`: the model table, on call, open alerts, their approvals and running work."""
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": "MLOps dashboard"}},
         context(f"for <@{user}> · as of {when(now)}"),
         *sections("Models in service", [model_line(r) for r in models], "no models configured"),
         *sections("On call", [oncall_line(o) for o in oncall], "no rotations configured"),
-        *sections("Open alerts", [alert_line(a) for a in alerts[:20]]
-                  + ([f"and {len(alerts) - 20} more"] if len(alerts) > 20 else []), "no open alerts"),
+        *sections(
+            "Open alerts",
+            [alert_line(a) for a in alerts[:20]] + ([f"and {len(alerts) - 20} more"] if len(alerts) > 20 else []),
+            "no open alerts",
+        ),
         {"type": "divider"},
         section("*Waiting for you to unblock*" if approvals else "*Waiting for you to unblock*\n_nothing_"),
     ]
     for r in approvals[:10]:
-        blocks.append({**section(pending_line(r)), "accessory": btn("Unblock prod", "release.promote", ReleaseRef(release=r.id), "primary")})
+        blocks.append(
+            {**section(pending_line(r)), "accessory": btn("Unblock prod", "release.promote", ReleaseRef(release=r.id), "primary")}
+        )
     blocks += sections("Your running operations", [operation_line(op) for op in operations], "none")
     return {"type": "home", "blocks": blocks[:100]}

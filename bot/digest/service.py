@@ -142,8 +142,8 @@ class DigestService:
         actions = [{**r, "ts": _dt(r["ts"])} for r in self.ctx.store.actions(since=since)]
         alerts = [{**r, "opened_at": _dt(r["opened_at"]), "detail": json.loads(r["detail"])}
                   for r in self._rows("SELECT * FROM alerts WHERE opened_at >= ?", iso(since))]
-        deployed = {(r["model"], r["version"]): _dt(r["deployed_at"])
-                    for r in self._rows("SELECT model, version, deployed_at FROM releases WHERE deployed_at IS NOT NULL ORDER BY id")}
+        rows = self._rows("SELECT model, version, deployed_at FROM releases WHERE deployed_at IS NOT NULL ORDER BY id")
+        deployed = {(r["model"], r["version"]): _dt(r["deployed_at"]) for r in rows}
         return weekly_facts(actions, alerts, deployed, since, now)
 
     # -- posting ------------------------------------------------------------------------------------------
@@ -152,8 +152,12 @@ class DigestService:
         return (schedule.channel if schedule else None) or self.ctx.config.channels.main
 
     def _posted(self, verb: str, slot: datetime) -> bool:
-        return bool(self.ctx.store.query("SELECT 1 FROM actions WHERE verb = ? AND status = 'posted' AND "
-                                         "json_extract(detail, '$.slot') = ? LIMIT 1", (verb, iso(slot))))
+        return bool(
+            self.ctx.store.query(
+                "SELECT 1 FROM actions WHERE verb = ? AND status = 'posted' AND json_extract(detail, '$.slot') = ? LIMIT 1",
+                (verb, iso(slot)),
+            )
+        )
 
     async def post_daily(self, slot: datetime) -> str | None:
         if self._posted("digest.daily", slot):
@@ -178,14 +182,21 @@ class DigestService:
         if not await self.roles.has(user, "approvers"):
             return []
         four_eyes = self.ctx.config.deploy.four_eyes
-        return [r for r in self.staged([State.VERIFIED])
-                if not (four_eyes and r.deployed_by == user) and not self.ctx.config.models[r.model].staging_only]
+        return [
+            r
+            for r in self.staged([State.VERIFIED])
+            if not (four_eyes and r.deployed_by == user) and not self.ctx.config.models[r.model].staging_only
+        ]
 
     def operations_of(self, user: str) -> list[dict[str, Any]]:
-        ops = [{"what": f"{r['reason']} on {r['model']} {r['env']}", "since": _dt(r["created_at"])}
-               for r in self._rows("SELECT * FROM locks WHERE holder = ? AND kind = 'operation' ORDER BY created_at", user)]
-        ops += [{"what": f"retraining {r['model']} ({r['backend']} run {r['run_id']}, {r['state']})", "since": _dt(r["started_at"])}
-                for r in self._rows("SELECT * FROM retrain_runs WHERE requested_by = ? AND ended_at IS NULL ORDER BY id", user)]
+        ops = [
+            {"what": f"{r['reason']} on {r['model']} {r['env']}", "since": _dt(r["created_at"])}
+            for r in self._rows("SELECT * FROM locks WHERE holder = ? AND kind = 'operation' ORDER BY created_at", user)
+        ]
+        ops += [
+            {"what": f"retraining {r['model']} ({r['backend']} run {r['run_id']}, {r['state']})", "since": _dt(r["started_at"])}
+            for r in self._rows("SELECT * FROM retrain_runs WHERE requested_by = ? AND ended_at IS NULL ORDER BY id", user)
+        ]
         return ops
 
     def oncall(self, now: datetime) -> list[OnCall]:
@@ -197,9 +208,15 @@ class DigestService:
 
     async def home(self, user: str) -> dict[str, Any]:
         now = self.ctx.clock()
-        return home_view(user=user, now=now, models=await self.models(), oncall=self.oncall(now),
-                         alerts=self.open_alerts(), approvals=await self.approvals_for(user),
-                         operations=self.operations_of(user))
+        return home_view(
+            user=user,
+            now=now,
+            models=await self.models(),
+            oncall=self.oncall(now),
+            alerts=self.open_alerts(),
+            approvals=await self.approvals_for(user),
+            operations=self.operations_of(user),
+        )
 
     async def publish(self, user: str) -> None:
         await self.ctx.notifier.publish_home(user, await self.home(user))

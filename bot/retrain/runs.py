@@ -82,7 +82,9 @@ class RetrainRuns:
         card = messages.card(run, self.where(run), status, **extra)
         notifier = self.ctx.notifier
         try:
-            ts = await (notifier.edit_or_repost(run.channel, run.card_ts, card) if run.card_ts else notifier.post(run.channel, card))
+            ts = await (
+                notifier.edit_or_repost(run.channel, run.card_ts, card) if run.card_ts else notifier.post(run.channel, card)
+            )
         except SlackError:
             log.warning("could not show the card of retrain %s", run.run_id, exc_info=True)
             return

@@ -200,15 +200,23 @@ class RetrainService(RetrainRuns):
             if run.state == "starting" and (handle := self.backends.launched(run)):
                 # Stopped after the pipeline started but before that was recorded: it runs, so it is followed
                 # (marking it failed would invite a second pipeline next to the first).
-                self.store.conn.execute("UPDATE retrain_runs SET state = 'queued', handle = ? WHERE id = ? AND state = 'starting'",
-                                        (json.dumps(handle), run.id))
-                self.ctx.audit(actor=run.requested_by, verb="retrain", status="started", channel=run.channel, model=run.model,
-                               detail={"run_id": run.run_id, "backend": run.backend, "args": run.args,
-                                       "found_at_restart": True, **handle})
+                self.store.conn.execute(
+                    "UPDATE retrain_runs SET state = 'queued', handle = ? WHERE id = ? AND state = 'starting'",
+                    (json.dumps(handle), run.id),
+                )
+                self.ctx.audit(
+                    actor=run.requested_by,
+                    verb="retrain",
+                    status="started",
+                    channel=run.channel,
+                    model=run.model,
+                    detail={"run_id": run.run_id, "backend": run.backend, "args": run.args, "found_at_restart": True, **handle},
+                )
                 run = self.get(run.id)
             if run.state == "starting":  # stopped between reserving the run and starting it
-                await self.followers.finish(run, RunStatus(run.run_id, "failed",
-                                                           detail="the bot restarted while starting it; start it again"), [])
+                await self.followers.finish(
+                    run, RunStatus(run.run_id, "failed", detail="the bot restarted while starting it; start it again"), []
+                )
                 continue
             await self.update_card(run)
             self.followers.follow(run.id, resumed=True)

@@ -105,7 +105,7 @@ def _columns(cells: list[str], width: int = 28) -> str:
     """Section fields two to a row, as Slack lays them out; a cell's own lines stay stacked."""
     split = [c.splitlines() or [""] for c in cells]
     height = max(len(lines) for lines in split)
-    rows = zip(*(lines + [""] * (height - len(lines)) for lines in split))
+    rows = zip(*(lines + [""] * (height - len(lines)) for lines in split), strict=True)  # padded to one height
     return "\n".join("   ".join(f"{cell:<{width}}" for cell in row).rstrip() for row in rows)
 
 
@@ -158,10 +158,8 @@ def render_message(
     `users` maps user ids to names for mentions.
     """
     buttons = [] if buttons is None else buttons
-    if msg.get("blocks"):
-        lines = _blocks(msg["blocks"], buttons, users)
-    else:
-        lines = [mrkdwn_to_text(msg.get("text", ""), users)]
+    blocks = msg.get("blocks")
+    lines = _blocks(blocks, buttons, users) if blocks else [mrkdwn_to_text(msg.get("text", ""), users)]
     lines += [f"[file: {f.get('title') or f.get('name', '')}]" for f in msg.get("files", [])]
     notes = [n for n in (
         "edited" if msg.get("edited") else None,

@@ -5,6 +5,7 @@ not a backends directory with the stub in place; `backends_dir()` builds one in 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -189,10 +190,8 @@ class TritonServer:
         """Shut down gracefully (models unloaded), then make sure no stub outlives the server."""
         self._signal(signal.SIGTERM)
         if self.process is not None:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                pass
         self.kill()
 
     def _signal(self, sig: signal.Signals) -> None:

@@ -189,7 +189,8 @@ async def test_prod_failing_after_a_good_staging_verify_is_rolled_back_by_the_bo
 
     await bot.client.press_button("U0CAROL", "C0MLOPS", second["ts"], "Unblock prod")
     failed = await card_in_state(bot, "v2", "promote_failed")
-    loud = await bot.slack.wait_for(lambda: next((m["text"] for m in bot.slack.messages("C0MLOPS") if "<!here>" in m["text"]), None))
+    loud = await bot.slack.wait_for(
+        lambda: next((m["text"] for m in bot.slack.messages("C0MLOPS") if "<!here>" in m["text"]), None))
     assert "Production verification of *ranker v2* failed" in loud and dead.url in loud
     assert f"put prod back on v1 on {survivor.url}" in loud and f"{dead.url} still needs" in loud
     assert "<!here>" in str(failed["blocks"])
@@ -202,7 +203,9 @@ async def test_prod_failing_after_a_good_staging_verify_is_rolled_back_by_the_bo
 
 async def test_a_button_on_a_superseded_card_is_refused_and_status_shows_the_train(bot):
     first = await deploy_verified(bot, "v1")
-    unblock = next(e for b in first["blocks"] if b["type"] == "actions" for e in b["elements"] if e["text"]["text"] == "Unblock prod")
+    unblock = next(
+        e for b in first["blocks"] if b["type"] == "actions" for e in b["elements"] if e["text"]["text"] == "Unblock prod"
+    )
     await deploy_verified(bot, "v2", user="U0BOB")
     stale = await card_in_state(bot, "v1", "superseded")
     assert "Superseded on staging by v2" in str(stale["blocks"]) and not [b for b in stale["blocks"] if b["type"] == "actions"]
@@ -213,12 +216,16 @@ async def test_a_button_on_a_superseded_card_is_refused_and_status_shows_the_tra
     assert not audit(bot, "promote", "started")
 
     await bot.client.command("U0CAROL", "status ranker")
-    status = await bot.slack.wait_for(lambda: next((str(e["blocks"]) for e in bot.slack.ephemerals if e["text"] == "Models in service"), None))
+    status = await bot.slack.wait_for(
+        lambda: next((str(e["blocks"]) for e in bot.slack.ephemerals if e["text"] == "Models in service"), None)
+    )
     assert "*ranker* · staging: `v2` (verified) deployed by <@U0BOB>" in status and "last verify: passed" in status
     assert "*ranker* · prod: `—` (not deployed)" in status
 
     await bot.client.command("U0CAROL", "provenance ranker v1")
-    provenance = await bot.slack.wait_for(lambda: next((e["text"] for e in bot.slack.ephemerals if "*ranker v1*" in e["text"]), None))
+    provenance = await bot.slack.wait_for(
+        lambda: next((e["text"] for e in bot.slack.ephemerals if "*ranker v1*" in e["text"]), None)
+    )
     for fact in ("dataset `datagen-2026-11-17`", "git `4e1d2c7`", "pipeline run `ranker-train-2026-11-18`", "ndcg_at_20 0.412"):
         assert fact in provenance
 
@@ -265,8 +272,12 @@ async def s3_fleet():
 
 async def test_deploy_unblock_and_roll_back_with_everything_on_s3(s3_fleet, tmp_path):
     moto, bucket, repos, servers = s3_fleet
-    config = bot_config(tmp_path, f"s3://{bucket}/registry", {env: (repos[env], [servers[env].url]) for env in repos},
-                        s3={"endpoint_url": moto.endpoint_url, "region": "us-east-1"})
+    config = bot_config(
+        tmp_path,
+        f"s3://{bucket}/registry",
+        {env: (repos[env], [servers[env].url]) for env in repos},
+        s3={"endpoint_url": moto.endpoint_url, "region": "us-east-1"},
+    )
     async with start_bot(config) as bot:
         first = await deploy_verified(bot, "v1")
         thread = " ".join(m["text"] for m in bot.slack.replies("C0MLOPS", first["ts"]))
@@ -303,8 +314,9 @@ async def test_a_restart_during_a_promotion_puts_prod_back_on_the_version_it_ser
         await first.client.press_button("U0CAROL", "C0MLOPS", slow["ts"], "Unblock prod")
         await until_loading(servers["prod"][0])
         first.runtime.shutdown_grace = 0  # cut off mid-promotion, as a crash would
-    n5 = next(n for version, n in sqlite3.connect(fleet_config.store).execute("SELECT version, id FROM releases")
-              if version == "v5")
+    n5 = next(
+        n for version, n in sqlite3.connect(fleet_config.store).execute("SELECT version, id FROM releases") if version == "v5"
+    )
     for _ in range(100):  # Triton finishes loading the unverified version on its own
         if any(n5 in versions for versions in (await serving(servers["prod"])).values()):
             break
@@ -317,7 +329,9 @@ async def test_a_restart_during_a_promotion_puts_prod_back_on_the_version_it_ser
         assert interrupted.prod_state is State.INTERRUPTED and interrupted.state is State.VERIFIED  # staging untouched
         assert set(map(tuple, (await serving(servers["prod"])).values())) == {(n1,)}
         assert second.runtime.releases.environment("ranker", "prod")["version"] == "v1"
-        told = next(m["text"] for m in second.slack.messages("C0MLOPS") if "<@U0CAROL> was promoting v5 on ranker prod" in m["text"])
+        told = next(
+            m["text"] for m in second.slack.messages("C0MLOPS") if "<@U0CAROL> was promoting v5 on ranker prod" in m["text"]
+        )
         assert "The bot put prod back on v1 by itself." in told and "lock released" in told
         restore = audit(second, "rollback", "succeeded")[-1]
         assert restore["version"] == "v1" and restore["detail"]["automatic"]

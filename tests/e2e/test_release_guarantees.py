@@ -98,8 +98,12 @@ async def test_unlock_frees_a_lock_whose_operation_is_gone_and_names_it(bot):
                    "('ranker', 'staging', 'U0BOB', 'deploying v2', 'operation', 999, '2099-01-01T00:00:00+00:00', "
                    "'2026-11-23T18:00:00+00:00')")
     await bot.client.command("U0ALICE", "unlock ranker staging")
-    told = await bot.slack.wait_for(lambda: next((m["text"] for m in bot.slack.messages("C0MLOPS") if "unlock" in m["text"]), None)
-                                    or next((e["text"] for e in bot.slack.ephemerals), None))
+    told = await bot.slack.wait_for(
+        lambda: (
+            next((m["text"] for m in bot.slack.messages("C0MLOPS") if "unlock" in m["text"]), None)
+            or next((e["text"] for e in bot.slack.ephemerals), None)
+        )
+    )
     assert "<@U0BOB>" in told and "deploying v2" in told and "releases itself" not in told
     assert bot.runtime.releases.lock_of("ranker", "staging") is None
     await deploy_verified(bot, "v1")

@@ -154,7 +154,8 @@ async def test_nan_version_fails_verify_and_cannot_be_unblocked(bot):
     assert "Unblock prod" not in labels and "Roll back staging" in labels
     assert "NaN" in str(failed["blocks"]) or "finite" in str(failed["blocks"])
     await bot.client.command("U0CAROL", "promote ranker")
-    await bot.slack.wait_for(lambda: any("not verified on staging (verification failed)" in e["text"] for e in bot.slack.ephemerals))
+    await bot.slack.wait_for(
+        lambda: any("not verified on staging (verification failed)" in e["text"] for e in bot.slack.ephemerals))
     assert not audit(bot, "promote", "started")
 
 
@@ -162,7 +163,9 @@ async def test_unblock_outside_deploy_hours_asks_for_an_urgent_reason(bot):
     verified = await deploy_verified(bot, "v1")
     bot.clock.set(MONDAY_10_LA + timedelta(hours=8))  # 18:00 in Los Angeles: after deploy hours
     await bot.client.press_button("U0CAROL", "C0MLOPS", verified["ts"], "Unblock prod")
-    view = await bot.slack.wait_for(lambda: next((v["view"] for v in bot.slack.views if v["view"].get("callback_id") == "release.urgent"), None))
+    view = await bot.slack.wait_for(
+        lambda: next((v["view"] for v in bot.slack.views if v["view"].get("callback_id") == "release.urgent"), None)
+    )
     assert "outside deploy hours" in str(view["blocks"])
     assert not audit(bot, "promote", "started")
     delivery = await bot.client.submit_view("U0CAROL", view, {"reason": {"reason": "fix for a bad ranking incident"}})

@@ -23,9 +23,18 @@ def notification(status: str, *, group: str = '{}:{alertname="RankerLatencyHigh"
              "annotations": {"summary": "ranker p99 latency above 250 ms"},
              "startsAt": "2026-11-20T10:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
              "generatorURL": "http://prometheus:9090/graph", "fingerprint": "c0ffee"}
-    return {"version": "4", "groupKey": group, "status": status, "receiver": "mlops-bot", "groupLabels": {"alertname": labels["alertname"]},
-            "commonLabels": labels, "commonAnnotations": alert["annotations"], "externalURL": "http://alertmanager:9093",
-            "truncatedAlerts": 0, "alerts": [alert]}
+    return {
+        "version": "4",
+        "groupKey": group,
+        "status": status,
+        "receiver": "mlops-bot",
+        "groupLabels": {"alertname": labels["alertname"]},
+        "commonLabels": labels,
+        "commonAnnotations": alert["annotations"],
+        "externalURL": "http://alertmanager:9093",
+        "truncatedAlerts": 0,
+        "alerts": [alert],
+    }
 
 
 async def post(url: str, body: object, token: str | None = TOKEN) -> tuple[int, dict]:
@@ -65,7 +74,9 @@ async def test_firing_then_resolved_edits_one_message_with_rollback_and_silence(
         assert json.loads(view["private_metadata"])["model"] == "ranker"
         await bot.client.submit_view("U0ALICE", view, {"reason": {"reason": "latency incident"}})
         # Nothing was ever deployed in this test, so the rollback code answers with what to do.
-        await bot.slack.wait_for(lambda: [m for m in bot.slack.messages("U0ALICE") if "nothing is deployed to ranker prod" in m["text"]])
+        await bot.slack.wait_for(
+            lambda: [m for m in bot.slack.messages("U0ALICE") if "nothing is deployed to ranker prod" in m["text"]]
+        )
 
         assert await deliver(bot, notification("resolved")) == (200, "resolved")
         [card] = bot.slack.messages(CHANNEL)

@@ -174,7 +174,8 @@ async def test_deploy_dry_run_answers_with_its_plan_and_deploys_nothing(release_
     delivery = await release_bot.client.command("U0ALICE", "deploy ranker v1 dry_run=true")
     assert delivery.status == 200 and not delivery.body  # well formed: answered after the ack
     # Whichever comes first: the plan, or (as before dry_run was understood) a real release.
-    await release_bot.slack.wait_for(lambda: audit(release_bot, "deploy", "dry_run") or state(release_bot)["releases"], timeout=30)
+    await release_bot.slack.wait_for(
+        lambda: audit(release_bot, "deploy", "dry_run") or state(release_bot)["releases"], timeout=30)
     assert state(release_bot)["releases"] == [], "dry_run=true deployed for real"
     [row] = audit(release_bot, "deploy")
     assert (row["status"], row["model"], row["env"], row["version"]) == ("dry_run", "ranker", "staging", "v1")
@@ -243,8 +244,10 @@ async def test_dry_run_of_retrain_and_silence_changes_nothing(bot: LocalBot, tmp
     assert said.startswith(DRY) and f"would cancel run `{run['run_id']}`" in said
     assert len(list(runs_dir.iterdir())) == 1
     await bot.client.command("U0ALICE", "retrain ranker cancel")
-    await bot.slack.wait_for(lambda: audit(bot, "retrain", "cancelled") and any(
-        "Cancelling retrain" in e["text"] for e in bot.slack.ephemerals), timeout=30)
+    await bot.slack.wait_for(
+        lambda: audit(bot, "retrain", "cancelled") and any("Cancelling retrain" in e["text"] for e in bot.slack.ephemerals),
+        timeout=30,
+    )
 
     said = await dry_run(bot, "U0ALICE", "silence ranker prod 2h dry_run=true", "silence")
     assert said.startswith(DRY) and "would hold back alerts for ranker prod until" in said
@@ -263,6 +266,7 @@ async def test_dry_run_of_retrain_and_silence_changes_nothing(bot: LocalBot, tmp
 
     # No service wrote a row of its own for a dry run: only the real commands' rows and the one per dry run.
     assert [r["status"] for r in audit(bot, "retrain")] == (
-        ["dry_run"] * 2 + ["accepted", "started"] + ["dry_run"] * 3 + ["accepted", "cancelled"])
+        ["dry_run"] * 2 + ["accepted", "started"] + ["dry_run"] * 3 + ["accepted", "cancelled"]
+    )
     assert [r["status"] for r in audit(bot, "silence")] == ["dry_run", "accepted", "ok"] + ["dry_run"] * 4
     assert bot.runtime.store.verify_chain() is None

@@ -138,7 +138,8 @@ async def test_weekly_digest_counts_alerts_per_rule_releases_and_time_to_prod(tm
             await rt.alertmanager.receive(parse(firing("ranker", "prod", name)))
         await rt.alertmanager.receive(parse(firing("ranker", "prod", "RankerLatencyHigh").replace(b"firing", b"resolved")))
         for version, staged_hours in (("v5", 6), ("v6", 2)):
-            release(rt.store, "ranker", version, "live", deployed_by="U0ALICE", deployed_at=clock() - timedelta(hours=staged_hours))
+            release(rt.store, "ranker", version, "live", deployed_by="U0ALICE",
+                    deployed_at=clock() - timedelta(hours=staged_hours))
             rt.audit(actor="U0ALICE", verb="deploy", status="succeeded", model="ranker", env="staging", version=version)
             rt.audit(actor="U0BOB", verb="promote", status="succeeded", model="ranker", env="prod", version=version)
         rt.audit(actor="U0ALICE", verb="rollback", status="succeeded", model="ranker", env="prod", version="v5")
@@ -153,8 +154,16 @@ async def test_weekly_digest_counts_alerts_per_rule_releases_and_time_to_prod(tm
 async def test_app_home_shows_the_viewer_their_pending_approvals(tmp_path: Path) -> None:
     clock = Clock(DIGEST_TIME)
     async with local_bot(_config(tmp_path), clock=clock, post_rate=1000, post_burst=1000) as bot:
-        pending = release(bot.runtime.store, "ranker", "v2", "verified", deployed_by="U0ALICE",
-                          deployed_at=DIGEST_TIME - timedelta(hours=1), env="staging", verified_at=DIGEST_TIME)
+        pending = release(
+            bot.runtime.store,
+            "ranker",
+            "v2",
+            "verified",
+            deployed_by="U0ALICE",
+            deployed_at=DIGEST_TIME - timedelta(hours=1),
+            env="staging",
+            verified_at=DIGEST_TIME,
+        )
         await bot.runtime.alertmanager.receive(parse(firing("ranker", "prod", "RankerLatencyHigh")))
         for user in ("U0BOB", "U0ALICE"):
             await bot.client.home_opened(user)

@@ -256,10 +256,16 @@ async def test_a_datagen_alert_retrains_the_models_trained_on_its_data(make_bot:
         assert "You need the *deployers* role" in refused[0]
 
         await bot.client.press_button("U0ALICE", "C0ERROR", alert["ts"], "Retrain ranker")
-        ready = await bot.slack.wait_for(lambda: next((m for m in bot.slack.messages("C0ERROR")
-                                                       if "retrain-" in json.dumps(m["blocks"]) and "is ready" in m["text"]), None),
-                                         timeout=30)
-        assert f"reason: datagen recsys alert {day}" in json.dumps(ready["blocks"]) and "<@U0ALICE>" in json.dumps(ready["blocks"])
+        ready = await bot.slack.wait_for(
+            lambda: next(
+                (m for m in bot.slack.messages("C0ERROR") if "retrain-" in json.dumps(m["blocks"]) and "is ready" in m["text"]),
+                None,
+            ),
+            timeout=30,
+        )
+        assert f"reason: datagen recsys alert {day}" in json.dumps(ready["blocks"]) and "<@U0ALICE>" in json.dumps(
+            ready["blocks"]
+        )
         assert [r["status"] for r in audit(bot, "retrain")] == ["started", "succeeded"]
         assert [r["status"] for r in audit(bot, "datagen.retrain.0")] == ["denied", "accepted"]
 

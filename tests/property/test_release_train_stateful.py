@@ -240,7 +240,8 @@ def test_the_release_train_keeps_its_promises(world: World, tmp_path_factory) ->
             releases = self.bot.runtime.releases
             rows = self.bot.runtime.store.query("SELECT * FROM releases")
             assert not [r for r in rows if r["state"] in BUSY or r["prod_state"] in BUSY], "a release left running"
-            assert self.bot.runtime.store.query("SELECT * FROM locks WHERE kind = 'operation'") == [], "a lock outlived its operation"
+            operation_locks = self.bot.runtime.store.query("SELECT * FROM locks WHERE kind = 'operation'")
+            assert operation_locks == [], "a lock outlived its operation"
             assert self.bot.runtime.store.verify_chain() is None
             for row in self.run(releases.status_rows("ranker")):
                 recorded = releases.environment("ranker", row["env"])

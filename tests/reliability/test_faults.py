@@ -89,8 +89,17 @@ async def status(bot: LocalBot) -> str:
     """`/mlops status ranker` as its asker sees it."""
     before = len(bot.slack.ephemerals)
     await bot.client.command("U0ALICE", "status ranker")
-    return await bot.slack.wait_for(lambda: next((json.dumps(e["blocks"], ensure_ascii=False) for e in bot.slack.ephemerals[before:]
-                                                  if e["text"] == "Models in service"), None), timeout=30)
+    return await bot.slack.wait_for(
+        lambda: next(
+            (
+                json.dumps(e["blocks"], ensure_ascii=False)
+                for e in bot.slack.ephemerals[before:]
+                if e["text"] == "Models in service"
+            ),
+            None,
+        ),
+        timeout=30,
+    )
 
 
 def recorded(bot: LocalBot, env: str) -> tuple[str | None, int | None]:
@@ -121,7 +130,9 @@ def unloadable(registry) -> str:  # noqa: F811
     shutil.copytree(registry / "ranker" / "v1", path)
     source = (path / "model.py").read_text()
     hook = "    def initialize(self, args):\n"
-    (path / "model.py").write_text(source.replace(hook, f"{hook}        raise RuntimeError('feature store schema v7 not found')\n"))
+    (path / "model.py").write_text(
+        source.replace(hook, f"{hook}        raise RuntimeError('feature store schema v7 not found')\n")
+    )
     return "v6"
 
 
@@ -139,7 +150,9 @@ async def test_a_prod_tritonserver_killed_mid_load_fails_the_promotion_and_statu
 
     failed = await card_in_state(bot, "v5", "promote_failed")
     note = json.dumps(failed["blocks"])
-    assert victim.url in note and f"put prod back on v1 on {survivor.url}" in note and f"{victim.url} still needs a person" in note
+    assert (
+        victim.url in note and f"put prod back on v1 on {survivor.url}" in note and f"{victim.url} still needs a person" in note
+    )
     said = await told_eventually(bot, "promotion failed")
     assert victim.url in said and "still needs a person" in said
     row = audit(bot, "promote", "failed")[-1]
@@ -204,8 +217,12 @@ async def s3_bot(triton_here, fleet, tmp_path, monkeypatch) -> AsyncIterator[tup
     moto = MotoServer().start()
     bucket = new_bucket(moto)
     await upload_examples(open_store(f"s3://{bucket}/registry", s3_endpoint_url=moto.endpoint_url))
-    config = bot_config(tmp_path, f"s3://{bucket}/registry", {env: (str(repos[env]), [s.url for s in servers[env]]) for env in repos},
-                        s3={"endpoint_url": moto.endpoint_url, "region": "us-east-1"})
+    config = bot_config(
+        tmp_path,
+        f"s3://{bucket}/registry",
+        {env: (str(repos[env]), [s.url for s in servers[env]]) for env in repos},
+        s3={"endpoint_url": moto.endpoint_url, "region": "us-east-1"},
+    )
     try:
         async with start_bot(config) as running:
             yield running, moto, bucket
@@ -310,8 +327,9 @@ class AirflowFront:
         if self.mode == "500" and request.path.startswith("/api/"):
             return web.json_response({"detail": "Internal Server Error"}, status=500)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
-        async with self._http.request(request.method, self.upstream + request.path_qs, data=await request.read(),
-                                      headers=headers) as upstream:
+        async with self._http.request(
+            request.method, self.upstream + request.path_qs, data=await request.read(), headers=headers
+        ) as upstream:
             body = await upstream.read()
             if self.mode == "lost" and request.method == "POST" and request.path.endswith("/dagRuns"):
                 self.mode = "pass"
@@ -325,19 +343,33 @@ async def front(airflow: AirflowStandalone) -> AsyncIterator[AirflowFront]:
         yield peer
 
 
-def retrain_bot(tmp_path: Path, airflow: AirflowStandalone, base_url: str, *, password: str | None = None,
-                timeout_seconds: float = 30):
+def retrain_bot(
+    tmp_path: Path, airflow: AirflowStandalone, base_url: str, *, password: str | None = None, timeout_seconds: float = 30
+):
     """The bot with ranker retraining on Airflow DAG train_model at `base_url`."""
     copy = tmp_path / "registry"
     shutil.copytree(ROOT / "examples" / "registry", copy, ignore=shutil.ignore_patterns("__pycache__"))
     model = yaml.safe_load(EXAMPLE_CONFIG.read_text())["models"]["ranker"]
     model["registry"] = str(copy)
-    model["environments"] = {env: {"repository": str(tmp_path / "repos" / env), "endpoints": [f"http://127.0.0.1:{free_port()}"]}
-                             for env in ("staging", "prod")}
+    model["environments"] = {
+        env: {"repository": str(tmp_path / "repos" / env), "endpoints": [f"http://127.0.0.1:{free_port()}"]}
+        for env in ("staging", "prod")
+    }
     model["retrain"] = {"backend": "airflow", "dag_id": "train_model", "conf": {"epochs": 1}}
-    config = load_config(write_config(tmp_path, models={"ranker": model}, datagen={"jobs": {}},
-                                      airflow={"base_url": base_url, "auth": "token", "unpause": True, "poll_seconds": 1,
-                                               "timeout_seconds": timeout_seconds}))
+    config = load_config(
+        write_config(
+            tmp_path,
+            models={"ranker": model},
+            datagen={"jobs": {}},
+            airflow={
+                "base_url": base_url,
+                "auth": "token",
+                "unpause": True,
+                "poll_seconds": 1,
+                "timeout_seconds": timeout_seconds,
+            },
+        )
+    )
     secrets = Secrets(airflow_username=airflow.username, airflow_password=password or airflow.password)
     return local_bot(config, secrets=secrets)
 
@@ -377,7 +409,9 @@ async def test_airflow_refusing_the_bots_password_names_the_settings_and_starts_
 
         # Nothing is left holding the model: asking again is answered the same way, not "already retraining".
         await bot.client.command("U0ALICE", "retrain ranker")
-        await bot.slack.wait_for(lambda: len([e for e in bot.slack.ephemerals if "could not start" in e["text"]]) == 2, timeout=30)
+        await bot.slack.wait_for(
+            lambda: len([e for e in bot.slack.ephemerals if "could not start" in e["text"]]) == 2, timeout=30
+        )
         assert told(bot, "already retraining") is None
 
 
@@ -422,8 +456,12 @@ async def test_airflow_that_never_answers_is_reported_within_the_clients_timeout
 # -- Slack ----------------------------------------------------------------------------------------------
 
 # A deploy's thread, in order, as people read it when Slack takes every write.
-THREAD = ("Copying 2 files to ", "Loaded endpoint 1/1: ", ":package: ranker v1 is serving on staging. Verifying…",
-          ":white_check_mark: Verified: ready to unblock for prod.")
+THREAD = (
+    "Copying 2 files to ",
+    "Loaded endpoint 1/1: ",
+    ":package: ranker v1 is serving on staging. Verifying…",
+    ":white_check_mark: Verified: ready to unblock for prod.",
+)
 
 
 async def delivered(bot: LocalBot, version: str) -> tuple[dict, list[str]]:

@@ -8,7 +8,9 @@ from tests.conftest import EXAMPLE_CONFIG
 
 
 def check(path):
-    return subprocess.run([sys.executable, "-m", "bot.cli", "check-config", str(path)], capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "bot.cli", "check-config", str(path)], capture_output=True, text=True, timeout=60
+    )
 
 
 def test_example_config_is_valid():
