@@ -2,6 +2,7 @@
 the listener that reads a command before its ack and runs it in a tracked background task."""
 from __future__ import annotations
 
+import difflib
 import functools
 import json
 from collections.abc import Awaitable, Callable
@@ -91,15 +92,25 @@ def usage_line(v: Verb) -> str:
     return f"`/mlops {escape(v.usage)}`"
 
 
+def unknown_verb(word: str) -> str:
+    """One line for a word that is no verb: the verbs it is closest to, and where the list is."""
+    # A word past twice the longest verb's length is close to none; skipping it keeps a huge word cheap.
+    longest = max(map(len, VERBS), default=0)
+    close = difflib.get_close_matches(word.lower(), VERBS, n=3, cutoff=0.6) if len(word) <= 2 * longest else []
+    guess = f" Did you mean {' or '.join(f'`{name}`' for name in close)}?" if close else ""
+    return f"Unknown verb `{quoted(word)}`.{guess} `/mlops help` lists the verbs."
+
+
 def help_text(topic: str | None = None) -> str:
-    if topic and topic in VERBS:
+    if topic and topic not in VERBS:
+        return unknown_verb(topic)
+    if topic:
         v = VERBS[topic]
         role = f"\nNeeds the *{v.role}* role." if v.role else ""
         dry = "\n`dry_run=true` answers with what it would do and changes nothing." if v.plan else ""
         return f"{usage_line(v)}\n{v.summary}{role}" + (f"\n{v.details}" if v.details else "") + dry
     lines = [f"{usage_line(v)}: {v.summary}" for v in sorted(VERBS.values(), key=lambda v: v.name)]
-    head = f"Unknown verb `{quoted(topic)}`. " if topic else ""
-    return (head + "*/mlops* runs the team's ML production loop. Verbs:\n" + "\n".join(lines)
+    return ("*/mlops* runs the team's ML production loop. Verbs:\n" + "\n".join(lines)
             + "\nVerbs that change something take `dry_run=true` to show what they would do; an option a verb does not "
             "take is refused.\n`/mlops help &lt;verb&gt;` explains one.")
 

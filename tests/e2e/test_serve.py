@@ -87,10 +87,10 @@ async def test_signed_help_is_answered_with_the_verbs(served):
     assert ("help", "ok", "U0ALICE") in rows_with(db, ("help", "ok", "U0ALICE"), "help")
 
 
-async def test_unknown_verb_gets_usage(served):
+async def test_unknown_verb_gets_the_closest_verb(served):
     _, _, client, db = served
     delivery = await client.command("U0ALICE", "deplyo ranker")
-    assert "Unknown verb `deplyo`" in delivery.json()["text"]
+    assert delivery.json()["text"] == "Unknown verb `deplyo`. Did you mean `deploy`? `/mlops help` lists the verbs."
     assert ("unknown", "invalid", "U0ALICE") in rows_with(db, ("unknown", "invalid", "U0ALICE"), "unknown")
 
 

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from bot.config import Secrets, load_config
 from bot.runtime import Runtime
 from handlers.grammar import DRY_RUN, FLAG_WORDS, UsageError, split_words, tokenize
-from handlers.router import VERBS, read
+from handlers.router import VERBS, help_text, read
 from tests.conftest import write_config
 
 
@@ -123,3 +123,27 @@ def test_words_a_parser_would_drop_are_refused(runtime):
         name, args, options = tokenize(text)
         with pytest.raises(UsageError, match="unexpected words"):
             read(runtime, VERBS[name], args, options, "U0ALICE", "C0MLOPS")
+
+
+# -- a word that is no verb: one line, the closest verbs, where the list is ---------------------------------
+
+@pytest.mark.parametrize(("typed", "meant"), [("deplyo", "`deploy`"), ("rollbak", "`rollback`"), ("STATUS", "`status`"),
+                                              ("oncal", "`oncall`")])
+def test_a_mistyped_verb_is_answered_with_the_verb_meant(typed, meant):
+    answer = help_text(typed)
+    assert answer.startswith(f"Unknown verb `{typed}`. Did you mean {meant}")
+    assert "/mlops help` lists the verbs" in answer and "\n" not in answer  # one line, not the verb table
+
+
+# A word as the tokenizer yields it: no whitespace.
+@given(st.text(st.characters(exclude_categories=("Zs", "Zl", "Zp", "Cc")), min_size=1, max_size=300)
+       .filter(lambda w: w not in VERBS))
+def test_any_word_that_is_no_verb_gets_one_line_naming_only_real_verbs(word):
+    answer = help_text(word)
+    assert "\n" not in answer and answer.endswith("`/mlops help` lists the verbs.")
+    named = answer.partition("Did you mean ")[2].removesuffix("? `/mlops help` lists the verbs.")
+    assert all(name.strip("`") in VERBS for name in named.split(" or ") if named)
+
+
+def test_a_word_like_no_verb_gets_no_guess():
+    assert help_text("frobnicate") == "Unknown verb `frobnicate`. `/mlops help` lists the verbs."
