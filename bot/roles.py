@@ -4,10 +4,13 @@ from __future__ import annotations
 import logging
 import time
 
-from bot.config import Config, Role
+from bot.config import Config, Members, Role
 from bot.notifier import Notifier, SlackError
 
 log = logging.getLogger(__name__)
+
+# A refusal names this many people at most: enough to find someone awake, short enough to read.
+MAX_NAMED = 5
 
 
 class RoleDirectory:
@@ -44,9 +47,19 @@ class RoleDirectory:
     async def has(self, user: str, role: Role) -> bool:
         return await self._in(user, role) or (role != "admins" and await self._in(user, "admins"))
 
-    def who_to_ask(self, role: Role) -> list[str]:
-        """Slack mentions of the people and groups that hold (or can grant) a role."""
-        admins = self.roles.admins
-        return [f"<@{u}>" for u in admins.users] + [f"<!subteam^{g}>" for g in admins.groups] or [
-            f"<@{u}>" for u in getattr(self.roles, role).users
-        ]
+    def who_to_ask(self, role: Role) -> str:
+        """Whom a refusal sends the person to: the role's holders by name, then the admins, who hold every role
+        ("<@U1>, <!subteam^S1> (deployers) or an admin (<@U9>)"), as Slack mentions."""
+        admins = _mentions(self.roles.admins)
+        holders = [m for m in _mentions(getattr(self.roles, role)) if m not in admins] if role != "admins" else []
+        admin = f"an admin ({_listed(admins)})" if admins else "an admin"
+        return f"{_listed(holders)} ({role}) or {admin}" if holders else admin
+
+
+def _mentions(members: Members) -> list[str]:
+    return [f"<@{u}>" for u in members.users] + [f"<!subteam^{g}>" for g in members.groups]
+
+
+def _listed(mentions: list[str]) -> str:
+    shown = mentions[:MAX_NAMED] + ([f"{len(mentions) - MAX_NAMED} more"] if len(mentions) > MAX_NAMED else [])
+    return ", ".join(shown)

@@ -91,7 +91,7 @@ def register(app: AsyncApp, runtime: Runtime) -> None:
                           "Run the command again to get a fresh card.")
         # The role first: it depends on the button alone, so a press without it reads and looks up nothing.
         if spec.role and not await runtime.roles.has(press.user, spec.role):
-            who = ", ".join(runtime.roles.who_to_ask(spec.role)) or "an admin"
+            who = runtime.roles.who_to_ask(spec.role)
             return refuse("denied", {"role": spec.role, "value": (action.value or "")[:300]},
                           f"You need the *{spec.role}* role for that button; ask {who}.")
         try:

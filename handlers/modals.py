@@ -81,7 +81,7 @@ def register(app: AsyncApp, runtime: Runtime) -> None:
             runtime.audit(**base, status="invalid", detail={"callback_id": view.callback_id[:100], "error": "unknown form"})
             return BoltResponse(status=400, body={"error": "unknown form"})
         if spec.role and not await runtime.roles.has(user, spec.role):
-            who = ", ".join(runtime.roles.who_to_ask(spec.role)) or "an admin"
+            who = runtime.roles.who_to_ask(spec.role)
             runtime.audit(**base, status="denied", detail={"role": spec.role})
             if shown := _shown(view, f"You need the {spec.role} role for this; ask {who}. Nothing was done."):
                 await ack(**shown)

@@ -160,7 +160,7 @@ class RequireRole(AsyncMiddleware):
         v = VERBS.get(name)
         if v is None or v.role is None or await self.runtime.roles.has(body["user_id"], v.role):
             return await next()
-        who = ", ".join(self.runtime.roles.who_to_ask(v.role)) or "an admin"
+        who = self.runtime.roles.who_to_ask(v.role)
         ack = req.context.ack
         await ack(text=f"You need the *{v.role}* role to run `/mlops {v.name}`; ask {who}.", response_type="ephemeral")
         self.runtime.audit(actor=body["user_id"], channel=body["channel_id"], verb=v.name, status="denied",

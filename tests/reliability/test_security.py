@@ -38,6 +38,9 @@ from tests.conftest import EXAMPLE_CONFIG, ROOT, Clock, write_config
 
 MAIN = "C0MLOPS"
 OUTSIDER = "U0DAVE"  # in no role and no group
+# Whom a refusal names, by the example config's roles.
+WHO_TO_ASK = {"deployers": "<@U0ALICE>, <@U0BOB>, <!subteam^S0MLENG> (deployers) or an admin (<@U0CAROL>)",
+              "approvers": "<@U0BOB> (approvers) or an admin (<@U0CAROL>)", "admins": "an admin (<@U0CAROL>)"}
 MONDAY_10_LA = datetime(2026, 11, 23, 18, 0, tzinfo=UTC)  # inside deploy hours
 
 
@@ -133,6 +136,7 @@ async def test_a_user_without_the_role_is_refused_on_every_button_form_and_verb(
         if v.role:
             delivery = await bot.client.command(OUTSIDER, f"{name} ranker")
             assert f"You need the *{v.role}* role" in delivery.json()["text"], name
+            assert f"ask {WHO_TO_ASK[v.role]}." in delivery.json()["text"], name  # the holders first, then the admins
 
     await bot.slack.wait_for(lambda: len([t for t in said_to(bot, OUTSIDER) if "You need the" in t]) >= len(guarded))
     await asyncio.sleep(0.3)
