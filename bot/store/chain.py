@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import reprlib
+import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -99,3 +100,9 @@ def first_break(rows: Iterable[Sequence[Any]], head: tuple[int, str] | None) -> 
     if head and (head[0], head[1]) != (prev_id, prev_hash):
         return ChainBreak(prev_id + 1, f"the log ends at row {prev_id} but row {head[0]} was written: rows were deleted")
     return None
+
+
+def chain_break(conn: sqlite3.Connection) -> ChainBreak | None:
+    """first_break over the store's rows and recorded head, read through `conn`."""
+    rows = conn.execute(f"SELECT id, {', '.join(AUDIT_FIELDS)}, prev_hash, hash FROM actions ORDER BY id")
+    return first_break(rows, conn.execute("SELECT last_id, hash FROM audit_head WHERE one = 1").fetchone())

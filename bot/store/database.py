@@ -30,7 +30,7 @@ from typing import Any
 
 import sqlite_utils
 
-from .chain import AUDIT_FIELDS, GENESIS, INSERT_ACTION, ChainBreak, audit_values, first_break, iso, row_hash, text_value, utcnow
+from .chain import AUDIT_FIELDS, GENESIS, INSERT_ACTION, ChainBreak, audit_values, chain_break, iso, row_hash, text_value, utcnow
 from .disk import StoreUnwritable, failure_reason, fs_problem, storage_error
 from .migrations import MIGRATIONS, statements
 
@@ -355,27 +355,39 @@ class Store:
     def verify_chain(self) -> ChainBreak | None:
         """The first row whose content or link no longer matches, or None when the log is intact."""
         self._flush()
-        rows = self._conn.execute(f"SELECT id, {', '.join(AUDIT_FIELDS)}, prev_hash, hash FROM actions ORDER BY id")
-        return first_break(rows, self._conn.execute("SELECT last_id, hash FROM audit_head WHERE one = 1").fetchone())
+        return chain_break(self._conn)
+
+    async def verify_chain_aside(self) -> ChainBreak | None:
+        """verify_chain on a read-only connection of its own in a worker thread: a long log never stalls the loop."""
+        self._flush()
+        if self._memory:
+            return chain_break(self._conn)
+        return await asyncio.to_thread(_verify_file, self.path)
 
     def actions(
-        self, *, limit: int | None = None, model: str | None = None, since: datetime | None = None
+        self, *, limit: int | None = None, model: str | None = None, env: str | None = None,
+        since: datetime | None = None,
     ) -> list[dict[str, Any]]:
-        where, params = [], []
-        self._flush()
-        if model:
-            where.append("model = ?")
-            params.append(model)
-        if since:
-            where.append("ts >= ?")
-            params.append(iso(since))
-        sql = "SELECT * FROM actions" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY id DESC"
+        """The newest `limit` rows matching the filters, oldest first."""
+        where, params = self._filters(model, env, since)
+        sql = f"SELECT * FROM actions{where} ORDER BY id DESC"
         if limit:
             sql += f" LIMIT {int(limit)}"
         rows = [dict(r) for r in self._db.query(sql, params)]
         for r in rows:
             r["detail"] = json.loads(r["detail"])
         return rows[::-1]
+
+    def count_actions(self, *, model: str | None = None, env: str | None = None, since: datetime | None = None) -> int:
+        where, params = self._filters(model, env, since)
+        return self._conn.execute(f"SELECT count(*) FROM actions{where}", params).fetchone()[0]
+
+    def _filters(self, model: str | None, env: str | None, since: datetime | None) -> tuple[str, list[Any]]:
+        self._flush()
+        found = [(f"{name} = ?", value) for name, value in (("model", model), ("env", env)) if value]
+        if since:
+            found.append(("ts >= ?", iso(since)))
+        return (" WHERE " + " AND ".join(c for c, _ in found) if found else ""), [v for _, v in found]
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         """Rows as dicts, with this process's pending audit rows written first."""
@@ -427,6 +439,14 @@ class Store:
             return False
         self._claims[("job_runs", job, slot)] = (sql, params)
         return True
+
+
+def _verify_file(path: Path) -> ChainBreak | None:
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        return chain_break(conn)
+    finally:
+        conn.close()
 
 
 def unwritable_reason(path: str | Path) -> str | None:
