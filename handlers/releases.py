@@ -66,14 +66,20 @@ def _staged(runtime: Runtime, model: str) -> Release:
     return runtime.releases.get(current["release_id"])
 
 
-def _card_of(runtime: Runtime, press: Press, release_id: int, model: str | None = None) -> None:
-    """Mismatch unless release `release_id` exists, is `model`'s, and its card is where it was pressed."""
+def _release_named(runtime: Runtime, release_id: int, model: str | None, refusal: type[Exception]) -> Release:
+    """Release `release_id`, which must be `model`'s when a model is given; else `refusal` saying why."""
     try:
         release = runtime.releases.get(release_id)
     except ReleaseError as exc:
-        raise Mismatch(str(exc)) from None
+        raise refusal(str(exc)) from None
     if model is not None and release.model != model:
-        raise Mismatch(f"release {release_id} is {release.model}'s, not {model}'s")
+        raise refusal(f"release {release_id} is {release.model}'s, not {model}'s")
+    return release
+
+
+def _card_of(runtime: Runtime, press: Press, release_id: int, model: str | None = None) -> None:
+    """Mismatch unless release `release_id` exists, is `model`'s, and its card is where it was pressed."""
+    release = _release_named(runtime, release_id, model, Mismatch)
     on_its_card(press, f"release {release_id} ({release.model} {release.version})", release.channel, release.card_ts)
 
 
@@ -95,13 +101,7 @@ def _release_button(action_id: str, role: Role, *, once: bool = True) -> Callabl
 
 def _named_release(runtime: Runtime, release_id: int, model: str | None = None) -> Release:
     """The release a submission names, looked up before the ack; Refused if there is none or it is another model's."""
-    try:
-        release = runtime.releases.get(release_id)
-    except ReleaseError as exc:
-        raise Refused(str(exc)) from None
-    if model is not None and release.model != model:
-        raise Refused(f"release {release_id} is {release.model}'s, not {model}'s")
-    return release
+    return _release_named(runtime, release_id, model, Refused)
 
 
 def _reason(sub: Submission) -> str | None:

@@ -9,15 +9,12 @@ import json
 import logging
 from typing import Any
 
-from bot.context import Context
 from bot.releases import messages
-from bot.releases.delivery import Delivery
+from bot.releases.flow import Flow
 from bot.releases.model import Event, Release, State, sources
-from bot.releases.operations import Operations
 from bot.releases.policy import short
-from bot.releases.records import Records, ReleaseError, release_of
-from bot.releases.restore import Restorer
-from bot.releases.systems import EXPECTED, Systems, failure_text
+from bot.releases.records import ReleaseError, release_of
+from bot.releases.systems import EXPECTED, failure_text
 from bot.releases.verify import verify
 from bot.serving.triton import deploy_files
 from bot.store import iso
@@ -25,16 +22,7 @@ from bot.store import iso
 log = logging.getLogger(__name__)
 
 
-class Deploys:
-    def __init__(self, ctx: Context, *, records: Records, systems: Systems, operations: Operations, delivery: Delivery,
-                 restorer: Restorer):
-        self.ctx = ctx
-        self.records = records
-        self.systems = systems
-        self.ops = operations
-        self.delivery = delivery
-        self.restorer = restorer
-
+class Deploys(Flow):
     async def resolve_version(self, model: str, version: str | None) -> str:
         registry = self.systems.registry(model)
         try:

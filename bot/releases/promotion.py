@@ -7,6 +7,7 @@ from bot.context import Context
 from bot.releases import messages
 from bot.releases.delivery import Delivery
 from bot.releases.deploy import Deploys
+from bot.releases.flow import Flow
 from bot.releases.model import BUSY, Event, Release, State
 from bot.releases.operations import Operations
 from bot.releases.policy import Decision, may_promote, short
@@ -20,15 +21,10 @@ from bot.store import iso
 log = logging.getLogger(__name__)
 
 
-class Promotions:
+class Promotions(Flow):
     def __init__(self, ctx: Context, *, records: Records, systems: Systems, operations: Operations, delivery: Delivery,
                  restorer: Restorer, deploys: Deploys, roles: RoleDirectory):
-        self.ctx = ctx
-        self.records = records
-        self.systems = systems
-        self.ops = operations
-        self.delivery = delivery
-        self.restorer = restorer
+        super().__init__(ctx, records=records, systems=systems, operations=operations, delivery=delivery, restorer=restorer)
         self.deploys = deploys  # prod is verified as staging was
         self.roles = roles  # who may unblock prod
 

@@ -7,29 +7,17 @@ from __future__ import annotations
 
 import logging
 
-from bot.context import Context
-from bot.releases.delivery import Delivery
+from bot.releases.flow import Flow
 from bot.releases.model import BUSY, Event, Release, State, env_of, rollback_target, sources
-from bot.releases.operations import Operations
 from bot.releases.policy import short
-from bot.releases.records import Records, ReleaseError, release_of
-from bot.releases.restore import Restorer
-from bot.releases.systems import EXPECTED, Systems, failure_text
+from bot.releases.records import ReleaseError, release_of
+from bot.releases.systems import EXPECTED, failure_text
 from bot.serving.triton import deploy_files
 
 log = logging.getLogger(__name__)
 
 
-class Rollbacks:
-    def __init__(self, ctx: Context, *, records: Records, systems: Systems, operations: Operations, delivery: Delivery,
-                 restorer: Restorer):
-        self.ctx = ctx
-        self.records = records
-        self.systems = systems
-        self.ops = operations
-        self.delivery = delivery
-        self.restorer = restorer
-
+class Rollbacks(Flow):
     async def reject(self, release: Release, actor: str) -> Release:
         if self.records.get(release.id).prod_state in BUSY | {State.LIVE}:
             raise ReleaseError(f"{release.model} {release.version} is already unblocked for prod; roll prod back instead")
