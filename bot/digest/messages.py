@@ -5,6 +5,7 @@ Sections stay under Slack's 3000 characters; a digest of more than 50 blocks con
 """
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,6 +19,13 @@ MAX_SECTION = 3000
 # Audit rows that only echo another row (the press before its outcome) or are plumbing, not news.
 QUIET_STATUSES = ("accepted",)
 QUIET_VERBS = ("help", "datagen.chart", "slack.request")
+# Work the bot does on its own schedule: counted in one line when it went well, listed when it did not.
+ROUTINE = {
+    "datagen.ingest": "datagen records stored",
+    "digest.daily": "daily digests", "digest.weekly": "weekly digests",
+    "oncall.handoff": "handoffs", "oncall.reminder": "on-call reminders", "oncall.ack_reminder": "handoff reminders",
+}
+ROUTINE_STATUSES = ("ok", "posted", "sent", "succeeded")
 NOISIEST = 3
 
 
@@ -94,6 +102,19 @@ def newsworthy(row: Mapping[str, Any]) -> bool:
     return row["status"] not in QUIET_STATUSES and row["verb"] not in QUIET_VERBS
 
 
+def routine(row: Mapping[str, Any]) -> bool:
+    return row["verb"] in ROUTINE and row["status"] in ROUTINE_STATUSES
+
+
+def news_lines(rows: list[Mapping[str, Any]]) -> list[str]:
+    """One line per action a person would want to read, then one line counting the routine ones by kind."""
+    counts = Counter(ROUTINE[r["verb"]] for r in rows if routine(r))
+    lines = [action_line(r) for r in rows if not routine(r)]
+    if counts:
+        lines.append("Routine: " + ", ".join(f"{n} {kind}" for kind, n in counts.most_common()))
+    return lines
+
+
 def daily(facts: DailyFacts) -> Message:
     news = [row for row in facts.actions if newsworthy(row)]
     blocks = [
@@ -104,7 +125,7 @@ def daily(facts: DailyFacts) -> Message:
         *sections(f"On staging unverified for more than {facts.unverified_hours:g} h",
                   [unverified_line(r, facts.now) for r in facts.unverified], "nothing left unverified on staging"),
         *sections("Open alerts", [alert_line(a) for a in facts.alerts], "no open alerts"),
-        *sections(f"Last 24 h: {len(news)} actions", [action_line(r) for r in news], "nothing happened"),
+        *sections(f"Last 24 h: {len(news)} actions", news_lines(news), "nothing happened"),
     ]
     text = (f"Daily digest: {len(facts.pending)} approvals pending, {len(facts.unverified)} unverified on staging, "
             f"{len(facts.alerts)} open alerts")

@@ -75,6 +75,7 @@ async def seed(bot, clock: Clock) -> None:
     release(store, "scorer", "v3", "verify_failed", deployed_by="U0BOB", deployed_at=DIGEST_TIME - timedelta(hours=20),
             env="staging")
     rt.audit(actor="U0ALICE", verb="deploy", status="succeeded", model="ranker", env="staging", version="v2")
+    rt.audit(actor="datagen.hook", verb="datagen.ingest", status="unreadable", model="recsys", version="2026-11-18")
     await rt.alertmanager.receive(parse(firing("ranker", "prod", "RankerLatencyHigh")))
 
 
@@ -88,6 +89,7 @@ async def test_daily_digest_content_and_one_post_per_slot_across_a_restart(tmp_p
         await bot.runtime.scheduler.run_due()
         await bot.runtime.scheduler.run_due()  # the same slot again: claimed already
         [digest] = digests(bot.slack, "Daily digest")
+        stored = [r for r in bot.runtime.store.actions() if (r["verb"], r["status"]) == ("datagen.ingest", "ok")]
 
     assert "== Daily digest · Thu 19 Nov 2026 ==" in digest
     # The model table: version, state, who deployed and unblocked, when, and when the version was trained.
@@ -103,6 +105,9 @@ async def test_daily_digest_content_and_one_post_per_slot_across_a_restart(tmp_p
     assert "*ranker v2*" not in digest.split("unverified for more than")[1].split("*Open alerts*")[0]
     assert "alertmanager · RankerLatencyHigh on ranker prod (open" in digest
     assert "@U0ALICE deploy ranker staging v2 · succeeded" in digest
+    # Routine work is one count; the one that went wrong keeps its own line.
+    assert len(stored) > 1 and f"Routine: {len(stored)} datagen records stored" in digest
+    assert digest.count("datagen.ingest") == 1 and "datagen.ingest recsys 2026-11-18 · unreadable" in digest
 
     # A restart inside the same slot's grace: the new process finds the slot claimed and posts nothing.
     clock.now = DIGEST_TIME + timedelta(minutes=30)
