@@ -23,6 +23,8 @@ class ModelRow:
     approved_by: str | None
     updated_at: datetime | None
     trained_at: datetime | None
+    lock: Any = None  # the releases' Lock in force, if any
+    drift: tuple[str, ...] = ()  # where the endpoints serve something other than the record
 
 
 @dataclass(frozen=True)

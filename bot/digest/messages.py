@@ -12,7 +12,7 @@ from typing import Any
 
 from bot.digest.facts import DailyFacts, DatagenStatus, ModelRow, OnCall, OpenAlert, StagedRelease, WeeklyFacts
 from bot.notifier import Message
-from bot.releases.messages import ReleaseRef, btn, context, section, when
+from bot.releases.messages import ReleaseRef, btn, context, lock_line, section, when
 from bot.releases.model import State
 
 MAX_SECTION = 3000
@@ -53,13 +53,14 @@ def sections(title: str, lines: list[str], empty: str) -> list[dict[str, Any]]:
 
 def model_line(row: ModelRow) -> str:
     if row.version is None:
-        return f"*{row.model}* · {row.env}: not deployed"
+        return "\n".join([f"*{row.model}* · {row.env}: not deployed", *([lock_line(row.lock)] if row.lock else [])])
     who = f"deployed by <@{row.deployed_by}>" if row.deployed_by else "deployed by —"
     if row.approved_by:
         who += f", unblocked by <@{row.approved_by}>"
     trained = f" · trained {when(row.trained_at)}" if row.trained_at else ""
-    return (f"*{row.model}* · {row.env}: `{row.version}` {(row.state or '?').replace('_', ' ')} · {who} "
+    line = (f"*{row.model}* · {row.env}: `{row.version}` {(row.state or '?').replace('_', ' ')} · {who} "
             f"{when(row.updated_at)}{trained}")
+    return "\n".join([line, *([lock_line(row.lock)] if row.lock else []), *(f":warning: {d}" for d in row.drift)])
 
 
 def datagen_line(status: DatagenStatus) -> str:

@@ -97,7 +97,7 @@ class DigestService:
         for r in await self.releases.status_rows():
             trained = await self._trained_at(r["model"], r["version"]) if r["version"] else None
             rows.append(ModelRow(r["model"], r["env"], r["version"], r["state"], r["deployed_by"], r["approved_by"],
-                                 r["updated_at"], trained))
+                                 r["updated_at"], trained, r["lock"], tuple(r["drift"])))
         return rows
 
     def datagen(self, now: datetime) -> list[DatagenStatus]:

@@ -138,6 +138,13 @@ def note(text: str) -> Message:
     return Message(text=text, blocks=[section(text)])
 
 
+def lock_line(lock: Any) -> str:
+    """A lock as status and App Home show it: an operation in progress, or a person's lock until its expiry."""
+    what = "in progress" if lock.kind == "operation" else "locked"
+    until = f", until {when(lock.expires_at)}" if lock.kind == "manual" else ""
+    return f":lock: {what}: <@{lock.holder}> {lock.reason}{until}"
+
+
 def status_table(rows: list[dict[str, Any]]) -> Message:
     """rows: model, env, version, state (words), deployed_by, approved_by, updated_at, verify, lock, drift."""
     if not rows:
@@ -153,9 +160,7 @@ def status_table(rows: list[dict[str, Any]]) -> Message:
         if r.get("verify"):
             lines.append(f"last verify: {r['verify']}")
         if lock:
-            what = "in progress" if lock.kind == "operation" else "locked"
-            until = f", until {when(lock.expires_at)}" if lock.kind == "manual" else ""
-            lines.append(f":lock: {what}: <@{lock.holder}> {lock.reason}{until}")
+            lines.append(lock_line(lock))
         lines += [f":warning: {d}" for d in r.get("drift") or []]
         blocks.append(section("\n".join(lines)))
     return Message(text="Models in service", blocks=blocks)

@@ -170,6 +170,7 @@ async def test_app_home_shows_the_viewer_their_pending_approvals(tmp_path: Path)
             verified_at=DIGEST_TIME,
         )
         await bot.runtime.alertmanager.receive(parse(firing("ranker", "prod", "RankerLatencyHigh")))
+        bot.runtime.releases.lock("ranker", "prod", "U0CAROL", "load test until noon")
         for user in ("U0BOB", "U0ALICE"):
             await bot.client.home_opened(user)
         views = await bot.slack.wait_for(lambda: bot.slack.home if len(bot.slack.home) == 2 else None)
@@ -181,6 +182,12 @@ async def test_app_home_shows_the_viewer_their_pending_approvals(tmp_path: Path)
     # Shift 45 of the weekly rotation that started 2026-01-05 with U0ALICE: U0ALICE again, U0BOB next.
     assert "*recsys*: now @U0ALICE until 2026-11-23T18:00+00:00 · next @U0BOB from 2026-11-23T18:00+00:00" in bob
     assert "RankerLatencyHigh on ranker prod" in bob
+    # The whole truth per environment: the lock with its holder and expiry, and what the endpoints say when it
+    # differs from the record (nothing listens where the example config puts staging).
+    assert ("*ranker* · prod: not deployed\n:lock: locked: @U0CAROL load test until noon, until 2026-11-19T21:05+00:00"
+            in bob)
+    staging = bob.split("*ranker* · staging: `v2`")[1].split("*ranker* · prod")[0]
+    assert ":warning: http://127.0.0.1:8000: unreachable" in staging
     # Alice deployed it: four-eyes keeps it off her list; she is not an approver anyway.
     alice = render_view(views["U0ALICE"])
     assert "Unblock prod" not in alice and "*Waiting for you to unblock*\n_nothing_" in alice
