@@ -1,4 +1,5 @@
-"""Alertmanager intake: `POST /hooks/alertmanager` (webhook format version 4) into one Slack message per group.
+"""Alert intake: `POST /hooks/alertmanager` (Alertmanager's webhook, version 4, or Grafana's webhook contact point,
+version 1 with its `orgId`) into one Slack message per group.
 
 A notification group (Alertmanager's groupKey) gets one message: posted when it first fires, edited on
 every later notification, ending as RESOLVED. The hook answers once the notification is queued in SQLite
@@ -7,7 +8,7 @@ pacing. A group of thousands of alerts reads as counts by alertname and severity
 "and N more"; only that much of it is kept. A group that fires again after it resolved gets a new
 message, since nobody notices an edit to one that scrolled away; the old one stays as history. When the labels
 name a configured model and environment the message carries "Roll back" (the same modal and code as
-`/mlops rollback`) and "Silence" buttons.
+`/mlops rollback`) and "Silence" buttons. Grafana's alerts also link their panel and Grafana's own silence page.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from bot.context import Context
 from bot.hooks import BodyTooLarge, HookQueue, max_body_bytes, not_stored, read_body
@@ -49,12 +50,17 @@ class AlertItem(BaseModel):
     endsAt: datetime | None = None
     generatorURL: str = ""
     fingerprint: str = ""
+    # Grafana's additions to each alert
+    valueString: str = ""
+    panelURL: str = ""
+    silenceURL: str = ""
 
 
 class Notification(BaseModel):
-    """Alertmanager's webhook body, version 4."""
+    """Alertmanager's webhook body (version 4), or Grafana's (version 1, the same shape plus its org)."""
 
-    version: Literal["4"]
+    version: Literal["4", "1"]
+    orgId: int | None = None
     groupKey: str = Field(min_length=1)
     status: Literal["firing", "resolved"]
     receiver: str = ""
@@ -64,6 +70,21 @@ class Notification(BaseModel):
     externalURL: str = ""
     truncatedAlerts: int = 0
     alerts: list[AlertItem] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _grafana_names_its_org(self) -> Notification:
+        if self.version == "1" and self.orgId is None:
+            raise ValueError("version 1 is Grafana's webhook, which names its orgId")
+        return self
+
+    @property
+    def sender(self) -> str:
+        return "alertmanager" if self.orgId is None else "grafana"
+
+    @property
+    def key(self) -> str:
+        """The group's identity: Grafana's group keys are unique only within its org."""
+        return self.groupKey if self.orgId is None else f"grafana:{self.orgId}:{self.groupKey}"
 
 
 class Group(BaseModel):
@@ -109,7 +130,8 @@ def parse(body: bytes) -> Notification:
         return Notification.model_validate_json(body)
     except ValidationError as exc:
         problems = [f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()[:5]]
-        raise AlertmanagerError("not an Alertmanager v4 notification: " + "; ".join(problems)) from None
+        raise AlertmanagerError("not an Alertmanager (version 4) or Grafana (version 1) notification: "
+                                + "; ".join(problems)) from None
 
 
 def label(n: Notification, name: str) -> str | None:
@@ -127,7 +149,12 @@ def alert_line(a: AlertItem) -> str:
     what = a.annotations.get("summary") or a.annotations.get("description") or a.labels.get("alertname", "alert")
     instance = a.labels.get("instance")
     icon = ":red_circle:" if a.status == "firing" else ":white_check_mark:"
-    return f"{icon} {plain(what)}" + (f" · `{plain(instance, 80)}`" if instance else "") + f" · since {when(a.startsAt)}"
+    line = f"{icon} {plain(what)}" + (f" · `{plain(instance, 80)}`" if instance else "") + f" · since {when(a.startsAt)}"
+    if a.valueString:
+        line += f" · `{plain(a.valueString, 120)}`"
+    links = [f"<{url}|{name}>" for url, name in ((a.panelURL, "panel"), (a.silenceURL, "silence in Grafana"))
+             if url.startswith("http")]
+    return " · ".join([line, *links])
 
 
 def _counts(counted: list[tuple[str, int]], total: int) -> str:
@@ -164,7 +191,7 @@ def message(g: Group, *, row_id: int, target: tuple[str, str] | None, silenced: 
     blocks.append(section("\n".join(lines)))
     facts = [
         f"severity {label(n, 'severity')}" if label(n, "severity") else "",
-        f"<{n.externalURL}|Alertmanager>" if n.externalURL.startswith("http") else "",
+        f"<{n.externalURL}|{n.sender.capitalize()}>" if n.externalURL.startswith("http") else "",
         f"silenced by <@{silenced[0]}> until {when(silenced[1])}" if silenced and firing else "",
     ]
     if any(facts):
@@ -228,7 +255,7 @@ class AlertmanagerIntake:
             return web.json_response({"error": str(exc)}, status=400)
         kept = group(notification)
         try:
-            item = self.hooks.put(SOURCE, f"{SOURCE}:{notification.groupKey}", kept.model_dump(mode="json"))
+            item = self.hooks.put(SOURCE, f"{SOURCE}:{notification.key}", kept.model_dump(mode="json"))
         except sqlite3.Error as exc:
             return not_stored("alertmanager hook", exc)
         return web.json_response({"group": notification.groupKey, "queued": item, "alerts": kept.alerts})
@@ -240,11 +267,11 @@ class AlertmanagerIntake:
         """Store the group's state and bring its message in line; returns the stored state."""
         g = group(taken) if isinstance(taken, Notification) else taken
         n = g.notification
-        async with self._groups[n.groupKey]:
+        async with self._groups[n.key]:
             now = self.ctx.clock()
             target = self.target(n)
             silenced = self._silence(target)
-            existing = self.row(n.groupKey)
+            existing = self.row(n.key)
             state = "resolved" if n.status == "resolved" else "silenced" if silenced else "open"
             fields = {
                 "state": state,
@@ -255,7 +282,7 @@ class AlertmanagerIntake:
             }
             if existing is None:
                 self.ctx.store.db["alerts"].insert(
-                    {"source": SOURCE, "key": n.groupKey, "channel": self.channel, "opened_at": iso(now), **fields}
+                    {"source": SOURCE, "key": n.key, "channel": self.channel, "opened_at": iso(now), **fields}
                 )
             elif existing["state"] == "resolved" and state != "resolved":  # fired again: a fresh message
                 self.ctx.store.db["alerts"].update(
@@ -263,11 +290,11 @@ class AlertmanagerIntake:
                 )
             else:
                 self.ctx.store.db["alerts"].update(existing["id"], fields)
-            row = self.row(n.groupKey)
+            row = self.row(n.key)
             assert row is not None
             model, env = target or (None, None)
             self.ctx.audit(
-                actor="alertmanager",
+                actor=n.sender,
                 verb="alertmanager.alert",
                 status=state,
                 channel=row["channel"],

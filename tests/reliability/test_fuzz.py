@@ -27,7 +27,7 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from bot.alertmanager import AlertmanagerError, Group, group, parse
+from bot.alertmanager import AlertmanagerError, Group, group, message, parse
 from bot.config import ConfigError, load_config
 from bot.datagen.report import Report, ReportError, parse_report
 from bot.sandbox.block_kit import MAX_MESSAGE_BLOCKS, MAX_MESSAGE_TEXT, block_problems
@@ -371,13 +371,17 @@ moment = st.one_of(st.datetimes(timezones=st.none() | st.timezones()).map(dateti
 alert = st.fixed_dictionaries(
     {"status": st.sampled_from(["firing", "resolved"]) | json_value, "labels": labels | json_value, "startsAt": moment},
     optional={"annotations": labels, "endsAt": moment, "generatorURL": st.text(max_size=20),
-              "fingerprint": st.text(max_size=10)})
+              "fingerprint": st.text(max_size=10), "valueString": st.text(max_size=40) | json_value,
+              "panelURL": st.text(max_size=20) | st.just("http://grafana:3000/d/x?viewPanel=2"),
+              "silenceURL": st.text(max_size=20) | json_value, "values": json_value})
 notification = st.fixed_dictionaries(
-    {"version": st.just("4") | json_value, "groupKey": st.text(max_size=40), "status": st.sampled_from(["firing", "resolved"]),
+    {"version": st.sampled_from(["4", "1"]) | json_value, "groupKey": st.text(max_size=40),
+     "status": st.sampled_from(["firing", "resolved"]),
      "alerts": st.lists(alert, max_size=12)},
     optional={"groupLabels": labels, "commonLabels": labels, "commonAnnotations": labels, "receiver": st.text(max_size=5),
               "externalURL": st.text(max_size=30) | st.just("http://alertmanager:9093"),
-              "truncatedAlerts": st.integers() | st.integers(min_value=2**63)})
+              "truncatedAlerts": st.integers() | st.integers(min_value=2**63),
+              "orgId": st.integers() | json_value, "title": st.text(max_size=20), "state": st.text(max_size=8)})
 
 
 @fuzz(150)
@@ -387,11 +391,13 @@ def test_any_alertmanager_payload_is_queued_or_refused_with_a_reason(body: bytes
     try:
         taken = parse(body)
     except AlertmanagerError as exc:
-        assert str(exc).startswith("not an Alertmanager v4 notification: ")
+        assert str(exc).startswith("not an Alertmanager (version 4) or Grafana (version 1) notification: ")
         return
     # What the hook does before it answers: keep the group, and store it in the queue as JSON.
     kept = group(taken)
-    assert Group.model_validate(json.loads(json.dumps(kept.model_dump(mode="json")))).alerts == len(taken.alerts)
+    again = Group.model_validate(json.loads(json.dumps(kept.model_dump(mode="json"))))
+    assert again.alerts == len(taken.alerts) and again.notification.key == taken.key
+    assert message(again, row_id=1, target=None, silenced=None).text  # whatever came in, a message can be shown
 
 
 # --- the config loader ----------------------------------------------------------------------------------------------
