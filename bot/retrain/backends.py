@@ -5,11 +5,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
+from bot.airflow import AirflowClient, AirflowError
 from bot.config import RetrainConfig
 from bot.context import Context
-from bot.retrain.airflow import AirflowClient, AirflowError, RunStatus
 from bot.retrain.command import RECORD_FILE, CommandRun, scrub, start_command
 from bot.retrain.messages import Run
+from bot.retrain.status import RunStatus, airflow_status
 
 
 class Backend(Protocol):
@@ -40,7 +41,7 @@ class AirflowBackend:
     ui_url: str | None
 
     async def status(self) -> RunStatus:
-        status = await self.client.status(self.dag_id, self.run_id)
+        status = await airflow_status(self.client, self.dag_id, self.run_id)
         if self.ui_url and status.url:  # the UI may live elsewhere than the API the bot calls
             return replace(status, url=self.ui_url.rstrip("/") + status.url.removeprefix(self.client.base_url))
         return status

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bot.retrain.airflow import RunStatus
+from bot.retrain.status import RunStatus
 
 # `sh -c WRAPPER sh EXIT_FILE CMD ARGS...`: in the background, run the command and then record its exit
 # code atomically; the foreground shell returns at once.

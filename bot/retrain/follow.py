@@ -10,12 +10,13 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
+from bot.airflow import AirflowError
 from bot.context import Context
 from bot.retrain import messages
-from bot.retrain.airflow import AirflowError, RunStatus
 from bot.retrain.backends import Backend, Backends
 from bot.retrain.messages import Run
 from bot.retrain.runs import IN_FLIGHT, RetrainRuns
+from bot.retrain.status import RunStatus
 from bot.serving.artifacts import ArtifactError, open_store
 from bot.serving.registry import Registry, RegistryError
 from bot.store import iso

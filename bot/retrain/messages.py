@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from bot.notifier import Message, RowId
 from bot.releases.messages import btn, context, section, when
-from bot.retrain.airflow import RunStatus
+from bot.retrain.status import RunStatus
 
 START = "retrain.start"
 CANCEL = "retrain.cancel"

@@ -15,8 +15,8 @@ from bot.config import RetrainConfig
 from bot.context import Context
 from bot.notifier import Message, SlackError
 from bot.retrain import messages
-from bot.retrain.airflow import RunStatus
 from bot.retrain.messages import Run
+from bot.retrain.status import RunStatus
 
 log = logging.getLogger(__name__)
 

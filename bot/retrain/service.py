@@ -16,16 +16,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from bot.airflow import AirflowError
 from bot.context import Context
 from bot.notifier import SlackError
 from bot.releases.messages import when
 from bot.retrain import messages
-from bot.retrain.airflow import AirflowError, RunStatus
 from bot.retrain.backends import Backends
 from bot.retrain.command import CommandError, command_line, resolve_executable
 from bot.retrain.follow import Followers
 from bot.retrain.messages import Run
 from bot.retrain.runs import CANCELLABLE, IN_FLIGHT, RetrainError, RetrainRuns, run_of
+from bot.retrain.status import RunStatus
 from bot.store import iso
 
 log = logging.getLogger(__name__)

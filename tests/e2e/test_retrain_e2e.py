@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bot.airflow import AirflowClient
 from bot.config import Secrets, load_config
-from bot.retrain.airflow import AirflowClient
+from bot.retrain.status import airflow_status
 from bot.sandbox.local import LocalBot, local_bot
 from tests.conftest import EXAMPLE_CONFIG, ROOT, write_config
 from tests.integration.test_retrain import audit, card_saying, cards, ephemeral, runs, thread, thread_saying
@@ -60,7 +61,7 @@ async def test_airflow_runs_end_on_a_ready_card_or_on_the_failed_task(bot: Local
     assert "`check_inputs` success" in blocks and "`train` success" in blocks and "Open the run in Airflow" in blocks
     assert ":gear: running" in thread(bot, ready)  # a state change seen on the way
     async with AirflowClient(airflow.base_url, username=airflow.username, password=airflow.password) as client:
-        seen = await client.status("train_model", ranker["run_id"])
+        seen = await airflow_status(client, "train_model", ranker["run_id"])
     assert seen.state == "success" and seen.tasks == [("check_inputs", "success"), ("train", "success")]
 
     # The failure: the failed task, its log's last lines, the Airflow link and on-call.

@@ -10,7 +10,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from bot.retrain.airflow import AirflowClient, AirflowError, RunStatus
+from bot.airflow import AirflowClient, AirflowError
+from bot.retrain.status import RunStatus, airflow_status
 from tests.support.airflow import AirflowStandalone, free_port
 
 airflow_only = pytest.mark.airflow
@@ -42,12 +43,12 @@ def registry(tmp_path: Path) -> Path:
 
 async def until(client: AirflowClient, dag_id: str, run_id: str, done, timeout: float = 180) -> RunStatus:
     """Poll the run until `done(status)`; fail with the last status seen after `timeout` seconds."""
-    status = await client.status(dag_id, run_id)
+    status = await airflow_status(client, dag_id, run_id)
     deadline = asyncio.get_running_loop().time() + timeout
     while not done(status):
         assert asyncio.get_running_loop().time() < deadline, f"gave up waiting; last seen: {status}"
         await asyncio.sleep(1)
-        status = await client.status(dag_id, run_id)
+        status = await airflow_status(client, dag_id, run_id)
     return status
 
 
@@ -66,7 +67,7 @@ async def test_retrain_publishes_a_version_named_after_the_airflow_run(
     conf = {"model": "ranker", "requested_by": "U012ABCDEF", "registry": str(registry), "epochs": 2}
     run_id = await client.trigger("train_model", conf, unpause=True)
 
-    first = await client.status("train_model", run_id)
+    first = await airflow_status(client, "train_model", run_id)
     assert first.state in ("queued", "running", "success")
     status = await until(client, "train_model", run_id, finished)
 
@@ -149,14 +150,14 @@ async def test_wrong_password_says_which_settings_to_fix(airflow: AirflowStandal
 async def test_a_bearer_token_from_config_is_accepted(airflow: AirflowStandalone) -> None:
     async with AirflowClient(airflow.base_url, auth="bearer", token=airflow.token()) as client:
         run_id = await client.trigger("train_broken", {})
-        assert (await client.status("train_broken", run_id)).run_id == run_id
+        assert (await airflow_status(client, "train_broken", run_id)).run_id == run_id
 
 
 async def test_an_unreachable_airflow_is_named_by_its_url() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     async with AirflowClient(url, username="u", password="p", retries=1, backoff=0.01) as client:
         with pytest.raises(AirflowError, match=f"cannot reach Airflow at {url}"):
-            await client.status("train_model", "some-run")
+            await airflow_status(client, "train_model", "some-run")
 
 
 @pytest.fixture
@@ -200,4 +201,4 @@ async def test_a_slow_airflow_is_reported_as_a_timeout(failing_server: tuple[str
     url, _ = failing_server
     async with AirflowClient(url, username="u", password="p", timeout=0.5, retries=0) as client:
         with pytest.raises(AirflowError, match=f"Airflow at {url} did not answer GET .* within 0.5s"):
-            await client.status("slow", "r-1")
+            await airflow_status(client, "slow", "r-1")

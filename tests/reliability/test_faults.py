@@ -22,8 +22,9 @@ import pytest
 import yaml
 from aiohttp import ClientSession, web
 
+from bot.airflow import AirflowClient, AirflowError
 from bot.config import Secrets, load_config
-from bot.retrain.airflow import AirflowClient, AirflowError
+from bot.retrain.status import airflow_status
 from bot.sandbox.local import LocalBot, local_bot
 from bot.sandbox.tritonserver import TritonServer, triton_missing
 from bot.serving.artifacts import open_store
@@ -381,7 +382,7 @@ def retrain_runs(bot: LocalBot) -> list[dict]:
 async def airflow_has_run(airflow: AirflowStandalone, run_id: str) -> bool:
     async with AirflowClient(airflow.base_url, username=airflow.username, password=airflow.password, retries=0) as client:
         try:
-            await client.status("train_model", run_id)
+            await airflow_status(client, "train_model", run_id)
         except AirflowError as exc:
             if exc.status == 404:
                 return False

@@ -1,49 +1,26 @@
-"""Airflow's REST API through aiohttp: trigger a DAG run, follow it, cancel it.
+"""Airflow's REST API through aiohttp: runs, task instances, logs, clearing failed tasks.
 
 v2 is Airflow 3 (`/api/v2`, a JWT from `POST /auth/token` or a bearer token); v1 is Airflow 2
 (`/api/v1`, basic auth). The two differ only in the path prefix, the auth scheme and the UI link.
-Every failure surfaces as `AirflowError` with a message a person can act on.
+Every failure surfaces as `AirflowError` with a message a person can act on. The retrain flow starts and
+follows runs with it; the pipeline watch reads runs and clears failed tasks.
 """
 from __future__ import annotations
 
 import asyncio
 import uuid
-from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import quote
 
 import aiohttp
 
-RunState = Literal["queued", "running", "success", "failed"]
 AuthMode = Literal["token", "bearer", "basic", "none"]
 
-DAG_HINT = "check the model's retrain.dag_id in the bot's config"
+DAG_HINT = "check the DAG id in the bot's config (a model's retrain.dag_id, or pipelines.airflow.dags)"
 CREDENTIALS_HINT = (
     "set AIRFLOW_USERNAME and AIRFLOW_PASSWORD (or AIRFLOW_TOKEN for a bearer token) in the bot's environment"
 )
-
-
-@dataclass(frozen=True)
-class RunStatus:
-    """One pipeline run as the bot shows it, whichever backend ran it."""
-
-    run_id: str
-    state: RunState
-    tasks: list[tuple[str, str]] = field(default_factory=list)  # (task id, task state), in run order
-    url: str | None = None
-    started_at: datetime | None = None
-    ended_at: datetime | None = None
-    tail: list[str] = field(default_factory=list)  # last lines of output, when the backend has them
-    detail: str | None = None  # one line on why it ended the way it did
-
-    @property
-    def finished(self) -> bool:
-        return self.state in ("success", "failed")
-
-    @property
-    def failed_tasks(self) -> list[str]:
-        return [task for task, state in self.tasks if state in ("failed", "upstream_failed")]
 
 
 class AirflowError(Exception):
@@ -54,34 +31,8 @@ class AirflowError(Exception):
         self.status = status
 
 
-_RUN_STATES: dict[str, RunState] = {"running": "running", "success": "success", "failed": "failed"}
-
-
-def run_state(airflow_state: str | None) -> RunState:
-    """Airflow's dag-run states folded onto the four the bot shows ("queued" and none mean waiting)."""
-    return _RUN_STATES.get(airflow_state or "", "queued")
-
-
 def parse_time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
-
-
-def run_status(run: dict[str, Any], task_instances: list[dict[str, Any]], url: str) -> RunStatus:
-    """Normalise a dagRun and its taskInstances as the API returns them (v1 and v2 alike)."""
-    # Tasks in the order they started; those not started yet last.
-    ordered = sorted(task_instances, key=lambda ti: (ti.get("start_date") or "~", ti["task_id"]))
-    tasks = [(ti["task_id"], ti.get("state") or "none") for ti in ordered]
-    status = RunStatus(
-        run_id=run["dag_run_id"],
-        state=run_state(run.get("state")),
-        tasks=tasks,
-        url=url,
-        started_at=parse_time(run.get("start_date")),
-        ended_at=parse_time(run.get("end_date")),
-    )
-    if status.state == "failed" and status.failed_tasks:
-        return replace(status, detail="failed task: " + ", ".join(status.failed_tasks))
-    return status
 
 
 def log_lines(content: str | list[Any]) -> list[str]:
@@ -169,12 +120,29 @@ class AirflowClient:
         await self._request("POST", path, json=body, what=f"DAG '{dag_id}'", hint=DAG_HINT, ok_conflict=True)
         return run_id
 
-    async def status(self, dag_id: str, run_id: str) -> RunStatus:
-        run_path = f"/dags/{_seg(dag_id)}/dagRuns/{_seg(run_id)}"
-        what = f"run '{run_id}' of DAG '{dag_id}'"
-        run = await self._request("GET", run_path, what=what)
-        instances = await self._request("GET", f"{run_path}/taskInstances", what=what)
-        return run_status(run, instances.get("task_instances", []), self.run_url(dag_id, run_id))
+    async def dag_run(self, dag_id: str, run_id: str) -> dict[str, Any]:
+        return await self._request("GET", f"/dags/{_seg(dag_id)}/dagRuns/{_seg(run_id)}",
+                                   what=f"run '{run_id}' of DAG '{dag_id}'")
+
+    async def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        found = await self._request("GET", f"/dags/{_seg(dag_id)}/dagRuns/{_seg(run_id)}/taskInstances",
+                                    what=f"run '{run_id}' of DAG '{dag_id}'")
+        return found.get("task_instances", [])
+
+    async def dag_runs(self, dag_id: str, *, updated_since: datetime | None = None, limit: int = 25) -> list[dict[str, Any]]:
+        """The DAG's runs changed since `updated_since` (all when None), the most recently started first."""
+        query = f"?order_by=-start_date&limit={limit}"
+        if updated_since is not None:
+            query += "&updated_at_gte=" + quote(updated_since.isoformat(), safe="")
+        found = await self._request("GET", f"/dags/{_seg(dag_id)}/dagRuns{query}", what=f"DAG '{dag_id}'", hint=DAG_HINT)
+        return found.get("dag_runs", [])
+
+    async def clear_failed(self, dag_id: str, run_id: str) -> list[str]:
+        """Clear the run's failed task instances so the scheduler runs them again; returns the tasks cleared."""
+        body = {"dry_run": False, "only_failed": True, "reset_dag_runs": True, "dag_run_id": run_id}
+        found = await self._request("POST", f"/dags/{_seg(dag_id)}/clearTaskInstances", json=body,
+                                    what=f"the failed tasks of run '{run_id}' of DAG '{dag_id}'", hint=DAG_HINT)
+        return [ti["task_id"] for ti in (found or {}).get("task_instances", [])]
 
     async def unpause(self, dag_id: str) -> None:
         path = f"/dags/{_seg(dag_id)}"
