@@ -15,6 +15,8 @@ from urllib.parse import quote
 
 import aiohttp
 
+from bot.config import AirflowConfig, Secrets
+
 AuthMode = Literal["token", "bearer", "basic", "none"]
 
 DAG_HINT = "check the DAG id in the bot's config (a model's retrain.dag_id, or pipelines.airflow.dags)"
@@ -251,6 +253,19 @@ class AirflowClient:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
         return self._session
+
+
+def client_for(cfg: AirflowConfig | None, secrets: Secrets) -> AirflowClient:
+    """The client of the config's `airflow` section, with the credentials from the environment."""
+    if cfg is None:
+        raise AirflowError("the bot's config has no `airflow` section; add airflow.base_url")
+    return AirflowClient(cfg.base_url, api_version=cfg.api_version, auth=cfg.auth, username=secrets.airflow_username,
+                         password=secrets.airflow_password, token=secrets.airflow_token, timeout=cfg.timeout_seconds)
+
+
+def ui_link(url: str, client: AirflowClient, ui_url: str | None) -> str:
+    """`url` (made from the API's base) on the UI's host, when the UI lives elsewhere than the API the bot calls."""
+    return ui_url.rstrip("/") + url.removeprefix(client.base_url) if ui_url else url
 
 
 def _seg(value: str) -> str:

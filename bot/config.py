@@ -284,6 +284,30 @@ class Alertmanager(Strict):
     env_label: str = "env"
 
 
+class WatchedDag(Strict):
+    dag_id: str = Field(min_length=1, max_length=250)
+    expected_by: LocalTime | None = Field(default=None, description="a successful run is due each day by this time")
+    tz: TimeZone = "UTC"
+    channel: ChannelId | None = Field(default=None, description="this DAG's alerts go here (else channels.alerts_error)")
+
+
+class AirflowPipelines(Strict):
+    poll_seconds: float = Field(default=60, ge=5)
+    dags: list[WatchedDag] = []
+
+    @field_validator("dags")
+    @classmethod
+    def _once_each(cls, dags: list[WatchedDag]) -> list[WatchedDag]:
+        seen = [d.dag_id for d in dags]
+        if twice := sorted({d for d in seen if seen.count(d) > 1}):
+            raise ValueError(f"each DAG is watched once; listed more than once: {', '.join(twice)}")
+        return dags
+
+
+class Pipelines(Strict):
+    airflow: AirflowPipelines = AirflowPipelines()
+
+
 class Config(Strict):
     channels: Channels
     roles: Roles = Roles()
@@ -296,9 +320,12 @@ class Config(Strict):
     oncall: OnCall = OnCall()
     digests: Digests = Digests()
     alertmanager: Alertmanager = Alertmanager()
+    pipelines: Pipelines = Pipelines()
 
     @model_validator(mode="after")
     def _cross_refs(self) -> Config:
+        if self.pipelines.airflow.dags and self.airflow is None:
+            raise ValueError("pipelines.airflow.dags are watched through the `airflow` section, which is missing")
         for name, model in self.models.items():
             if model.retrain and model.retrain.backend == "airflow" and self.airflow is None:
                 raise ValueError(f"models.{name}.retrain uses airflow but there is no `airflow` section")

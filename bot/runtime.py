@@ -27,6 +27,7 @@ from bot.ingress import RefuseWhileStoreUnwritable, Rejections, unsigned
 from bot.metrics import Metrics, request_kind
 from bot.notifier import Notifier, web_client
 from bot.oncall.service import OnCallService
+from bot.pipelines.service import PipelineWatch
 from bot.releases.service import ReleaseService
 from bot.retrain.service import RetrainService
 from bot.roles import RoleDirectory
@@ -68,6 +69,7 @@ class Runtime:
         self.home = self.digests  # handlers/home.py publishes the App Home through it
         self.alertmanager = AlertmanagerIntake(self.ctx, hooks=self.hooks, silences=self.silences)
         self.retrain = RetrainService(self.ctx)
+        self.pipelines = PipelineWatch(self.ctx, scheduler=self.scheduler, silences=self.silences)
         self.app = self._bolt_app()
         # Set by `serve` in Socket Mode: whether the socket is up now. /healthz fails once it has been down for
         # longer than a reconnect takes, since a bot that cannot hear Slack answers nobody.
@@ -115,6 +117,7 @@ class Runtime:
         self.scheduler.shutdown()
         await self.hooks.stop()  # what it cuts short stays queued for the next start
         await self.retrain.stop()  # followers only; the runs go on and are followed again at the next start
+        await self.pipelines.close()
         for name in await self.tasks.drain(self.shutdown_grace):
             self.audit(actor="mlops-bot", verb="shutdown", status="interrupted", detail={"task": name})
         self.store.close()

@@ -125,7 +125,7 @@ class DigestService:
 
     def open_alerts(self) -> list[OpenAlert]:
         return [OpenAlert(r["source"], r["key"], r["state"], r["severity"], r["summary"], _dt(r["opened_at"]))
-                for r in self._rows("SELECT * FROM alerts WHERE state IN ('open', 'acked') ORDER BY id")]
+                for r in self._rows("SELECT * FROM alerts WHERE state IN ('open', 'acked', 'retrying') ORDER BY id")]
 
     async def daily_facts(self, now: datetime) -> DailyFacts:
         hours = self.config.unverified_staging_hours

@@ -65,6 +65,14 @@ class DatagenAlert:
 
 
 @dataclass(frozen=True)
+class PipelineIncident:
+    title: str
+    fired: datetime
+    still_open: bool
+    retried_by: str | None = None
+
+
+@dataclass(frozen=True)
 class StagedVersion:
     """A version sitting on staging that nobody has verified."""
 
@@ -100,6 +108,7 @@ class ShiftSummary:
     rollbacks: list[ReleaseEvent] = field(default_factory=list)
     retrains: list[RetrainRun] = field(default_factory=list)
     datagen_alerts: list[DatagenAlert] = field(default_factory=list)
+    pipeline_incidents: list[PipelineIncident] = field(default_factory=list)
     unverified_staging: list[StagedVersion] = field(default_factory=list)
     approvals_pending: list[PendingApproval] = field(default_factory=list)
     locks_held: list[HeldLock] = field(default_factory=list)
@@ -236,6 +245,11 @@ def _summary_sections(summary: ShiftSummary) -> list[dict]:
             f"*Datagen alerts* ({len(summary.datagen_alerts)} fired, {open_alerts} still open)",
             [_alert(a) for a in summary.datagen_alerts],
         ),
+        *(_bulleted(  # only where pipelines are watched and something happened: most teams watch none
+            f"*Pipeline incidents* ({len(summary.pipeline_incidents)}, "
+            f"{sum(i.still_open for i in summary.pipeline_incidents)} still open)",
+            [_incident(i) for i in summary.pipeline_incidents],
+        ) if summary.pipeline_incidents else []),
         *_bulleted(
             "*Left on staging unverified*",
             [
@@ -267,6 +281,12 @@ def _retrain(run: RetrainRun) -> str:
 def _alert(alert: DatagenAlert) -> str:
     state = " — *still open*" if alert.still_open else ""
     return f"{alert.title} (fired {date_token(alert.fired)}){state}"
+
+
+def _incident(incident: PipelineIncident) -> str:
+    retried = f" — retried by <@{incident.retried_by}>" if incident.retried_by else ""
+    state = " — *still open*" if incident.still_open else ""
+    return f"{incident.title} (fired {date_token(incident.fired)}){retried}{state}"
 
 
 def _lock(lock: HeldLock) -> str:

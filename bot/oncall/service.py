@@ -106,7 +106,8 @@ class OnCallService:
         return summarize(
             actions=self.ctx.store.actions(since=since),
             alerts=db.query(
-                "SELECT * FROM alerts WHERE source = 'datagen' AND (opened_at >= ? OR resolved_at IS NULL) ORDER BY id",
+                "SELECT * FROM alerts WHERE source IN ('datagen', 'pipelines') AND (opened_at >= ? OR resolved_at IS NULL) "
+                "ORDER BY id",
                 [iso(since)],
             ),
             releases=db.query("SELECT * FROM releases WHERE state IN ('staged', 'verify_failed', 'verified') ORDER BY id"),

@@ -14,6 +14,7 @@ from bot.oncall.messages import (
     DatagenAlert,
     HeldLock,
     PendingApproval,
+    PipelineIncident,
     ReleaseEvent,
     RetrainRun,
     ShiftSummary,
@@ -40,6 +41,7 @@ def summarize(
 ) -> ShiftSummary:
     """`actions` are audit rows, `alerts`, `releases` and `locks` rows of those tables, all as stored."""
     during = [a for a in actions if since <= _at(a["ts"]) < until]
+    alerts = list(alerts)  # read once per source
     events: dict[str, list[ReleaseEvent]] = {verb: [] for verb in RELEASE_VERBS}
     for row in during:
         # Only outcomes: a deploy is audited when it starts and again when it ends.
@@ -58,6 +60,15 @@ def summarize(
         if row["source"] == "datagen"
         and (since <= _at(row["opened_at"]) < until or row["resolved_at"] is None)
     ]
+    retried = {(r["model"], (r["detail"] or {}).get("run")): r["actor"]
+               for r in during if r["verb"] == "pipelines.retry" and r["status"] == "ok"}
+    pipelines = [
+        PipelineIncident(row["summary"], _at(row["opened_at"]), still_open=row["resolved_at"] is None,
+                         retried_by=retried.get(tuple(row["key"].split(":", 1))))  # run alerts: "<dag>:<run id>"
+        for row in alerts
+        if row["source"] == "pipelines"
+        and (since <= _at(row["opened_at"]) < until or row["resolved_at"] is None)
+    ]
     releases = list(releases)
     return ShiftSummary(
         deploys=events["deploy"],
@@ -65,6 +76,7 @@ def summarize(
         rollbacks=events["rollback"],
         retrains=retrains,
         datagen_alerts=datagen,
+        pipeline_incidents=pipelines,
         unverified_staging=[
             StagedVersion(r["model"], r["version"], r["deployed_by"] or "?", _at(r["deployed_at"] or r["updated_at"]))
             for r in releases

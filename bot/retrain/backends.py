@@ -5,7 +5,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
-from bot.airflow import AirflowClient, AirflowError
+from bot.airflow import AirflowClient, AirflowError, client_for, ui_link
 from bot.config import RetrainConfig
 from bot.context import Context
 from bot.retrain.command import RECORD_FILE, CommandRun, scrub, start_command
@@ -42,9 +42,7 @@ class AirflowBackend:
 
     async def status(self) -> RunStatus:
         status = await airflow_status(self.client, self.dag_id, self.run_id)
-        if self.ui_url and status.url:  # the UI may live elsewhere than the API the bot calls
-            return replace(status, url=self.ui_url.rstrip("/") + status.url.removeprefix(self.client.base_url))
-        return status
+        return replace(status, url=ui_link(status.url, self.client, self.ui_url)) if status.url else status
 
     async def cancel(self) -> None:
         await self.client.cancel(self.dag_id, self.run_id)
@@ -69,12 +67,7 @@ class Backends:
 
     def airflow(self) -> AirflowClient:
         if self._airflow is None:
-            cfg, sec = self.ctx.config.airflow, self.ctx.secrets
-            if cfg is None:
-                raise AirflowError("the bot's config has no `airflow` section; add airflow.base_url")
-            self._airflow = AirflowClient(cfg.base_url, api_version=cfg.api_version, auth=cfg.auth,
-                                          username=sec.airflow_username, password=sec.airflow_password,
-                                          token=sec.airflow_token, timeout=cfg.timeout_seconds)
+            self._airflow = client_for(self.ctx.config.airflow, self.ctx.secrets)
         return self._airflow
 
     async def launch(self, cfg: RetrainConfig, model: str, run_id: str, actor: str,

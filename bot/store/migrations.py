@@ -223,6 +223,18 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX hook_queue_key ON hook_queue(state, key, id);
     """,
+    # 6: each failed try of a watched Airflow task, so an alert can say how often the task failed this week.
+    """
+    CREATE TABLE pipeline_failures (
+        dag_id TEXT NOT NULL,
+        run_id TEXT NOT NULL,
+        task_id TEXT NOT NULL,
+        try_number INTEGER NOT NULL,
+        failed_at TEXT NOT NULL,
+        PRIMARY KEY (dag_id, run_id, task_id, try_number)
+    );
+    CREATE INDEX pipeline_failures_task ON pipeline_failures(dag_id, task_id, failed_at);
+    """,
 ]
 
 

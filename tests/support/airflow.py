@@ -23,7 +23,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 VENV_SCRIPT = ROOT / ".ci" / "airflow-venv.sh"
 DAGS_FOLDER = ROOT / "tests" / "dags"
-EXPECTED_DAGS = ("train_model", "train_broken")
+EXPECTED_DAGS = ("train_model", "train_broken", "refresh_pagerank")
 
 
 class AirflowUnavailable(RuntimeError):

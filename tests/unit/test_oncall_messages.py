@@ -7,6 +7,7 @@ from bot.oncall.messages import (
     DatagenAlert,
     HeldLock,
     PendingApproval,
+    PipelineIncident,
     ReleaseEvent,
     RetrainRun,
     ShiftSummary,
@@ -105,6 +106,7 @@ def test_empty_summary_says_none_for_every_section():
         "*Locks held*",
     ]:
         assert f"{title}\nnone" in body
+    assert not [t for t in body if "Pipeline incidents" in t]  # a team watching no pipeline is not told about them
 
 
 def test_summary_shows_what_happened_with_who_and_when():
@@ -117,6 +119,10 @@ def test_summary_shows_what_happened_with_who_and_when():
         datagen_alerts=[
             DatagenAlert("items -14% day over day", at, still_open=True),
             DatagenAlert("raw data late 3h", at, still_open=False),
+        ],
+        pipeline_incidents=[
+            PipelineIncident("pipeline refresh_pagerank failed (refresh)", at, still_open=False, retried_by="UANA"),
+            PipelineIncident("pipeline content_index late: no successful run for 2026-03-08", at, still_open=True),
         ],
         unverified_staging=[StagedVersion("ranker", "2026-03-07", "UANA", at)],
         approvals_pending=[PendingApproval("query-tower", "v13", "UCHO", at)],
@@ -131,6 +137,9 @@ def test_summary_shows_what_happened_with_who_and_when():
     alerts = section["*Datagen alerts* (2 fired, 1 still open)"]
     assert [line.endswith("*still open*") for line in alerts.split("\n")[1:]] == [True, False]
     assert "items -14% day over day" in alerts
+    incidents = section["*Pipeline incidents* (2, 1 still open)"].split("\n")[1:]
+    assert "refresh_pagerank failed (refresh)" in incidents[0] and incidents[0].endswith("retried by <@UANA>")
+    assert "content_index late" in incidents[1] and incidents[1].endswith("*still open*")
     assert "<@UANA>" in section["*Left on staging unverified*"]
     assert "*query-tower* `v13` asked by <@UCHO>" in section["*Approvals pending*"]
     locks = section["*Locks held*"]

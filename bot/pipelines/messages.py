@@ -1,0 +1,101 @@
+"""Block Kit of a pipeline alert: one message per failed run (or late day), edited in place as the run recovers."""
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from bot.notifier import Message, RowId
+from bot.pipelines.model import FailedTask, ordinal
+from bot.releases.messages import btn, context, section, when
+
+RETRY, ACK, SILENCE = "pipelines.retry", "pipelines.ack", "pipelines.silence"
+TAIL_LINES = 15
+TAIL_CHARS = 2500
+
+
+class PipelineRef(BaseModel):
+    """A pipeline alert's buttons: its row, and which failure of the run they were drawn for (Retry runs once per
+    failure: pressed twice it clears once, but the run failing again gets a fresh button)."""
+
+    alert: RowId
+    failure: int = 1
+
+
+class RunAlert(BaseModel):
+    """What a run's alert says; kept as the alert row's detail, so an edit redraws it from the store."""
+
+    dag_id: str
+    run_id: str
+    state: str  # open, acked, silenced, retrying, resolved
+    tasks: list[FailedTask] = []
+    tail: list[str] = []
+    tail_error: str | None = None  # why the log could not be read; the alert goes without it
+    url: str | None = None
+    failed_at: datetime | None = None
+    failure: int = 1
+    by: str | None = None  # who acked, silenced or retried it
+
+
+def _plain(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _task_line(t: FailedTask) -> str:
+    if t.state != "failed":
+        return f"`{_plain(t.task_id)}` did not run (an upstream task failed)"
+    often = f" · {ordinal(t.failures_this_week)} failure this week" if t.failures_this_week > 1 else ""
+    return f"`{_plain(t.task_id)}` failed on try {t.try_number}{often}"
+
+
+def _tail(lines: list[str]) -> str:
+    text = "\n".join(lines[-TAIL_LINES:]).replace("```", "'''")
+    return _plain(text[-TAIL_CHARS:])
+
+
+def run_alert(a: RunAlert, row_id: int) -> Message:
+    where = f"`{_plain(a.dag_id)}` run `{_plain(a.run_id)}`"
+    heads = {
+        "open": f":x: *Pipeline failed* · {where}",
+        "acked": f":eyes: *Pipeline failed* · {where} · acked by <@{a.by}>",
+        "silenced": f":mute: *Pipeline failed* · {where} · silenced by <@{a.by}>",
+        "retrying": f":arrows_counterclockwise: *Retrying* · {where}" + (f" · failed tasks cleared by <@{a.by}>" if a.by else ""),
+        "resolved": f":white_check_mark: *Recovered* · ~{where}~ succeeded",
+    }
+    blocks: list[dict[str, Any]] = [section(heads[a.state])]
+    if a.state != "resolved":
+        blocks.append(section("\n".join(_task_line(t) for t in a.tasks) or "no task is marked failed; see the run in Airflow"))
+        first = next((t for t in a.tasks if t.state == "failed"), None)
+        if a.tail and first:
+            title = f"*Log of `{_plain(first.task_id)}`, try {first.try_number}* (last lines)"
+            blocks.append(section(f"{title}\n```{_tail(a.tail)}```"))
+        elif a.tail_error:
+            blocks.append(context(f"no log tail: {_plain(a.tail_error[:300])}"))
+    facts = [f"failed {when(a.failed_at)}" if a.failed_at else "", f"<{a.url}|open in Airflow>" if a.url else ""]
+    if any(facts):
+        blocks.append(context(" · ".join(f for f in facts if f)))
+    if a.state in ("open", "acked"):
+        ref = PipelineRef(alert=row_id, failure=a.failure)
+        buttons = [btn("Retry failed tasks", RETRY, ref, "primary")]
+        if a.state == "open":
+            buttons.append(btn("Ack", ACK, ref))
+        buttons.append(btn("Silence 24h", SILENCE, ref))
+        blocks.append({"type": "actions", "block_id": f"pipelines-{row_id}-{a.failure}", "elements": buttons})
+    word = {"resolved": "recovered", "retrying": "retrying"}.get(a.state, "failed")
+    return Message(text=f"Pipeline {a.dag_id} {word}: run {a.run_id}", blocks=blocks)
+
+
+def late_alert(dag_id: str, day: date, due: datetime, *, resolved_at: datetime | None = None) -> Message:
+    name = f"`{_plain(dag_id)}`"
+    if resolved_at is not None:
+        text = f":white_check_mark: *Pipeline on time again* · {name} succeeded {when(resolved_at)} (was due {when(due)})"
+    else:
+        text = f":hourglass: *Pipeline late* · {name} has no successful run for {day:%a %d %b} yet; it was due {when(due)}"
+    return Message(text=text, blocks=[section(text)])
+
+
+def unreachable(error: str, *, resolved: bool) -> Message:
+    text = (":white_check_mark: The bot reaches Airflow again; watched pipelines are checked as before." if resolved
+            else f":warning: The bot cannot check its watched pipelines: {_plain(error[:500])}")
+    return Message(text=text, blocks=[section(text)])
