@@ -111,9 +111,11 @@ SAMPLES = {
     "RunRef": {"run": 1},
     "ModelRef": {"model": "ranker"},
     "RetrainRef": {"job": "recsys", "run_date": "2026-11-24", "model": "ranker"},
+    "PipelineRef": {"alert": 1, "failure": 1},
 }
 # The buttons anyone in the channel may press; a new button without a role must be added here on purpose.
-ANYONE = {"datagen.ack", "datagen.expected", "alerts.silence", "oncall.ack_handoff", "oncall.take"} | {
+ANYONE = {"datagen.ack", "datagen.expected", "alerts.silence", "oncall.ack_handoff", "oncall.take", "pipelines.ack",
+          "pipelines.silence"} | {
     a for a in BUTTONS if a.startswith("datagen.silence.")}
 
 
