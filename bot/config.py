@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
+from apscheduler.triggers.cron import CronTrigger
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -148,8 +149,22 @@ def _env_name(name: str) -> str:
 EnvVarName = Annotated[str, AfterValidator(_env_name)]
 
 
+def _crontab(expression: str) -> str:
+    try:
+        CronTrigger.from_crontab(expression)
+    except ValueError as exc:
+        raise ValueError(f"expected a cron expression of five fields like '0 3 */3 * *', got {expression!r}: {exc}") from None
+    return expression
+
+
+class RetrainSchedule(Strict):
+    cron: Annotated[str, AfterValidator(_crontab)] = Field(description="minute hour day month weekday, as crontab")
+    tz: TimeZone = "UTC"
+
+
 class RetrainConfig(Strict):
     backend: Literal["command", "airflow"] = "command"
+    schedule: RetrainSchedule | None = Field(default=None, description="retrain by itself at these times, as its owner")
     command: list[str] = Field(default=[], description="argv; a relative program path is relative to the config file")
 
     @field_validator("command")

@@ -29,6 +29,7 @@ from bot.notifier import Notifier, web_client
 from bot.oncall.service import OnCallService
 from bot.pipelines.service import PipelineWatch
 from bot.releases.service import ReleaseService
+from bot.retrain.scheduled import ScheduledRetrains
 from bot.retrain.service import RetrainService
 from bot.roles import RoleDirectory
 from bot.scheduler import Scheduler
@@ -69,6 +70,7 @@ class Runtime:
         self.home = self.digests  # handlers/home.py publishes the App Home through it
         self.alertmanager = AlertmanagerIntake(self.ctx, hooks=self.hooks, silences=self.silences)
         self.retrain = RetrainService(self.ctx)
+        self.scheduled_retrains = ScheduledRetrains(self.ctx, scheduler=self.scheduler, runs=self.retrain)
         self.pipelines = PipelineWatch(self.ctx, scheduler=self.scheduler, silences=self.silences)
         self.app = self._bolt_app()
         # Set by `serve` in Socket Mode: whether the socket is up now. /healthz fails once it has been down for

@@ -6,7 +6,7 @@ import json
 import shutil
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -16,7 +16,7 @@ from bot.config import load_config
 from bot.retrain.command import CommandRun, process_group_alive
 from bot.sandbox.local import LocalBot, local_bot
 from bot.store import utcnow
-from tests.conftest import EXAMPLE_CONFIG, ROOT, write_config
+from tests.conftest import EXAMPLE_CONFIG, ROOT, Clock, write_config
 from tests.support.airflow import free_port
 
 TRAIN = str(ROOT / "examples" / "pipelines" / "train.sh")
@@ -275,3 +275,36 @@ async def test_a_datagen_alert_retrains_the_models_trained_on_its_data(make_bot:
         told = await bot.slack.wait_for(lambda: [e["text"] for e in bot.slack.ephemerals if "ranker-old" in e["text"]])
         assert "use `/mlops retrain ranker-old`" in told[0]
         assert [r["status"] for r in audit(bot, "datagen.retrain.0")] == ["denied", "accepted", "accepted", "refused"]
+
+
+async def test_a_scheduled_retrain_runs_once_per_slot_and_waits_while_its_data_is_broken(make_bot: BotFactory,
+                                                                                          tmp_path: Path) -> None:
+    # Every day at 03:00 in Kolkata (21:30 UTC the day before), as the model's owner (U0ALICE) would start it.
+    retrain = {"backend": "command", "command": [TRAIN, "15"], "schedule": {"cron": "0 3 * * *", "tz": "Asia/Kolkata"}}
+    datagen = {"jobs": {"recsys": {"source": str(tmp_path / "{date}.json"), "models": ["ranker"]}}}
+    clock = Clock(datetime(2026, 12, 1, 21, 29, tzinfo=UTC))
+    async with make_bot(retrain=retrain, clock=clock, datagen=datagen) as bot:
+        await bot.runtime.scheduler.run_due()
+        assert runs(bot) == []  # a minute early
+        clock.now = datetime(2026, 12, 1, 21, 31, tzinfo=UTC)
+        await bot.runtime.scheduler.run_due()
+        await bot.runtime.scheduler.run_due()  # the same slot again: claimed already
+        ready = await card_saying(bot, "is ready")
+        [run] = runs(bot)
+        assert run["requested_by"] == "U0ALICE" and run["reason"].startswith("scheduled (0 3 * * *, Asia/Kolkata)")
+        assert "<@U0ALICE>" in json.dumps(ready["blocks"])
+
+    async with make_bot(retrain=retrain, clock=clock, datagen=datagen) as bot:  # a restart inside the slot's grace
+        await bot.runtime.scheduler.run_due()
+        assert len(runs(bot)) == 1
+
+        # The next day the data is broken: an open critical datagen alert holds the slot back, said in the channel.
+        await bot.runtime.datagen.ingest("recsys", date(2026, 12, 2), "{not json", "the job's output", actor="datagen")
+        assert bot.runtime.store.query("SELECT severity FROM alerts WHERE source = 'datagen'") == [{"severity": "crit"}]
+        clock.now = datetime(2026, 12, 2, 21, 35, tzinfo=UTC)
+        await bot.runtime.scheduler.run_due()
+        skipped = await bot.slack.wait_for(lambda: next(
+            (m["text"] for m in bot.slack.messages("C0MLOPS") if "scheduled retrain of *ranker*" in m["text"]), None))
+        assert "was skipped: datagen `recsys` has an open critical alert (2026-12-02)" in skipped
+        assert len(runs(bot)) == 1
+        assert [r["status"] for r in audit(bot, "retrain") if r["actor"] == "mlops-bot"] == ["skipped"]
