@@ -13,6 +13,7 @@ from dataclasses import asdict
 from datetime import date, timedelta
 from typing import Any
 
+from bot.config import DatagenJob
 from bot.context import Context
 from bot.datagen import messages
 from bot.datagen.history import due_at
@@ -62,12 +63,17 @@ class DatagenAlerts:
         models = self.ctx.config.models
         return [m for m in self.jobs[job].models if models[m].retrain] if job in self.jobs else []
 
+    def _tolerance(self, job: str) -> float:
+        # An alert outlives its job's removal from the config; it is then grouped by the default.
+        job_config = self.jobs.get(job)
+        return job_config.fold_tolerance_pct if job_config else DatagenJob.model_fields["fold_tolerance_pct"].default
+
     def _render(self, job: str, run_date: date, row: dict[str, Any]) -> Message:
         detail = json.loads(row["detail"])
         mover = StageMove(**detail["mover"]) if detail.get("mover") else None
         return messages.alert(job, run_date, [_breach(b) for b in detail["breaches"]], state=row["state"],
                               mover=mover, by=row["acked_by"], retrain=self.retrainable(job),
-                              tolerance_pct=self.jobs[job].fold_tolerance_pct if job in self.jobs else 5)
+                              tolerance_pct=self._tolerance(job))
 
     async def sync_alert(self, job: str, run_date: date, breaches: list[Breach], mover: StageMove | None,
                           *, actor: str) -> None:
@@ -80,7 +86,7 @@ class DatagenAlerts:
             return
         severity = messages.severity_of(breaches)
         detail = json.dumps({"breaches": [asdict(b) for b in breaches], "mover": mover._asdict() if mover else None})
-        summary = messages.summary_text(breaches, self.jobs[job].fold_tolerance_pct if job in self.jobs else 5)
+        summary = messages.summary_text(breaches, self._tolerance(job))
         if row is not None and json.loads(row["detail"])["breaches"] == json.loads(detail)["breaches"]:
             return  # nothing new to say
         if row is None:
