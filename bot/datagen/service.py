@@ -11,7 +11,6 @@ record arrives, or at start (`catch_up`) for deadlines that passed while the bot
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from datetime import UTC, date, datetime, timedelta
 from functools import partial
@@ -221,15 +220,15 @@ class DatagenService(DatagenAlerts):
             other = history[compare]
             mover = None if report.failed or other.failed else biggest_mover(report, other)
             return [messages.comparison(job, report, other, mover)]
-        row = self.alert_row(job, day)
-        open_breaches = [Breach(**b) for b in json.loads(row["detail"])["breaches"]] if (
-            row and row["state"] != "resolved") else []
+        # The day's breaches as its record is judged now: what its summary said, and the full list its alert
+        # points at, resolved or not.
+        settings = self.jobs[job]
+        breaches = evaluate(settings.rules, history, day, expected=expected, lookback=settings.baseline_lookback_days)
         before, week = history.get(day - timedelta(days=1)), history.get(day - timedelta(days=7))
-        missing = gap_before(history, day, self.jobs[job].baseline_lookback_days)
         shown = [messages.summary(job, report, before, week, usual_runtime=usual_runtime(history, day),
-                                  breaches=len(open_breaches), missing=missing)]
+                                  breaches=len(breaches), missing=gap_before(history, day, settings.baseline_lookback_days))]
         if not report.failed:
-            shown.append(messages.details(report, before, week, tz=self.jobs[job].tz))
-        if open_breaches:
-            shown.append(messages.breach_list(job, day, open_breaches))
+            shown.append(messages.details(report, before, week, tz=settings.tz))
+        if breaches:
+            shown.append(messages.breach_list(job, day, breaches))
         return shown

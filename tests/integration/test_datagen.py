@@ -265,6 +265,10 @@ async def test_a_pushed_drop_is_posted_by_cause_and_missing_days_are_alerted_onc
         assert "grace 3h)" in _flat(missing)
         after = next(m for m in bot.slack.messages(MAIN) if m["text"].startswith(f"datagen recsys {gap + timedelta(days=1)}"))
         assert f"no record for {gap}" in _flat(after) and after["text"].endswith("ok, no breaches")
+        # The list the resolved alert points at is still behind /mlops datagen DATE.
+        await bot.client.command("U0ALICE", f"datagen {drop}")
+        said = json.dumps(await bot.slack.wait_for(lambda: len(bot.slack.responses) >= 3 and bot.slack.responses))
+        assert f"*Every breach of datagen recsys {drop}* (40)" in said and "40 breaches" in said
 
     # Down for two days: at start, each deadline missed meanwhile is alerted, the gap already alerted is not.
     clock.now = due_at(job, down + timedelta(days=1)) + timedelta(hours=3, minutes=10)

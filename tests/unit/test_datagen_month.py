@@ -172,7 +172,7 @@ def test_the_rules_grace_wins_over_the_jobs_and_the_alert_says_which_it_waited(m
     assert breach.message.endswith("grace 2h)")
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 10_000), stage=st.sampled_from(["item_moderation", "feed_source", "client_events",
                                                           "play_duration", "item_events"]),
        pct=st.floats(15, 60), offset=st.integers(8, 12))
