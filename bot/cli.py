@@ -36,6 +36,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args)
     print(f"{_config_path(args)}: ok ({len(config.models)} models, {len(config.datagen.jobs)} datagen jobs, "
           f"{len(config.oncall.rotations)} rotations)")
+    for name, job in config.datagen.jobs.items():  # valid, but a setting nobody would guess is not the one used
+        for line in job.overrides(name):
+            print(f"{_config_path(args)}: warning: {line}", file=sys.stderr)
     return 0
 
 
@@ -157,7 +160,8 @@ def cmd_datagen_ingest(args: argparse.Namespace) -> int:
     stored = save_record(store, job, run_date, text, str(args.record.resolve()), actor=os.environ.get("USER") or "cli",
                          at=utcnow())
     history, expected = load_history(store, job)
-    breaches = evaluate(config.datagen.jobs[job].rules, history, run_date, expected=expected)
+    settings = config.datagen.jobs[job]
+    breaches = evaluate(settings.rules, history, run_date, expected=expected, lookback=settings.baseline_lookback_days)
     print(f"{job} {run_date}: {'stored' if stored else 'already stored'}; {len(breaches)} breaches")
     for breach in breaches:
         print(f"  {breach.severity:<4} {breach.rule_id}: {breach.message}")
@@ -177,7 +181,8 @@ def cmd_datagen_backtest(args: argparse.Namespace) -> int:
     store = Store(config.store)
     history, expected = load_history(store, job)
     store.close()
-    fired = backtest(config.datagen.jobs[job].rules, history, args.days, expected=expected)
+    settings = config.datagen.jobs[job]
+    fired = backtest(settings.rules, history, args.days, expected=expected, lookback=settings.baseline_lookback_days)
     span = min(args.days, (max(history) - min(history)).days + 1) if history else 0
     print(f"{job}: {len(history)} reports; days each rule would have fired in the last {span} days")
     for rule_id, days in fired.items():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from datetime import time
+from datetime import time, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from bot.datagen.rules import RuleSet, default_rules
+from bot.datagen.rules import FreshnessRule, RuleSet, default_rules, format_grace
 from bot.oncall.schedule import WEEKDAYS, Rotation, Weekday
 
 # A datagen alert has one Retrain button per model of its job, each with its own action id (ids must be unique
@@ -250,8 +250,13 @@ class DatagenJob(Strict):
     expected_at: LocalTime = time(8, 30)
     tz: TimeZone = "Asia/Kolkata"
     typical_runtime_minutes: int = Field(default=200, ge=0)
-    grace_hours: float = Field(default=3, ge=0)
+    grace_hours: float = Field(default=3, ge=0, description="how late a record may be before it is missing; a "
+                               "freshness rule's own `grace` wins")
     poll_minutes: float = Field(default=10, gt=0)
+    baseline_lookback_days: int = Field(default=7, ge=1, le=60, description="how far back a baseline looks for a "
+                                        "healthy day when its usual day breached a rule or has no record")
+    fold_tolerance_pct: float = Field(default=5, ge=0, description="a downstream breach that moved by at most this "
+                                      "% on its own, after its cause's move, folds under the cause in the alert")
     channel: ChannelId | None = Field(default=None, description="alerts of this job go here, whatever the severity")
     models: list[ModelName] = Field(default=[], max_length=RETRAIN_BUTTONS,
                                     description="models trained on this data: its alerts offer to retrain them")
@@ -263,6 +268,18 @@ class DatagenJob(Strict):
         if "{date}" not in value:
             raise ValueError("expected a template containing {date}, e.g. s3://bucket/monitoring/{date}.json")
         return value
+
+    @property
+    def grace(self) -> timedelta:
+        return timedelta(hours=self.grace_hours)
+
+    def overrides(self, name: str) -> list[str]:
+        """Where a rule's own setting wins over one the job sets, so nobody reads the job's value as the one used."""
+        if "grace_hours" not in self.model_fields_set:
+            return []
+        return [f"datagen.jobs.{name}.rules.{rule.id}.grace: {format_grace(rule.grace)} overrides the job's grace_hours "
+                f"({format_grace(self.grace)}); the alert waits {format_grace(rule.grace)}"
+                for rule in self.rules if isinstance(rule, FreshnessRule) and rule.grace not in (None, self.grace)]
 
 
 class Datagen(Strict):

@@ -113,6 +113,7 @@ class Runtime:
         await self.retrain.resume()
         self.scheduler.start()
         await self.scheduler.run_due()  # catch up on slots missed while the bot was down
+        await self.datagen.catch_up()  # and on datagen deadlines that passed meanwhile
         self.hooks.start()  # including what the webhooks accepted before a stop or a crash
 
     async def stop(self) -> None:

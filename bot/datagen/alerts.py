@@ -1,16 +1,19 @@
 """Datagen alerts: one Slack message per (job, run date), edited in place as the breaches change.
 
-An alert resolves when a later report no longer breaches any of its (rule, metric) pairs. Ack, Silence and
-"Expected" act on it from its buttons.
+The message shows the breaches grouped by cause (bot/datagen/causes.py); its thread lists every breach. An alert
+resolves when its day's record clears it, or a later report no longer breaches any of its (rule, metric) pairs;
+a day still without a readable record keeps its alert. Ack, Silence and "Expected" act on it from its buttons.
 """
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Collection
 from dataclasses import asdict
 from datetime import date, timedelta
 from typing import Any
 
+from bot.config import DatagenJob
 from bot.context import Context
 from bot.datagen import messages
 from bot.datagen.history import due_at
@@ -60,11 +63,17 @@ class DatagenAlerts:
         models = self.ctx.config.models
         return [m for m in self.jobs[job].models if models[m].retrain] if job in self.jobs else []
 
+    def _tolerance(self, job: str) -> float:
+        # An alert outlives its job's removal from the config; it is then grouped by the default.
+        job_config = self.jobs.get(job)
+        return job_config.fold_tolerance_pct if job_config else DatagenJob.model_fields["fold_tolerance_pct"].default
+
     def _render(self, job: str, run_date: date, row: dict[str, Any]) -> Message:
         detail = json.loads(row["detail"])
         mover = StageMove(**detail["mover"]) if detail.get("mover") else None
         return messages.alert(job, run_date, [_breach(b) for b in detail["breaches"]], state=row["state"],
-                              mover=mover, by=row["acked_by"], retrain=self.retrainable(job))
+                              mover=mover, by=row["acked_by"], retrain=self.retrainable(job),
+                              tolerance_pct=self._tolerance(job))
 
     async def sync_alert(self, job: str, run_date: date, breaches: list[Breach], mover: StageMove | None,
                           *, actor: str) -> None:
@@ -77,7 +86,7 @@ class DatagenAlerts:
             return
         severity = messages.severity_of(breaches)
         detail = json.dumps({"breaches": [asdict(b) for b in breaches], "mover": mover._asdict() if mover else None})
-        summary = "; ".join(b.message for b in breaches)[:1000]
+        summary = messages.summary_text(breaches, self._tolerance(job))
         if row is not None and json.loads(row["detail"])["breaches"] == json.loads(detail)["breaches"]:
             return  # nothing new to say
         if row is None:
@@ -116,15 +125,32 @@ class DatagenAlerts:
             row = self.alert_row(job, run_date)
             if row is None:
                 return
-            if row["ts"] is None:
+            ts = row["ts"]
+            if ts is None:
                 if row["state"] in ("open", "acked"):  # silenced until now; people see it from here on
                     ts = await self.ctx.notifier.post(row["channel"], self._render(job, run_date, row))
                     self.store.db["alerts"].update(row["id"], {"ts": ts})
             else:
-                ts = await self.ctx.notifier.edit_or_repost(row["channel"], row["ts"], self._render(job, run_date, row))
+                ts = await self.ctx.notifier.edit_or_repost(row["channel"], ts, self._render(job, run_date, row))
                 if ts != row["ts"]:
                     self.store.db["alerts"].update(row["id"], {"ts": ts})
+            if ts is not None:
+                await self._list_in_thread(job, run_date, row, ts)
             self._shown[key] = covered
+
+    async def _list_in_thread(self, job: str, run_date: date, row: dict[str, Any], ts: str) -> None:
+        """Every breach of the alert, in its thread, once per set of breaches: the message itself shows causes.
+
+        The mark lives in the row's detail, which `sync_alert` rewrites when the breaches change, so a new set is
+        listed again and a restart does not list the same set twice."""
+        detail = json.loads(row["detail"])
+        if row["state"] == "resolved" or detail.get("listed") or len(detail["breaches"]) < 2:
+            return
+        await self.ctx.notifier.reply(row["channel"], ts, messages.breach_list(
+            job, run_date, [_breach(b) for b in detail["breaches"]]))
+        # Only the detail that was listed is marked: a set of breaches that came in meanwhile is listed next time.
+        self.store.conn.execute("UPDATE alerts SET detail = json_set(detail, '$.listed', json('true')) "
+                                "WHERE id = ? AND detail = ?", (row["id"], row["detail"]))
 
     async def _resolve(self, job: str, run_date: date, row: dict[str, Any], *, actor: str) -> None:
         self.store.db["alerts"].update(row["id"], {"state": "resolved", "resolved_at": iso(self.ctx.clock())})
@@ -132,13 +158,15 @@ class DatagenAlerts:
                        version=run_date.isoformat())
         await self._show(job, run_date)
 
-    async def _resolve_older(self, job: str, run_date: date, breaches: list[Breach]) -> None:
+    async def _resolve_older(self, job: str, run_date: date, breaches: list[Breach], reported: Collection[date]) -> None:
+        """Resolve the alerts of earlier days that this report clears. A day that still has no record keeps its
+        alert: a later day's numbers say nothing about it."""
         for row in list(self.store.db.query(
                 "SELECT * FROM alerts WHERE source = ? AND key LIKE ? AND state != 'resolved'",
                 [SOURCE, f"{job}/%"])):
             day = date.fromisoformat(row["key"].rpartition("/")[2])
             alerted = [_breach(b) for b in json.loads(row["detail"])["breaches"]]
-            if day < run_date and cleared(alerted, breaches):
+            if day < run_date and day in reported and cleared(alerted, breaches):
                 await self._resolve(job, day, row, actor="datagen")
 
     # -- what people do with an alert -----------------------------------------------------------------------
@@ -155,7 +183,8 @@ class DatagenAlerts:
                                 extra={"until": iso(until), "duration": duration})
 
     async def mark_expected(self, job: str, run_date: date, user: str) -> str:
-        """The day's numbers were expected (a planned change): it stops being anybody's baseline."""
+        """The day's numbers were expected (a planned change): they are the new normal, so the days after compare
+        with it although it breached."""
         self.store.conn.execute("UPDATE datagen_reports SET expected = 1 WHERE job = ? AND run_date = ?",
                                 (job, run_date.isoformat()))
         return await self._mark(job, run_date, user, "expected", "datagen.expected")

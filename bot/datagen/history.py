@@ -4,6 +4,7 @@ Pure rules of timing, and the reads and writes of `datagen_reports`; no Slack.
 """
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -64,6 +65,26 @@ def save_record(store: Store, job: str, run_date: date, text: str, source: str, 
 async def read_source(uri: str, s3_endpoint_url: str | None) -> bytes:
     folder, _, name = uri.rpartition("/")
     return await open_store(folder, s3_endpoint_url=s3_endpoint_url).read(name)
+
+
+def gap_before(reported: Collection[date], run_date: date, lookback: int) -> list[date]:
+    """The days right before `run_date` that have no record, oldest first: back to the previous record, at most
+    `lookback` days, and none before the first record (a job's history starts somewhere)."""
+    first = min(reported, default=run_date)
+    days = []
+    for k in range(1, lookback + 1):
+        day = run_date - timedelta(days=k)
+        if day in reported or day < first:
+            break
+        days.append(day)
+    return days[::-1]
+
+
+def unreported(reported: Collection[date], today: date, lookback: int) -> list[date]:
+    """Every day of the last `lookback` up to `today` that has no record, after the first record."""
+    first = min(reported, default=today)
+    return [day for k in range(lookback - 1, -1, -1)
+            if (day := today - timedelta(days=k)) > first and day not in reported]
 
 
 def usual_runtime(history: dict[date, Report], run_date: date, days: int = 14) -> timedelta | None:

@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, Literal
+from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel
 
 from bot.config import RETRAIN_BUTTONS
+from bot.datagen.causes import Cause, explains, funnel_step, group
 from bot.datagen.report import Report
-from bot.datagen.rules import Breach, StageMove
+from bot.datagen.rules import Breach, StageMove, slack_time
 from bot.notifier import Message
 
 AlertState = Literal["open", "acked", "silenced", "expected", "resolved"]
@@ -85,36 +87,73 @@ def severity_of(breaches: list[Breach]) -> str:
     return "crit" if any(b.severity == "crit" for b in breaches) else "warn"
 
 
+def plural(n: int, word: str, many: str | None = None) -> str:
+    return f"{n:,} {word if n == 1 else many or word + 's'}"
+
+
+def breaches_count(n: int) -> str:
+    return plural(n, "breach", "breaches")
+
+
+MAX_CAUSE_LINES = 5  # with the head, an overflow line, the mover and the status, an alert stays within 8 lines
+
+
+def _icon(breach: Breach) -> str:
+    return ":red_circle:" if breach.severity == "crit" else ":large_orange_circle:"
+
+
+def cause_title(cause: Cause) -> str:
+    """What an alert's head says about its leading cause: the step and its move, or the rule that fired."""
+    lead = cause.lead
+    if (found := funnel_step(lead.metric)) is not None and lead.change_pct is not None:
+        title = f"*{found[0]}* {found[1]} {pct(lead.change_pct)}"
+    else:
+        title = f"*{lead.rule_id}*" + (f" `{lead.metric}`" if lead.metric else "")
+    return "; ".join(x for x in (title, cause.follow_text) if x)
+
+
+def cause_line(cause: Cause) -> str:
+    """One cause as a line of the alert: its rule, what its lead breach says, and how many breaches follow."""
+    return f"{_icon(cause.lead)} *{cause.lead.rule_id}*: " + "; ".join(
+        x for x in (cause.lead.message, cause.follow_text) if x)
+
+
+def summary_text(breaches: list[Breach], tolerance_pct: float) -> str:
+    """The alert in one plain line, cause by cause, for lists of alerts elsewhere (the digest, the App Home)."""
+    return "; ".join("; ".join(x for x in (c.lead.message, c.follow_text) if x)
+                     for c in group(breaches, tolerance_pct))[:1000]
+
+
 def alert(
     job: str, run_date: date, breaches: list[Breach], *, state: AlertState = "open", mover: StageMove | None = None,
-    by: str | None = None, note: str = "", retrain: Sequence[str] = (),
+    by: str | None = None, note: str = "", retrain: Sequence[str] = (), tolerance_pct: float = 5,
 ) -> Message:
-    """The one alert message of a run date: every breach, the biggest mover, and what people can do."""
-    head = f"{_STATE_HEAD[state]} datagen *{job}* {run_date}: {len(breaches)} rule breach" + (
-        "es" if len(breaches) != 1 else "")
+    """The one alert message of a run date: its leading cause first, one line per cause, the biggest mover where it
+    explains a funnel cause, and what people can do. Every breach is in the thread (`breach_list`)."""
+    causes = group(breaches, tolerance_pct)
+    title = cause_title(causes[0]) if causes else "no breaches"
+    head = f"{_STATE_HEAD[state]} datagen *{job}* {run_date}: {title}"
     if state == "resolved":
-        head = f"{_STATE_HEAD[state]} ~datagen *{job}* {run_date}: {len(breaches)} rule breaches~ resolved"
+        head = f"{_STATE_HEAD[state]} ~datagen *{job}* {run_date}: {title}~ resolved"
     text = f"datagen {job} {run_date}: " + (
-        "resolved" if state == "resolved" else f"{len(breaches)} breaches ({severity_of(breaches)})")
-    blocks = [_section(head)]
-    lines = [breach_line(b) for b in breaches]
-    # A section holds 3000 characters; a storm of breaches is cut with a count rather than rejected.
-    body, shown = "", 0
-    for line in lines:
-        if len(body) + len(line) + 40 > 2900:
-            break
-        body, shown = body + line + "\n", shown + 1
-    if shown < len(lines):
-        body += f"…and {len(lines) - shown} more (`/mlops datagen {run_date}`)"
-    blocks.append(_section(body or "no breaches"))
-    if mover is not None:
+        "resolved" if state == "resolved" else f"{breaches_count(len(breaches))} ({severity_of(breaches)})")
+    shown = causes if len(causes) <= MAX_CAUSE_LINES else causes[:MAX_CAUSE_LINES - 1]
+    lines = [cause_line(c) for c in shown]
+    if rest := causes[len(shown):]:  # counted and pointed at, never dropped silently
+        lines.append(f"…and {plural(len(rest), 'more cause')} ({breaches_count(sum(len(c.breaches) for c in rest))}) "
+                     f"in the thread and under `/mlops datagen {run_date}`")
+    blocks = [_section(head), _section("\n".join(lines) or "no breaches")]
+    if explains(mover, causes):
+        assert mover is not None
         blocks.append(_section(
             f":mag: Biggest mover: *{mover.stage}*: {num(mover.items)} items vs {num(mover.baseline_items)} "
             f"({pct(mover.items_change_pct)}; pass rate {pct(mover.pass_rate_change_pct)})"))
     status = {"acked": f"Acked by <@{by}>", "silenced": f"Silenced by <@{by}>", "expected": f"Marked expected by <@{by}>",
               "resolved": "Cleared by a later report", "open": ""}[state]
-    if status or note:
-        blocks.append(_context(" · ".join(x for x in (status, note) if x)))
+    count = (f"{breaches_count(len(breaches))} from {plural(len(causes), 'cause')}: every one in the "
+             f"thread and under `/mlops datagen {run_date}`") if len(breaches) > len(shown) else ""
+    if status or note or count:
+        blocks.append(_context(" · ".join(x for x in (status, note, count) if x)))
     if state != "resolved":
         ref = AlertRef(job=job, run_date=run_date)
         buttons = [_button("Ack", "datagen.ack", ref)]
@@ -125,6 +164,20 @@ def alert(
                     for i, model in enumerate(retrain[:RETRAIN_BUTTONS])]
         blocks.append({"type": "actions", "elements": buttons})
     return Message(text=text, blocks=blocks)
+
+
+_SECTION_CHARS = 2900  # under Slack's 3,000 a section
+
+
+def breach_list(job: str, run_date: date, breaches: list[Breach]) -> Message:
+    """Every breach of an alert, one line each, in as many sections as they need: nothing cut. The notifier
+    spreads a list past one message's blocks over several (or a file), so the whole list always arrives."""
+    sections = [f"*Every breach of datagen {job} {run_date}* ({len(breaches):,})"]
+    for line in map(breach_line, breaches):
+        if len(sections[-1]) + len(line) + 1 > _SECTION_CHARS:
+            sections.append("")
+        sections[-1] += "\n" + line[:_SECTION_CHARS]
+    return Message(text=f"datagen {job} {run_date}: every breach", blocks=[_section(t.strip()) for t in sections])
 
 
 def unreadable(job: str, run_date: date, reason: str, uri: str) -> Breach:
@@ -163,26 +216,38 @@ def funnel_table(report: Report, day_before: Report | None, week_before: Report 
 
 def summary(
     job: str, report: Report, day_before: Report | None, week_before: Report | None, *,
-    usual_runtime: timedelta | None, alerts: int,
+    usual_runtime: timedelta | None, breaches: int, missing: Sequence[date] = (),
 ) -> Message:
-    """The daily post: status, run time against the usual, final rows and the alert count, at a glance."""
+    """The daily post: status, run time against the usual, final rows, the days before it that have no record
+    and the breach count, at a glance. A failed run shows its failure and none of its numbers."""
     if report.failed:
         cause = "; ".join(report.errors) or "SUCCESS is false"
         status = f":x: datagen *{job}* {report.run_date} *failed*: {cause[:500]}"
+        facts = ["no numbers: the run failed"]
+        if report.run_time is not None:
+            facts.insert(0, f"stopped after {_duration(report.run_time)}")
     else:
         status = f":white_check_mark: datagen *{job}* {report.run_date} succeeded"
-    facts = [f"run time {_duration(report.run_time)} (usual {_duration(usual_runtime)})"]
-    if report.final_rows is not None:
-        then = day_before.final_rows if day_before else None
-        facts.append(f"final rows {report.final_rows:,} ({_delta(report.final_rows, then)} 1d)")
-    if report.new_items_1d is not None:
-        facts.append(f"new items {report.new_items_1d.count:,} ({report.new_items_1d.pct:.2f}%)")
-    facts.append(f"{alerts} alert{'s' if alerts != 1 else ''}" if alerts else "no alerts")
-    text = f"datagen {job} {report.run_date}: {'failed' if report.failed else 'ok'}, {alerts} alerts"
+        facts = [f"run time {_duration(report.run_time)} (usual {_duration(usual_runtime)})"]
+        if report.final_rows is not None:
+            then = day_before.final_rows if day_before else None
+            facts.append(f"final rows {report.final_rows:,} ({_delta(report.final_rows, then)} 1d)")
+        if report.new_items_1d is not None:
+            facts.append(f"new items {report.new_items_1d.count:,} ({report.new_items_1d.pct:.2f}%)")
+    if missing:
+        facts.append(f"no record for {', '.join(map(str, missing))}")
+    count = breaches_count(breaches) if breaches else "no breaches"
+    facts.append(count)
+    text = f"datagen {job} {report.run_date}: {'failed' if report.failed else 'ok'}, {count}"
     return Message(text=text, blocks=[_section(status), _context(" · ".join(facts))])
 
 
-def details(report: Report, day_before: Report | None, week_before: Report | None) -> Message:
+def _job_time(moment: datetime, tz: str) -> str:
+    # The job writes its times without a zone, in its own.
+    return slack_time(moment if moment.tzinfo else moment.replace(tzinfo=ZoneInfo(tz)))
+
+
+def details(report: Report, day_before: Report | None, week_before: Report | None, *, tz: str) -> Message:
     """The thread under the summary: the funnel with losses and deltas, then the item-age buckets."""
     blocks = [_section("*Funnel* (raw → filters → embedding join → final rows)\n"
                        + funnel_table(report, day_before, week_before))]
@@ -197,7 +262,7 @@ def details(report: Report, day_before: Report | None, week_before: Report | Non
         extra.append(f"items Δ1d {report.items_diff_1d.count:+,} ({pct(report.items_diff_1d.pct)}), "
                      f"Δ7d {report.items_diff_7d.count:+,} ({pct(report.items_diff_7d.pct)})")
     if report.start_time and report.end_time:
-        extra.append(f"ran {report.start_time:%Y-%m-%d %H:%M} → {report.end_time:%H:%M}")
+        extra.append(f"ran {_job_time(report.start_time, tz)} → {_job_time(report.end_time, tz)}")
     if extra:
         blocks.append(_context(" · ".join(extra)))
     return Message(text=f"datagen {report.run_date} details", blocks=blocks)

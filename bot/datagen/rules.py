@@ -4,22 +4,24 @@ The rule models are what `datagen.jobs.<job>.rules` holds in mlops-bot.yaml (exa
 has the team's defaults). A rule names metrics by the dotted names of `Report.metrics()`, or by a glob of
 them (`stage.*.events`, `*.items`; `*` also crosses dots).
 
-Baselines, for a report on day D:
-- `lag_1d` is day D-1 and `lag_7d` day D-7, exactly. If that day has no report, a failed one, or is marked
-  expected, the rule has no baseline for D and stays silent: comparing with an older day would silently
-  change what "day-over-day" means, and the other baselines keep watching.
-- `median_same_weekday` is the per-metric median over D-7, D-14, ... D-7*weeks, skipping days without a
-  usable report or marked expected; silent when none is left.
-A day marked expected still gets its own breaches (the service shows them as expected); it only stops
-being anybody's baseline. A missing report yields only `freshness` breaches, a failed one only `failed`
-breaches: every other rule would be judging numbers that are not there.
+Baselines skip incidents. A day is healthy when it has a successful report that breached no rule, or that
+was marked expected: its numbers are the new normal, so no day before it is a baseline for the days after
+it. For a report on day D:
+- `lag_1d` is the newest healthy day from D-1 back, `lag_7d` the newest from D-7 back, looking at most
+  `lookback` days: an anomaly does not become the baseline of the day after it, so the return to normal is
+  quiet. With no healthy day in reach the rule has no baseline for D and stays silent.
+- `median_same_weekday` is the per-metric median over the healthy days among D-7, D-14, ... D-7*weeks;
+  silent when none is left.
+Days are judged in date order (`Verdicts`), each against the healthy days before it, so `evaluate` and
+`backtest` agree. A missing report yields only `freshness` breaches, a failed one only `failed` breaches:
+every other rule would be judging numbers that are not there.
 """
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 from functools import cached_property
 from statistics import median
 from typing import Annotated, Literal, NamedTuple
@@ -103,10 +105,10 @@ class BoundRule(_Rule):
 
 
 class FreshnessRule(_Rule):
-    """No report by the expected time plus `grace`: the raw data was not found."""
+    """No report by the expected time plus `grace` (unset: the job's `grace_hours`): the raw data was not found."""
 
     kind: Literal["freshness"] = "freshness"
-    grace: Duration = timedelta(hours=3)
+    grace: Duration | None = None
     severity: Severity = "crit"
 
 
@@ -141,7 +143,7 @@ def default_rules() -> list[Rule]:
         ChangeRule(id="items_7d", metric="*.items", baseline="lag_7d", warn_pct=10),
         ChangeRule(id="item_age_bucket_7d", metric="bucket.*.count", baseline="lag_7d", warn_pct=10),
         BoundRule(id="new_items_floor", metric="new_items_1d_pct", lt=3, severity="warn"),
-        FreshnessRule(id="raw_data_missing", grace=timedelta(hours=3), severity="crit"),
+        FreshnessRule(id="raw_data_missing", severity="crit"),
         FailedRule(id="run_failed", severity="crit"),
     ]
 
@@ -170,6 +172,10 @@ class StageMove(NamedTuple):
     pass_rate_change_pct: float
 
 
+DEFAULT_GRACE = timedelta(hours=3)
+DEFAULT_LOOKBACK = 7
+
+
 def evaluate(
     rules: Sequence[Rule],
     history: Mapping[date, Report],
@@ -178,55 +184,100 @@ def evaluate(
     expected: Collection[date] = frozenset(),
     now: datetime | None = None,
     expected_at: datetime | None = None,
+    grace: timedelta = DEFAULT_GRACE,
+    lookback: int = DEFAULT_LOOKBACK,
 ) -> list[Breach]:
     """Every breach of `rules` by the run of `run_date`, in rule order.
 
-    `history` holds the reports by run date (it may include `run_date` itself); `expected` are days marked
-    expected, left out of baselines. Freshness needs `now` and `expected_at` (when the report for
-    `run_date` was due); without them a missing report breaches nothing.
+    `history` holds the reports by run date (it may include `run_date` itself); `expected` are the days marked
+    expected. Freshness needs `now` and `expected_at` (when the report for `run_date` was due); without them a
+    missing report breaches nothing. `grace` is the job's, for freshness rules that set none.
     """
-    report = history.get(run_date)
-    if report is None:
-        if now is None or expected_at is None:
-            return []
-        return [_overdue(r, run_date, expected_at) for r in rules
-                if isinstance(r, FreshnessRule) and now >= expected_at + r.grace]
-    if report.failed:
-        return [_failed(r, report) for r in rules if isinstance(r, FailedRule)]
-    baselines = _Baselines(history, run_date, expected)
-    breaches: list[Breach] = []
-    for rule in rules:
-        match rule:
-            case ChangeRule():
-                breaches += _changed(rule, report, baselines.lookup(rule.baseline, rule.weeks))
-            case RecordedChangeRule():
-                breaches += _recorded(rule, report)
-            case BoundRule():
-                breaches += _out_of_bounds(rule, report)
-            # freshness and failed rules only concern missing and failed runs, handled above
-    return breaches
+    if run_date in history:
+        return Verdicts(rules, history, expected=expected, lookback=lookback).of(run_date)
+    if now is None or expected_at is None:
+        return []
+    rules_grace = [(r, grace if r.grace is None else r.grace) for r in rules if isinstance(r, FreshnessRule)]
+    return [_overdue(r, run_date, expected_at, wait) for r, wait in rules_grace if now >= expected_at + wait]
 
 
 def backtest(
-    rules: Sequence[Rule], history: Mapping[date, Report], days: int, *, expected: Collection[date] = frozenset()
+    rules: Sequence[Rule], history: Mapping[date, Report], days: int, *, expected: Collection[date] = frozenset(),
+    lookback: int = DEFAULT_LOOKBACK,
 ) -> dict[str, int]:
     """On how many of the last `days` days (up to the newest report) each rule would have fired.
 
     Judged in hindsight: every deadline has passed, so a day without a report counts for freshness. Days
-    before the first report are not counted.
+    before the first report are not counted. Baselines skip incidents exactly as they do live.
     """
     fired = dict.fromkeys((rule.id for rule in rules), 0)
     if not history:
         return fired
+    verdicts = Verdicts(rules, history, expected=expected, lookback=lookback)
+    freshness = {r.id for r in rules if isinstance(r, FreshnessRule)}  # in hindsight a missing day is overdue
     first, last = min(history), max(history)
-    hindsight = datetime.max.replace(tzinfo=UTC)
     for offset in range(min(days, (last - first).days + 1)):
         day = last - timedelta(days=offset)
-        due = datetime.combine(day, time(), UTC)
-        for rule_id in {b.rule_id for b in evaluate(rules, history, day, expected=expected, now=hindsight,
-                                                    expected_at=due)}:
+        for rule_id in {b.rule_id for b in verdicts.of(day)} if day in history else freshness:
             fired[rule_id] += 1
     return fired
+
+
+class Verdicts:
+    """The breaches of every reported day of one history, judged once each and in date order, so that a day's
+    baselines know which days before it were healthy."""
+
+    def __init__(self, rules: Sequence[Rule], history: Mapping[date, Report], *,
+                 expected: Collection[date] = frozenset(), lookback: int = DEFAULT_LOOKBACK) -> None:
+        self.rules, self.history, self.expected, self.lookback = rules, history, expected, lookback
+        self._days, self._expected = sorted(history), sorted(expected)
+        self._judged: dict[date, list[Breach]] = {}
+
+    def of(self, day: date) -> list[Breach]:
+        """The breaches of the reported `day`."""
+        self._judge_until(day)
+        return self._judged[day]
+
+    def healthy(self, day: date) -> bool:
+        """A usable baseline: a successful report that breached nothing, or whose numbers were marked expected."""
+        report = self.history.get(day)
+        if report is None or report.failed:
+            return False
+        return day in self.expected or not self.of(day)
+
+    def baseline_day(self, run_date: date, lag: int) -> date | None:
+        """The newest healthy day from `lag` days before `run_date` back, within the lookback."""
+        return next((day for k in range(lag, lag + self.lookback)
+                     if self.comparable(day := run_date - timedelta(days=k), run_date)), None)
+
+    def comparable(self, day: date, run_date: date) -> bool:
+        """`day` can be a baseline of `run_date`: healthy, and not older than the newest new normal before it."""
+        since = next((e for e in reversed(self._expected) if e < run_date), None)
+        return self.healthy(day) and (since is None or day >= since)
+
+    def _judge_until(self, day: date) -> None:
+        # Each day is judged after every day before it, so the recursion through `healthy` never goes deep.
+        for earlier in self._days[len(self._judged):]:
+            if earlier > day:
+                return
+            self._judged[earlier] = self._judge(earlier)
+
+    def _judge(self, day: date) -> list[Breach]:
+        report = self.history[day]
+        if report.failed:
+            return [_failed(r, report) for r in self.rules if isinstance(r, FailedRule)]
+        baselines = _Baselines(self, day)
+        breaches: list[Breach] = []
+        for rule in self.rules:
+            match rule:
+                case ChangeRule():
+                    breaches += _changed(rule, report, *baselines.lookup(rule.baseline, rule.weeks))
+                case RecordedChangeRule():
+                    breaches += _recorded(rule, report)
+                case BoundRule():
+                    breaches += _out_of_bounds(rule, report)
+                # freshness and failed rules only concern missing and failed runs
+        return breaches
 
 
 def biggest_mover(report: Report, baseline: Report) -> StageMove | None:
@@ -254,29 +305,30 @@ def biggest_mover(report: Report, baseline: Report) -> StageMove | None:
 
 
 class _Baselines:
-    """Baseline values for one run date, computed once per (baseline, weeks, metric)."""
+    """Baseline values for one run date, and how to name them, computed once per (baseline, weeks, metric)."""
 
-    def __init__(self, history: Mapping[date, Report], run_date: date, expected: Collection[date]) -> None:
-        self._history, self._run_date, self._expected = history, run_date, expected
-        self._lookups: dict[tuple[str, int], Callable[[str], float | None]] = {}
+    def __init__(self, verdicts: Verdicts, run_date: date) -> None:
+        self._verdicts, self._run_date = verdicts, run_date
+        self._lookups: dict[tuple[str, int], tuple[Callable[[str], float | None], str]] = {}
 
-    def _usable(self, day: date) -> Mapping[str, float] | None:
-        report = self._history.get(day)
-        if report is None or report.failed or day in self._expected:
-            return None
-        return report.metrics()
-
-    def lookup(self, kind: str, weeks: int) -> Callable[[str], float | None]:
+    def lookup(self, kind: str, weeks: int) -> tuple[Callable[[str], float | None], str]:
         key = (kind, weeks if kind == "median_same_weekday" else 0)
         if (found := self._lookups.get(key)) is None:
             found = self._lookups[key] = self._build(kind, weeks)
         return found
 
-    def _build(self, kind: str, weeks: int) -> Callable[[str], float | None]:
+    def _build(self, kind: str, weeks: int) -> tuple[Callable[[str], float | None], str]:
+        history = self._verdicts.history
         if kind != "median_same_weekday":
-            values = self._usable(self._run_date - timedelta(days=1 if kind == "lag_1d" else 7))
-            return (lambda metric: None) if values is None else values.get
-        runs = [v for k in range(1, weeks + 1) if (v := self._usable(self._run_date - timedelta(weeks=k)))]
+            lag = 1 if kind == "lag_1d" else 7
+            day = self._verdicts.baseline_day(self._run_date, lag)
+            if day is None:
+                return (lambda metric: None), ""
+            usual = "the day before" if lag == 1 else "7 days before"
+            against = usual if day == self._run_date - timedelta(days=lag) else f"{day}, the last healthy day"
+            return history[day].metrics().get, against
+        runs = [history[day].metrics() for k in range(1, weeks + 1)
+                if self._verdicts.comparable(day := self._run_date - timedelta(weeks=k), self._run_date)]
         medians: dict[str, float | None] = {}
 
         def of(metric: str) -> float | None:
@@ -285,13 +337,11 @@ class _Baselines:
                 medians[metric] = median(past) if past else None
             return medians[metric]
 
-        return of
+        return of, f"the median of the last {weeks} {self._run_date:%A}s"
 
 
-_BASELINE_TEXT = {"lag_1d": "the day before", "lag_7d": "7 days before"}
-
-
-def _changed(rule: ChangeRule, report: Report, baseline: Callable[[str], float | None]) -> Iterator[Breach]:
+def _changed(rule: ChangeRule, report: Report, baseline: Callable[[str], float | None],
+             against: str) -> Iterator[Breach]:
     values = report.metrics()
     for metric in report.metric_names.matching(rule.metric):
         before = baseline(metric)
@@ -302,8 +352,6 @@ def _changed(rule: ChangeRule, report: Report, baseline: Callable[[str], float |
         if abs(change) <= rule.quiet_below or (graded := rule.grade(change)) is None:
             continue  # the first test settles most metrics on most days, cheaply
         severity, threshold = graded
-        against = _BASELINE_TEXT.get(rule.baseline) or (
-            f"the median of the last {rule.weeks} {report.run_date:%A}s")
         yield Breach(rule.id, severity, metric, value, before, change, threshold,
                      f"{metric} {_moved(change)} vs {against} ({_num(value)} vs {_num(before)}; "
                      f"{severity} above {_num(threshold)}%)")
@@ -334,14 +382,22 @@ def _out_of_bounds(rule: BoundRule, report: Report) -> Iterator[Breach]:
                      f"{metric} is {_num(value)}, {side} {_num(threshold)}")
 
 
-def _overdue(rule: FreshnessRule, run_date: date, expected_at: datetime) -> Breach:
-    deadline = expected_at + rule.grace
-    hours, seconds = divmod(int(rule.grace.total_seconds()), 3600)
-    grace = f"{hours}h" + (f"{seconds // 60:02d}m" if seconds >= 60 else "")
-    when = f"{deadline:%Y-%m-%d %H:%M %Z}".rstrip()  # %Z is empty for a naive time
+def format_grace(grace: timedelta) -> str:
+    """A grace period as the config writes it: 3h, 1h30m, 45m."""
+    hours, minutes = divmod(int(grace.total_seconds()) // 60, 60)
+    return f"{hours}h" + (f"{minutes:02d}m" if minutes else "") if hours else f"{minutes}m"
+
+
+def slack_time(moment: datetime) -> str:
+    """A time as Slack shows it to each reader, in their own zone; the fallback is UTC text."""
+    fallback = f"{moment.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+    return f"<!date^{int(moment.timestamp())}^{{date_short_pretty}} {{time}}|{fallback}>"
+
+
+def _overdue(rule: FreshnessRule, run_date: date, expected_at: datetime, grace: timedelta) -> Breach:
     return Breach(rule.id, rule.severity, None, None, None, None, None,
-                  f"raw data not found: no datagen report for {run_date} by {when} "
-                  f"(due {expected_at:%H:%M}, grace {grace})")
+                  f"raw data not found: no datagen report for {run_date} by {slack_time(expected_at + grace)} "
+                  f"(due {slack_time(expected_at)}, grace {format_grace(grace)})")
 
 
 def _failed(rule: FailedRule, report: Report) -> Breach:

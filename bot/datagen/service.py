@@ -4,11 +4,13 @@ A record reaches the bot three ways (the scheduled poll of the job's source URI,
 bot/datagen/hook.py and `mlops-bot datagen ingest`), and all of them end in `ingest`: store by (job, run date),
 evaluate the rules against the stored history, then bring the run date's alert message in line with what is
 breached now (bot/datagen/alerts.py) and post the day's summary once.
+
+A day without a record is alerted once ("raw data not found"): by the poll at its deadline, when the next
+record arrives, or at start (`catch_up`) for deadlines that passed while the bot was down.
 """
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from datetime import UTC, date, datetime, timedelta
 from functools import partial
@@ -21,16 +23,18 @@ from bot.datagen import messages
 from bot.datagen.alerts import DatagenAlerts
 from bot.datagen.history import (
     due_at,
+    gap_before,
     load_history,
     read_source,
     run_date_at,
     save_record,
     source_uri,
     stored_raw,
+    unreported,
     usual_runtime,
 )
 from bot.datagen.report import Report, ReportError, parse_report
-from bot.datagen.rules import Breach, StageMove, biggest_mover, evaluate
+from bot.datagen.rules import Breach, StageMove, Verdicts, biggest_mover, evaluate
 from bot.notifier import Message, SlackError
 from bot.scheduler import Scheduler
 from bot.serving.artifacts import ArtifactError
@@ -72,8 +76,7 @@ class DatagenService(DatagenAlerts):
         record is still picked up and resolves the "raw data not found" alert."""
         job = self.jobs[job_name]
         day = run_date_at(job, slot)
-        due = due_at(job, day)
-        if slot < due:
+        if slot < due_at(job, day):
             return
         if stored_raw(self.store, job_name, day) is not None:
             if not self._announced(job_name, day):  # stored by `mlops-bot datagen ingest` without Slack
@@ -84,12 +87,27 @@ class DatagenService(DatagenAlerts):
             raw = await read_source(uri, self.ctx.config.s3.endpoint_url)
         except ArtifactError as exc:
             log.info("datagen %s %s not there yet: %s", job_name, day, exc)
-            history, expected = self.history(job_name)
-            breaches = evaluate(job.rules, history, day, expected=expected, now=slot, expected_at=due)
-            if breaches:
-                await self.sync_alert(job_name, day, breaches, None, actor="scheduler")
+            await self._overdue(job_name, day, slot, actor="scheduler")
             return
         await self.ingest(job_name, day, raw, uri, actor="scheduler")
+
+    async def catch_up(self) -> None:
+        """At start: every day of the lookback whose deadline passed while the bot was down, with no record and no
+        alert yet, gets its "raw data not found" alert now. The alert rows make this once per day, restarts or not."""
+        now = self.ctx.clock()
+        for name, job in self.jobs.items():
+            history, _ = self.history(name)
+            for day in unreported(history, run_date_at(job, now), job.baseline_lookback_days):
+                if self.alert_row(name, day) is None:
+                    await self._overdue(name, day, now, actor="datagen")
+
+    async def _overdue(self, job_name: str, day: date, now: datetime, *, actor: str) -> None:
+        job = self.jobs[job_name]
+        history, expected = self.history(job_name)
+        breaches = evaluate(job.rules, history, day, expected=expected, now=now, expected_at=due_at(job, day),
+                            grace=job.grace)
+        if breaches:
+            await self.sync_alert(job_name, day, breaches, None, actor=actor)
 
     async def ingest(self, job_name: str, run_date: date, raw: bytes | str, source: str, *, actor: str) -> Ingested:
         """Store one record (idempotent per run date), evaluate it and update Slack. Never raises for bad input:
@@ -115,46 +133,55 @@ class DatagenService(DatagenAlerts):
         return row is not None and row[0] != "null"
 
     async def announce(self, job_name: str, run_date: date, *, actor: str) -> list[Breach]:
-        """Evaluate a stored record, bring the alerts in line with it and post the day's summary once.
+        """Evaluate a stored record, bring the alerts in line with it, raise the alert of any day missing right
+        before it, and post the day's summary once.
 
         The slot is claimed before the post and given the post's ts after it: a crash between the two (the queued
         item runs again after the restart) finds the claim without a ts and posts the summary then."""
+        job = self.jobs[job_name]
         history, expected = self.history(job_name)
-        breaches = evaluate(self.jobs[job_name].rules, history, run_date, expected=expected)
-        await self.sync_alert(job_name, run_date, breaches, self._mover(history, expected, run_date), actor=actor)
-        await self._resolve_older(job_name, run_date, breaches)
+        verdicts = Verdicts(job.rules, history, expected=expected, lookback=job.baseline_lookback_days)
+        breaches = verdicts.of(run_date)
+        await self.sync_alert(job_name, run_date, breaches, self._mover(verdicts, run_date), actor=actor)
+        await self._resolve_older(job_name, run_date, breaches, history)
+        missing = gap_before(history, run_date, job.baseline_lookback_days)
+        for day in missing:
+            if self.alert_row(job_name, day) is None:
+                await self._overdue(job_name, day, self.ctx.clock(), actor=actor)
         slot = (f"datagen.summary.{job_name}", run_date.isoformat())
         if slot in self._posting:
             return breaches
         if self.store.claim_slot(*slot, self.ctx.clock(), {"ts": None}) or not self._announced(job_name, run_date):
             self._posting.add(slot)
             try:
-                await self._post_summary(job_name, run_date, history, len(breaches), slot)
+                await self._post_summary(job_name, run_date, history, len(breaches), missing, slot)
             finally:
                 self._posting.discard(slot)
         return breaches
 
     @staticmethod
-    def _mover(history: dict[date, Report], expected: set[date], run_date: date) -> StageMove | None:
-        report, before = history.get(run_date), history.get(run_date - timedelta(days=1))
-        if report is None or before is None or report.failed or before.failed or before.run_date in expected:
+    def _mover(verdicts: Verdicts, run_date: date) -> StageMove | None:
+        """The funnel step that moved most against the day the day-over-day rules compared with."""
+        report, before = verdicts.history[run_date], verdicts.baseline_day(run_date, 1)
+        if report.failed or before is None:
             return None
-        return biggest_mover(report, before)
+        return biggest_mover(report, verdicts.history[before])
 
     # -- the daily summary ----------------------------------------------------------------------------------
 
-    async def _post_summary(self, job: str, run_date: date, history: dict[date, Report], alerts: int,
-                            slot: tuple[str, str]) -> None:
+    async def _post_summary(self, job: str, run_date: date, history: dict[date, Report], breaches: int,
+                            missing: list[date], slot: tuple[str, str]) -> None:
         report = history[run_date]
         before, week = history.get(run_date - timedelta(days=1)), history.get(run_date - timedelta(days=7))
         channel = self.ctx.config.channels.main
         ts = await self.ctx.notifier.post(channel, messages.summary(
-            job, report, before, week, usual_runtime=usual_runtime(history, run_date), alerts=alerts))
+            job, report, before, week, usual_runtime=usual_runtime(history, run_date), breaches=breaches,
+            missing=missing))
         self.store.conn.execute("UPDATE job_runs SET detail = json_set(detail, '$.ts', ?) WHERE job = ? AND slot = ?",
                                 (ts, *slot))
         if report.failed:
             return
-        await self.ctx.notifier.reply(channel, ts, messages.details(report, before, week))
+        await self.ctx.notifier.reply(channel, ts, messages.details(report, before, week, tz=self.jobs[job].tz))
         await self._charts(job, run_date, history, channel, ts)
 
     async def _charts(self, job: str, run_date: date, history: dict[date, Report], channel: str, ts: str) -> None:
@@ -193,10 +220,15 @@ class DatagenService(DatagenAlerts):
             other = history[compare]
             mover = None if report.failed or other.failed else biggest_mover(report, other)
             return [messages.comparison(job, report, other, mover)]
-        row = self.alert_row(job, day)
-        alerts = len(json.loads(row["detail"])["breaches"]) if row and row["state"] != "resolved" else 0
+        # The day's breaches as its record is judged now: what its summary said, and the full list its alert
+        # points at, resolved or not.
+        settings = self.jobs[job]
+        breaches = evaluate(settings.rules, history, day, expected=expected, lookback=settings.baseline_lookback_days)
         before, week = history.get(day - timedelta(days=1)), history.get(day - timedelta(days=7))
-        shown = [messages.summary(job, report, before, week, usual_runtime=usual_runtime(history, day), alerts=alerts)]
+        shown = [messages.summary(job, report, before, week, usual_runtime=usual_runtime(history, day),
+                                  breaches=len(breaches), missing=gap_before(history, day, settings.baseline_lookback_days))]
         if not report.failed:
-            shown.append(messages.details(report, before, week))
+            shown.append(messages.details(report, before, week, tz=settings.tz))
+        if breaches:
+            shown.append(messages.breach_list(job, day, breaches))
         return shown

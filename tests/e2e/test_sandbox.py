@@ -61,16 +61,17 @@ def test_starts_with_the_datagen_summary_and_alert_and_shows_home_and_digest(tmp
     result = sandbox(tmp_path, ["/home", "/digest"])
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    # The example records were ingested at start: the newest alerting day's summary and its alert.
-    assert ":white_check_mark: datagen *recsys* 2026-11-19 succeeded" in out
-    assert ":rotating_light: datagen *recsys* 2026-11-19: 16 rule breaches" in out
+    # The example records were ingested at start: the newest alerting day's summary and its alert, led by the
+    # cause (the day after it is back to normal, and quiet).
+    assert ":white_check_mark: datagen *recsys* 2026-11-18 succeeded" in out
+    assert ":rotating_light: datagen *recsys* 2026-11-18: *feed source* events -15.0%; 7 downstream stages follow" in out
     home = out.split("U0ALICE> /home")[1].split("U0ALICE> /digest")[0]
     assert "┌ App Home ┐" in home and "*ranker* · prod: not deployed" in home
     assert "*recsys*: now @" in home and "*Waiting for you to unblock*\n_nothing_" in home
     digest = out.split("U0ALICE> /digest")[1]
     # The newest example record; on the real clock a later day's record may be due already ("no record … yet").
     assert "== Daily digest" in digest and "*recsys* 2026-11-21: ran" in digest
-    assert "datagen · stage.feed_source.events rose 19.2%" in digest
+    assert "datagen · stage.feed_source.events fell 15.0%" in digest
 
 
 @pytest.mark.skipif(triton_missing() is not None, reason=triton_missing() or "")

@@ -65,26 +65,27 @@ async def test_thirty_days_fire_resolve_and_stay_silent_exactly(tmp_path: Path) 
             if day == DROP:
                 alert = _alerts(slack, INFO)[str(DROP)]
                 text = _flat(alert)
-                assert "stage.feed_source.items" in text and "change -15.0%" in text
+                assert "stage.feed_source.items fell 15." in text and "7 downstream stages follow" in text
                 assert "Biggest mover: *feed source*" in text
-                await bot.client.press_button("U0BOB", INFO, alert["ts"], "Mark expected")
-                await slack.wait_for(lambda: "Marked expected by <@U0BOB>" in _flat(_alerts(slack, INFO)[str(DROP)]))
+                assert "change -15.0%" in _flat(slack.replies(INFO, alert["ts"])[0])  # every breach, in the thread
+                await bot.client.press_button("U0BOB", INFO, alert["ts"], "Ack")
+                await slack.wait_for(lambda: "Acked by <@U0BOB>" in _flat(_alerts(slack, INFO)[str(DROP)]))
             if day == FAILED:
                 alert = _alerts(slack, ERROR)[str(FAILED)]
                 assert "ExecutorLostFailure" in _flat(alert)
-                await bot.client.press_button("U0ALICE", ERROR, alert["ts"], "Ack")
-                await slack.wait_for(lambda: "Acked by <@U0ALICE>" in _flat(_alerts(slack, ERROR)[str(FAILED)]))
+                await bot.client.press_button("U0ALICE", ERROR, alert["ts"], "Mark expected")
+                await slack.wait_for(lambda: "Marked expected by <@U0ALICE>" in _flat(_alerts(slack, ERROR)[str(FAILED)]))
 
         # Exactly three alerts fired: the drop (warn → info), the late day and the failed run (crit → error).
-        # The drop was marked expected, so the next day and a week later (whose baselines it would be) stay
-        # silent; so do the day after the failure and a week after it (no baseline at all).
+        # The days after the drop and a week later compare with the last healthy day, not with the drop, so they
+        # stay silent; so do the day after the failure and a week after it.
         assert sorted(_alerts(slack, INFO)) == [str(DROP)]
         assert sorted(_alerts(slack, ERROR)) == [str(LATE), str(FAILED)]
         # Each was edited in place to resolved by a later report, never re-posted.
         for alert in [_alerts(slack, INFO)[str(DROP)], *_alerts(slack, ERROR).values()]:
             assert alert["text"].endswith("resolved"), alert["text"]
             assert alert["edited"] and not any(b["type"] == "actions" for b in alert["blocks"])
-        posted = [c.args["channel"] for c in slack.calls_to("chat.postMessage") if c.ok]
+        posted = [c.args["channel"] for c in slack.calls_to("chat.postMessage") if c.ok and not c.args.get("thread_ts")]
         assert (posted.count(INFO), posted.count(ERROR)) == (1, 2)  # nothing posted twice
 
         # One summary a day in the main channel; the failed day says so; details and charts in the thread.
@@ -100,7 +101,7 @@ async def test_thirty_days_fire_resolve_and_stay_silent_exactly(tmp_path: Path) 
 
         # Every press is audited with who pressed it.
         audit = {(r["verb"], r["actor"], r["status"]) for r in bot.runtime.store.actions()}
-        assert ("datagen.expected", "U0BOB", "ok") in audit and ("datagen.ack", "U0ALICE", "ok") in audit
+        assert ("datagen.ack", "U0BOB", "ok") in audit and ("datagen.expected", "U0ALICE", "ok") in audit
 
 
 async def test_s3_source_and_freshness_deadline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -129,7 +130,7 @@ async def test_s3_source_and_freshness_deadline(tmp_path: Path, monkeypatch: pyt
             await bot.runtime.scheduler.run_due(clock.now)
             assert _alerts(bot.slack, ERROR)[str(day)]["text"].endswith("resolved")
             summary = bot.slack.messages(MAIN)[0]
-            assert summary["text"] == f"datagen recsys {day}: ok, 0 alerts"
+            assert summary["text"] == f"datagen recsys {day}: ok, no breaches"
             stored = bot.runtime.store.conn.execute("SELECT source FROM datagen_reports").fetchall()
             assert stored == [(f"s3://datagen/monitoring/{day}.json",)]
 
@@ -205,3 +206,74 @@ async def test_a_deleted_alert_message_is_posted_again_when_the_alert_resolves(t
         await bot.runtime.scheduler.run_due(clock.now)
         again = _alerts(bot.slack, ERROR)[str(day)]
         assert again["ts"] != alert["ts"] and again["text"].endswith("resolved")
+
+
+def _seen(message: dict) -> list[str]:
+    """The lines of a message as a reader sees them, buttons aside."""
+    texts = [b["text"]["text"] for b in message["blocks"] if b["type"] == "section"]
+    texts += [e["text"] for b in message["blocks"] if b["type"] == "context" for e in b["elements"]]
+    return "\n".join(texts).splitlines()
+
+
+async def _push(bot, day: date, record: dict) -> None:
+    body, query, stamp = json.dumps(record).encode(), f"job=recsys&date={day}", str(int(time.time()))
+    headers = {"X-Datagen-Timestamp": stamp,
+               "X-Datagen-Signature": sign("hook-secret", stamp, "POST", "/hooks/datagen", query, body)}
+    async with aiohttp.ClientSession() as http, http.post(f"{bot.url}/hooks/datagen?{query}", data=body,
+                                                          headers=headers) as resp:
+        assert resp.status == 200 and (await resp.json())["stored"] is True
+    await bot.runtime.hooks.settled()
+
+
+async def test_a_pushed_drop_is_posted_by_cause_and_missing_days_are_alerted_once(tmp_path: Path) -> None:
+    start = date(2026, 11, 1)
+    drop, gap, down = start + timedelta(days=9), start + timedelta(days=11), start + timedelta(days=13)
+    records = make_history(real_record(), start, 13, drops={drop: ("feed_source", 40)}, missing={gap})
+    config = _config(tmp_path, str(tmp_path / "nowhere" / "{date}.json"))
+    job = config.datagen.jobs["recsys"]
+    clock = Clock(due_at(job, start))
+    secrets = Secrets(datagen_hook_secret="hook-secret")
+    async with local_bot(config, clock=clock, secrets=secrets, post_rate=1000, post_burst=1000) as bot:
+        for day, record in sorted(records.items()):
+            clock.now = due_at(job, day) + timedelta(minutes=5)
+            await _push(bot, day, record)
+            if day == drop:
+                [alert] = _alerts(bot.slack, INFO).values()
+                lines = _seen(alert)
+                # The cause first, one line per rule, the mover that explains it, and where the rest is.
+                assert lines[0].startswith(f":rotating_light: datagen *recsys* {drop}: *feed source* events -")
+                assert lines[0].endswith("; 7 downstream stages follow")
+                assert [line.split("*")[1] for line in lines[1:6]] == [
+                    "events_1d", "events_7d", "items_1d", "items_7d", "item_age_bucket_7d"]
+                assert "stage.feed_source.items fell" in lines[3]
+                assert lines[6].startswith(":mag: Biggest mover: *feed source*")
+                assert lines[7].startswith("40 breaches from 5 causes: every one in the thread and under "
+                                           f"`/mlops datagen {drop}`")
+                assert len(lines) == 8
+                [listing] = bot.slack.replies(INFO, alert["ts"])
+                assert _seen(listing)[0] == f"*Every breach of datagen recsys {drop}* (40)"
+                assert len(_seen(listing)) == 41  # the heading and each breach on its own line
+                assert "*items_1d* `embedding_join.items`: value" in _flat(listing)
+
+        # The day after the drop was quiet; the drop's alert resolved in place.
+        assert list(_alerts(bot.slack, INFO)) == [str(drop)]
+        assert _alerts(bot.slack, INFO)[str(drop)]["text"].endswith("resolved")
+        # The record after the gap brought its alert, and its summary says which day has none.
+        [missing] = _alerts(bot.slack, ERROR).values()
+        assert missing["text"].startswith(f"datagen recsys {gap}: 1 breach (crit)")
+        assert f"raw data not found: no datagen report for {gap} by <!date^" in _flat(missing)
+        assert "grace 3h)" in _flat(missing)
+        after = next(m for m in bot.slack.messages(MAIN) if m["text"].startswith(f"datagen recsys {gap + timedelta(days=1)}"))
+        assert f"no record for {gap}" in _flat(after) and after["text"].endswith("ok, no breaches")
+        # The list the resolved alert points at is still behind /mlops datagen DATE.
+        await bot.client.command("U0ALICE", f"datagen {drop}")
+        said = json.dumps(await bot.slack.wait_for(lambda: len(bot.slack.responses) >= 3 and bot.slack.responses))
+        assert f"*Every breach of datagen recsys {drop}* (40)" in said and "40 breaches" in said
+
+    # Down for two days: at start, each deadline missed meanwhile is alerted, the gap already alerted is not.
+    clock.now = due_at(job, down + timedelta(days=1)) + timedelta(hours=3, minutes=10)
+    async with local_bot(config, clock=clock, secrets=secrets, post_rate=1000, post_burst=1000) as bot:
+        assert sorted(_alerts(bot.slack, ERROR)) == [str(down), str(down + timedelta(days=1))]
+        assert all("raw data not found" in _flat(m) for m in _alerts(bot.slack, ERROR).values())
+    async with local_bot(config, clock=clock, secrets=secrets, post_rate=1000, post_burst=1000) as bot:
+        assert _alerts(bot.slack, ERROR) == {}  # and a second restart says nothing again

@@ -13,6 +13,7 @@ turning on those days, only its record is lost.
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections.abc import Mapping, Set
 from dataclasses import dataclass
@@ -41,22 +42,30 @@ def make_history(
     drops: Mapping[date, tuple[str, float]] | None = None,
     failed: Set[date] = frozenset(),
     missing: Set[date] = frozenset(),
+    shifts: Mapping[date, tuple[str, float]] | None = None,
+    bucket_moves: Mapping[date, tuple[str, float]] | None = None,
+    new_items_pct: Mapping[date, float] | None = None,
 ) -> dict[date, dict]:
     """Raw records for `days` days from `start`, keyed by run date.
 
     `drops` maps a day to (stage, pct): that day the stage keeps pct % fewer items and events, and so does
-    everything after it. `failed` days get a record with SUCCESS false and an error; `missing` days none.
+    everything after it; the stage "raw" scales the raw data itself, and a negative pct is a rise. `shifts` are
+    drops that last from their day on. `bucket_moves` maps a day to (bucket label, pct): that bucket grows by
+    pct % and the others shrink to make room. `new_items_pct` sets the day's share of new items in the index.
+    `failed` days get a record with SUCCESS false and an error; `missing` days none.
     """
     base = parse_report(fixture)
-    drops = drops or {}
-    if unknown := {stage for stage, _ in drops.values()} - set(base.stages):
+    drops, shifts = drops or {}, shifts or {}
+    if unknown := {stage for stage, _ in [*drops.values(), *shifts.values()]} - {"raw", *base.stages}:
         raise ValueError(f"no such stage in the fixture: {', '.join(sorted(unknown))}")
     rng = random.Random(seed)
     world: dict[date, _Day] = {}
     history: dict[date, dict] = {}
     for offset in range(-_WARMUP_DAYS, days):
         day = start + timedelta(days=offset)
-        world[day] = _simulate(base, day, rng, drops.get(day))
+        cuts = [drops[day]] if day in drops else []
+        cuts += [cut for since, cut in shifts.items() if since <= day]
+        world[day] = _simulate(base, day, rng, cuts, (bucket_moves or {}).get(day), (new_items_pct or {}).get(day))
         if offset < 0 or day in missing:
             continue
         history[day] = _failed_record(world[day]) if day in failed else _record(world, day)
@@ -76,18 +85,21 @@ class _Day:
     new_items_pct: float
 
 
-def _simulate(base: Report, day: date, rng: random.Random, drop: tuple[str, float] | None) -> _Day:
+def _simulate(base: Report, day: date, rng: random.Random, cuts: list[tuple[str, float]],
+              bucket_move: tuple[str, float] | None, new_items_pct: float | None) -> _Day:
     def jitter(spread: float) -> float:
         return 1 + rng.uniform(-spread, spread)
 
-    raw = (round(base.raw_events * jitter(0.015)), round(base.raw_items * jitter(0.015)))
-    events, items = raw
+    def kept_at(step: str) -> float:
+        return math.prod(1 - pct / 100 for stage, pct in cuts if stage == step)
+
+    kept = kept_at("raw")
+    raw = (round(base.raw_events * jitter(0.015) * kept), round(base.raw_items * jitter(0.015) * kept))
+    events, items = raw[0] / kept, raw[1] / kept
     before = (base.raw_events, base.raw_items)
-    kept = 1.0
     stages = {}
     for name, stage in base.stages.items():
-        if drop is not None and drop[0] == name:
-            kept = 1 - drop[1] / 100
+        kept *= kept_at(name)
         # A filter only removes: its pass rate is jittered but never above 1.
         events *= min(1.0, stage.events / before[0] * jitter(0.001))
         items *= min(1.0, stage.items / before[1] * jitter(0.001))
@@ -97,18 +109,16 @@ def _simulate(base: Report, day: date, rng: random.Random, drop: tuple[str, floa
     joined = (round(last[0] * min(1.0, base.embedding_join_events / before[0] * jitter(0.0001))),
               round(last[1] * min(1.0, base.embedding_join_items / before[1] * jitter(0.0001))))
     weights = {label: share.count * jitter(0.01) for label, share in base.buckets.items()}
+    if bucket_move is not None:
+        weights[bucket_move[0]] *= 1 + bucket_move[1] / 100
     total = sum(weights.values())
     buckets = {label: int(joined[1] * weight / total) for label, weight in weights.items()}
     buckets[max(buckets, key=buckets.__getitem__)] += joined[1] - sum(buckets.values())  # they sum to the index
-    return _Day(
-        start=datetime.combine(day, base.start_time.time()) + timedelta(seconds=round(rng.uniform(-300, 300))),
-        run_time=base.run_time + timedelta(minutes=round(rng.uniform(-10, 10))),
-        raw=raw,
-        stages=stages,
-        joined=joined,
-        buckets=buckets,
-        new_items_pct=base.new_items_1d.pct + rng.uniform(-0.2, 0.2),
-    )
+    start = datetime.combine(day, base.start_time.time()) + timedelta(seconds=round(rng.uniform(-300, 300)))
+    run_time = base.run_time + timedelta(minutes=round(rng.uniform(-10, 10)))
+    new_items = base.new_items_1d.pct + rng.uniform(-0.2, 0.2)  # drawn every day: the days after keep their noise
+    return _Day(start=start, run_time=run_time, raw=raw, stages=stages, joined=joined, buckets=buckets,
+                new_items_pct=new_items if new_items_pct is None else new_items_pct)
 
 
 def _record(world: Mapping[date, _Day], day: date) -> dict:

@@ -79,3 +79,17 @@ def test_a_reference_to_an_unknown_model_is_named_with_its_key_path(tmp_path):
     result = check(path)
     assert result.returncode == 2
     assert result.stderr.strip() == f"{path}: datagen.jobs.recsys.models: `rnaker` is not one of `models`"
+
+
+def test_a_rule_setting_that_overrides_the_jobs_is_warned_about(tmp_path):
+    raw = yaml.safe_load(EXAMPLE_CONFIG.read_text())
+    job = raw["datagen"]["jobs"]["recsys"]
+    job["grace_hours"] = 1
+    job["rules"] = [{"id": "raw_data_missing", "kind": "freshness", "grace": "3h"}]
+    path = tmp_path / "overrides.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    result = check(path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == (f"{path}: warning: datagen.jobs.recsys.rules.raw_data_missing.grace: 3h overrides "
+                                     "the job's grace_hours (1h); the alert waits 3h")
+    assert "warning" not in check(EXAMPLE_CONFIG).stderr

@@ -15,6 +15,7 @@ from bot.datagen.rules import (
     FreshnessRule,
     RecordedChangeRule,
     RuleSet,
+    Verdicts,
     backtest,
     biggest_mover,
     default_rules,
@@ -55,13 +56,34 @@ def _fired(rules, history, day, **kwargs) -> set[str]:
 def test_a_month_raises_exactly_the_teams_alerts_on_the_right_days(month):
     fired = {day: ids for day in DAYS if (ids := _fired(default_rules(), month, day))}
 
+    # The day after the drop and a week after it compare with the last healthy day, not with the drop: the
+    # return to normal is quiet.
     assert fired == {
         DROP: {"events_1d", "events_7d", "items_1d", "items_7d", "item_age_bucket_7d"},
-        DROP + timedelta(days=1): {"events_1d", "items_1d"},            # the recovery, against the drop
-        DROP + timedelta(days=7): {"events_7d", "items_7d", "item_age_bucket_7d"},
         FAILED: {"run_failed"},
         MISSING: {"raw_data_missing"},
     }
+
+
+def test_the_return_to_normal_compares_with_the_last_healthy_day(month):
+    after = [b for b in evaluate([ChangeRule(id="rows", metric="final_rows", warn_pct=0.0001)], month,
+                                 DROP + timedelta(days=1))]
+
+    [breach] = after
+    assert breach.baseline == month[DROP - timedelta(days=1)].final_rows
+    assert f"vs {DROP - timedelta(days=1)}, the last healthy day" in breach.message
+
+
+def test_a_shift_nobody_marked_expected_alerts_for_the_lookback_then_becomes_the_baseline():
+    shift = START + timedelta(days=10)
+    history = _parse(make_history(real_record(), START, 20, shifts={shift: ("feed_source", 30)}))
+    rule = [ChangeRule(id="feed", metric="stage.feed_source.items", warn_pct=10)]
+
+    fired = [(day - shift).days for day in sorted(history) if _fired(rule, history, day, lookback=3)]
+
+    # Each low day is compared with the last normal one while it is in reach; then no baseline is left (silent),
+    # and that silent day is the healthy baseline of the next.
+    assert fired == [0, 1, 2]
 
 
 def test_a_drop_alerts_on_the_stage_and_everything_after_it_not_before(month):
@@ -89,26 +111,32 @@ def test_crit_threshold_raises_the_severity(month):
 def test_direction_limits_a_change_rule_to_rises_or_falls(month):
     up = ChangeRule(id="up", metric="final_rows", warn_pct=10, direction="up")
     down = ChangeRule(id="down", metric="final_rows", warn_pct=10, direction="down")
+    rise = _parse(make_history(real_record(), START, 30, drops={DROP: ("feed_source", -15)}))
 
     assert _fired([up, down], month, DROP) == {"down"}
-    assert _fired([up, down], month, DROP + timedelta(days=1)) == {"up"}
+    assert _fired([up, down], rise, DROP) == {"up"}
 
 
-def test_expected_days_are_left_out_of_baselines_but_still_alert_themselves(month):
+def test_a_day_marked_expected_still_alerts_itself_and_is_the_new_normal_after_it():
+    shift = START + timedelta(days=10)
+    history = _parse(make_history(real_record(), START, 30, shifts={shift: ("feed_source", 15)}))
     rules = default_rules()
+    funnel = {"events_1d", "events_7d", "items_1d", "items_7d", "item_age_bucket_7d"}
 
-    assert _fired(rules, month, DROP, expected={DROP}) == {
-        "events_1d", "events_7d", "items_1d", "items_7d", "item_age_bucket_7d"}
-    assert _fired(rules, month, DROP + timedelta(days=1), expected={DROP}) == set()
-    assert _fired(rules, month, DROP + timedelta(days=7), expected={DROP}) == set()
+    assert _fired(rules, history, shift, expected={shift}) == funnel
+    # Compared with the new normal, never with the days before it: quiet from the next day on, 7-day rules included.
+    assert [d for d in DAYS if d > shift and _fired(rules, history, d, expected={shift})] == []
+    # Unmarked, the lower numbers are compared with the last normal day for as long as one is in reach.
+    assert _fired(rules, history, shift + timedelta(days=1)) == funnel
 
 
-def test_a_day_after_a_failed_or_missing_day_has_no_day_over_day_baseline(month):
-    rules = [ChangeRule(id="any_change", metric="final_rows", baseline="lag_1d", warn_pct=0.0001)]
+def test_a_day_after_a_failed_or_missing_day_compares_with_the_day_before_it(month):
+    verdicts = Verdicts(default_rules(), month)
 
-    assert _fired(rules, month, FAILED + timedelta(days=1)) == set()
-    assert _fired(rules, month, MISSING + timedelta(days=1)) == set()
-    assert _fired(rules, month, MISSING + timedelta(days=2)) == {"any_change"}
+    for gap in (FAILED, MISSING):
+        assert verdicts.baseline_day(gap + timedelta(days=1), 1) == gap - timedelta(days=1)
+        assert verdicts.baseline_day(gap + timedelta(days=7), 7) == gap - timedelta(days=1)
+    assert verdicts.baseline_day(DROP + timedelta(days=1), 1) == DROP - timedelta(days=1)
 
 
 def test_median_of_same_weekdays_shrugs_off_one_bad_week():
@@ -118,7 +146,7 @@ def test_median_of_same_weekdays_shrugs_off_one_bad_week():
     lag = ChangeRule(id="lag_7d", metric="final_rows", baseline="lag_7d", warn_pct=10)
 
     assert _fired([median, lag], history, drop) == {"median", "lag_7d"}
-    assert _fired([median, lag], history, drop + timedelta(days=7)) == {"lag_7d"}
+    assert _fired([median], history, drop + timedelta(days=7)) == set()
     [breach] = evaluate([median], history, drop)
     assert breach.baseline == statistics.median(history[drop - timedelta(weeks=k)].final_rows for k in (1, 2, 3))
     assert f"median of the last 3 {drop:%A}s" in breach.message
@@ -201,17 +229,17 @@ def test_biggest_mover_points_at_the_stage_that_dropped(month):
 
 def test_backtest_counts_the_days_each_rule_fired(month):
     assert backtest(default_rules(), month, 90) == {
-        "events_1d": 2, "events_7d": 2, "items_1d": 2, "items_7d": 2, "item_age_bucket_7d": 2,
+        "events_1d": 1, "events_7d": 1, "items_1d": 1, "items_7d": 1, "item_age_bucket_7d": 1,
         "new_items_floor": 0, "raw_data_missing": 1, "run_failed": 1}
     assert set(backtest(default_rules(), month, 5).values()) == {0}  # the quiet last days
 
 
-def test_the_example_reports_alert_on_the_drop_and_the_day_after():
+def test_the_example_reports_alert_on_the_drop_and_not_on_the_day_after():
     history = {date.fromisoformat(p.stem): parse_report(p.read_bytes()) for p in EXAMPLES.glob("*.json")}
 
     fired = {day: ids for day in sorted(history) if (ids := _fired(default_rules(), history, day))}
 
-    assert fired == {date(2026, 11, 18): {"events_1d", "items_1d"}, date(2026, 11, 19): {"events_1d", "items_1d"}}
+    assert fired == {date(2026, 11, 18): {"events_1d", "items_1d"}}
 
 
 def test_example_rules_yaml_is_the_default_rule_set():
