@@ -34,15 +34,17 @@ def parse_duration(text: str) -> timedelta:
 
 
 def describe(source: str, matcher: str) -> str:
-    """What a silence covers, as people say it: a datagen job, or a model's environment (Alertmanager)."""
-    return f"datagen `{matcher}`" if source == "datagen" else matcher.replace("/", " ")
+    """What a silence covers, as people say it: a datagen job, a pipeline, or a model's environment (Alertmanager)."""
+    if source in ("datagen", "pipelines"):
+        return f"{'datagen' if source == 'datagen' else 'pipeline'} `{matcher}`"
+    return matcher.replace("/", " ")
 
 
 @dataclass(frozen=True)
 class Silence:
     id: int
-    source: str  # "datagen" or "alertmanager"
-    matcher: str  # a datagen job, or "model/env" for Alertmanager
+    source: str  # "datagen", "pipelines" or "alertmanager"
+    matcher: str  # a datagen job, a DAG id, or "model/env" for Alertmanager
     until: datetime
     created_by: str
 

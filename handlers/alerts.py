@@ -44,6 +44,11 @@ def _parse_silence(runtime: Runtime, cmd: Command) -> SilenceRequest:
         if len(args) < 2 or args[1] not in jobs:
             raise UsageError(f"name a datagen job; jobs: {', '.join(sorted(jobs)) or 'none'}")
         source, matcher, rest = "datagen", args[1], args[2:]
+    elif args[0] == "pipeline":
+        dags = [d.dag_id for d in runtime.config.pipelines.airflow.dags]
+        if len(args) < 2 or args[1] not in dags:
+            raise UsageError(f"name a watched pipeline (a DAG id); watched: {', '.join(dags) or 'none'}")
+        source, matcher, rest = "pipelines", args[1], args[2:]
     else:
         model = model_named(runtime.config, cmd)
         if len(args) < 2:
@@ -64,8 +69,9 @@ async def _plan_silence(runtime: Runtime, cmd: Command, req: SilenceRequest) -> 
         return refused(exc)
 
 
-@verb("silence", "silence [<model> <env> | datagen <job>] [30m|4h|2d] | silence end <id>",
-      "hold back alerts for a model's environment or a datagen job for a while (24h unless told); alone, list silences",
+@verb("silence", "silence [<model> <env> | datagen <job> | pipeline <dag>] [30m|4h|2d] | silence end <id>",
+      "hold back alerts for a model's environment, a datagen job or a pipeline for a while (24h unless told); "
+      "alone, list silences",
       parse=_parse_silence, options=frozenset({DRY_RUN}), plan=_plan_silence,
       details="Alerts that arrive while silenced are stored (and counted in the weekly digest) but not posted. "
               "A silence lasts at most 7d.")

@@ -141,3 +141,20 @@ async def test_airflow_down_is_said_once_and_resolved_and_an_unknown_dag_once(tm
         assert len([t for t in texts if t.startswith(":white_check_mark: The bot reaches Airflow again")]) == 1
         [missing] = [t for t in texts if "refresh_pagernak" in t]
         assert "404" in missing and "pipelines.airflow.dags" in missing
+
+
+async def test_a_silenced_pipeline_keeps_its_failures_without_posting_them(bot: LocalBot,
+                                                                           airflow: AirflowStandalone) -> None:
+    delivery = await bot.client.command("U0BOB", "silence pipeline train_broken 2h", channel="C0MLOPS")
+    assert not delivery.body  # taken: answered in the channel
+    await bot.slack.wait_for(lambda: [m for m in bot.slack.messages("C0MLOPS") if "pipeline `train_broken`" in m["text"]])
+    async with AirflowClient(airflow.base_url, username=airflow.username, password=airflow.password) as client:
+        run_id = await client.trigger("train_broken", {}, unpause=True)
+
+    def stored() -> str | None:
+        rows = bot.runtime.store.query("SELECT state FROM alerts WHERE source = 'pipelines' AND key = ?",
+                                       (f"train_broken:{run_id}",))
+        return rows[0]["state"] if rows else None
+
+    assert await polled(bot, stored) == "silenced"
+    assert not [m for m in bot.slack.messages(CHANNEL) if run_id in render_message(m)]

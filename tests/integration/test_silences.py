@@ -62,6 +62,7 @@ async def test_silence_mistakes_get_usage_and_change_nothing(tmp_path: Path) -> 
         assert "`soon` is not a duration" in await refused("silence ranker prod soon")
         assert "unknown environment `qa`" in await refused("silence ranker qa")
         assert "name a datagen job; jobs: recsys" in await refused("silence datagen nosuchjob")
+        assert "name a watched pipeline (a DAG id); watched: none" in await refused("silence pipeline etl")
         assert "unknown model `nosuchmodel`" in await refused("silence nosuchmodel prod")
         assert "Usage: `/mlops silence" in await refused("silence end soon")
         delivery = await bot.client.command("U0ALICE", "silence end 7", channel=TEAM)
