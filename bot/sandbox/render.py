@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 Json = dict[str, Any]
-Numbering = Callable[[str, str], int]  # (action_id, value) -> the number shown for that button
+Numbering = Callable[[str, str], int]  # (action_id, label) -> the number shown for that button
 RULE = "─" * 40
 _TOKEN = re.compile(r"<([^<>]+)>")
 
@@ -92,10 +92,10 @@ def _element(element: Json, block_id: str, out: _Out) -> str:
     buttons, users = out.buttons, out.users
     kind = element.get("type")
     if kind == "button":
-        action_id, value = element.get("action_id", ""), element.get("value", "")
+        action_id, label = element.get("action_id", ""), _text(element.get("text"), users)
         button = Button(
-            number=out.number(action_id, value) if out.number else len(buttons) + 1,
-            label=_text(element.get("text"), users), action_id=action_id, value=value, block_id=block_id,
+            number=out.number(action_id, label) if out.number else len(buttons) + 1,
+            label=label, action_id=action_id, value=element.get("value", ""), block_id=block_id,
             style=element.get("style"), confirm=element.get("confirm"),
         )
         buttons.append(button)
