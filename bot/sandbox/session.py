@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shlex
 import signal
 import sys
@@ -80,11 +81,13 @@ def log_to_file(state: Path, level: str, verbose: bool) -> Path:
 
 
 class Lines:
-    """The shell's input: a script's lines (echoed with their prompt), or the terminal's, read in a daemon thread
-    so that a stop never waits on a read that blocks."""
+    """The shell's input: a script's lines (echoed with their prompt), or the terminal's. The terminal is read
+    with os.read in a daemon thread: a stop never waits on a read that blocks, and, unlike input(), the thread
+    holds no lock of sys.stdin that would abort the interpreter's exit while it waits."""
 
     def __init__(self, script: list[str] | None):
         self.script = script
+        self._pending = b""  # read past the line returned: the start of the next ones
 
     async def __call__(self, prompt: str) -> str | None:
         if self.script is not None:
@@ -94,18 +97,26 @@ class Lines:
             if not prompt.endswith("> "):  # a form's field: the shell echoes command lines itself
                 print(f"{prompt}{line}", flush=True)
             return line
+        print(prompt, end="", flush=True)
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[str | None] = loop.create_future()
-
-        def read() -> None:
-            try:
-                line: str | None = input(prompt)
-            except (EOFError, OSError):  # end of input, or a terminal that has gone
-                line = None
-            loop.call_soon_threadsafe(lambda: answer.done() or answer.set_result(line))
-
-        threading.Thread(target=read, daemon=True, name="sandbox-input").start()
+        threading.Thread(target=self._read, args=(loop, answer), daemon=True, name="sandbox-input").start()
         return await answer
+
+    def _read(self, loop: asyncio.AbstractEventLoop, answer: asyncio.Future[str | None]) -> None:
+        line: str | None = None
+        try:
+            while b"\n" not in self._pending:
+                chunk = os.read(sys.stdin.fileno(), 4096)
+                if not chunk:  # end of input: what is left is the last line
+                    break
+                self._pending += chunk
+            if self._pending:
+                raw, _, self._pending = self._pending.partition(b"\n")
+                line = raw.decode(errors="replace")
+        except OSError:  # a terminal that has gone
+            pass
+        loop.call_soon_threadsafe(lambda: answer.done() or answer.set_result(line))
 
 
 async def run_sandbox(config_path: str, *, script: Path | None = None, state_dir: Path | None = None,

@@ -1,9 +1,14 @@
 """`mlops-bot sandbox --script`: the whole bot, the Slack stand-in and (with the triton extra) tritonserver."""
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 from datetime import UTC, datetime, time, timedelta
+from pathlib import Path
+from time import monotonic, sleep
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -211,3 +216,96 @@ def test_audit_tail_of_a_store_that_does_not_exist_says_so_and_exits_2(tmp_path)
     assert result.returncode == 2
     assert f"mlops-bot: no store at {tmp_path / 'nowhere' / 'mlops-bot.db'}" in result.stderr
     assert not (tmp_path / "nowhere").exists()
+
+
+class Terminal:
+    """`mlops-bot sandbox` on a pipe, as a person types into it: lines in, what it prints read as it comes."""
+
+    def __init__(self, state):
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bot.cli", "--config", str(EXAMPLE_CONFIG), "sandbox", "--state-dir", str(state)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        self.out = ""
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        while chunk := self.process.stdout.read(1):
+            self.out += chunk
+
+    def until(self, text: str, timeout: float = 90) -> str:
+        deadline = monotonic() + timeout
+        while text not in self.out:
+            assert monotonic() < deadline and self.process.poll() is None, f"no {text!r} in:\n{self.out}"
+            sleep(0.05)
+        return self.out
+
+    def type(self, line: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+
+
+def tritonservers(state) -> list[int]:
+    """The live tritonservers serving `state`'s repositories, found by their command lines in /proc."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            alive = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except (OSError, IndexError):
+            continue
+        if alive and f"--model-repository={state}/repos/".encode() in b"".join(c[:len(str(state)) + 27] for c in cmdline):
+            found.append(int(proc.name))
+    return sorted(found)
+
+
+def shm_regions(prefixes: list[str]) -> list[str]:
+    return sorted(p.name for p in Path("/dev/shm").iterdir() if p.name.startswith(tuple(prefixes)))
+
+
+def test_a_killed_sandbox_is_cleaned_up_at_the_next_start_and_sighup_stops_every_tritonserver(tmp_path):
+    need_tritonserver()
+    state = (tmp_path / "state").resolve()
+    first = Terminal(state)
+    try:
+        first.until("U0ALICE> ")
+        first.type("/mlops deploy ranker v1")
+        first.until("Verified: ready to unblock for prod.")
+        servers = tritonservers(state)
+        prefixes = [s["shm_prefix"] for s in json.loads((state / "processes.json").read_text())["servers"]]
+        assert len(servers) == 2 and shm_regions(prefixes), "a loaded python model holds shared memory"
+    finally:
+        first.process.kill()  # a crash: nothing of the sandbox runs its cleanup
+        first.process.wait()
+    assert tritonservers(state) == servers, "a crashed sandbox's servers outlive it, in sessions of their own"
+
+    second = Terminal(state)
+    try:
+        out = second.until("U0ALICE> ")
+        for pid in servers:
+            assert f"mlops-bot sandbox: stopped tritonserver {pid} left by a sandbox that did not stop" in out
+        assert not shm_regions(prefixes) and "removed" in out
+        assert not set(tritonservers(state)) & set(servers)
+
+        # The printed curl lines work as printed: the bot takes both hooks and shows what they brought.
+        hooks = [line for line in out.splitlines() if line.startswith(("curl -sS http://", "body="))]
+        assert len(hooks) == 2, out
+        for line in hooks:
+            answer = subprocess.run(["bash", "-c", line], capture_output=True, text=True, timeout=30)
+            assert answer.returncode == 0 and '"queued"' in answer.stdout, answer.stdout + answer.stderr
+        second.type("/wait 1")
+        second.until("TritonHighLatency")
+
+        running = tritonservers(state)
+        assert len(running) == 2
+        second.process.send_signal(signal.SIGHUP)  # the terminal closed
+        assert second.process.wait(timeout=60) == 128 + signal.SIGHUP
+    finally:
+        if second.process.poll() is None:
+            second.process.kill()
+    assert not set(tritonservers(state)) & set(running)
+    assert not (state / "processes.json").exists()
+    assert not [p for p in Path("/dev/shm").iterdir() if p.name.startswith("mlopssbx_") and
+                int(p.name.split("_")[1]) == second.process.pid]
