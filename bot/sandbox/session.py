@@ -89,12 +89,20 @@ class Lines:
         self.script = script
         self._pending = b""  # read past the line returned: the start of the next ones
 
-    async def __call__(self, prompt: str) -> str | None:
+    async def command(self, prompt: str) -> str | None:
+        """The next command line (the shell echoes it as it handles it)."""
+        return await self._next(prompt, echo=False)
+
+    async def field(self, prompt: str) -> str | None:
+        """What is typed into a form's field; a script's answer is echoed after its prompt."""
+        return await self._next(prompt, echo=True)
+
+    async def _next(self, prompt: str, echo: bool) -> str | None:
         if self.script is not None:
             if not self.script:
                 return None
             line = self.script.pop(0)
-            if not prompt.endswith("> "):  # a form's field: the shell echoes command lines itself
+            if echo:
                 print(f"{prompt}{line}", flush=True)
             return line
         print(prompt, end="", flush=True)
@@ -182,7 +190,7 @@ async def _session(config_path: str, script: Path | None, state: Path, log_level
             await seed_datagen(bot.runtime)
             first = sorted({u for m in (config.roles.deployers, config.roles.admins) for u in m.users}) or ["U0SANDBOX"]
             lines = Lines(script.read_text().splitlines() if script else None)
-            shell = Shell(bot, first[0], clock, lines, lambda: hook_lines(config, bot.url, state, clock()))
+            shell = Shell(bot, first[0], clock, lines.field, lambda: hook_lines(config, bot.url, state, clock()))
             cli = f"mlops-bot --config {shlex.quote(config_path)}"
             print(f"mlops-bot sandbox: state in {state}, its log in {log_path}\n"
                   f"the bot's web address: {bot.url} (try its webhooks; /hooks prints these again)\n"
@@ -191,7 +199,7 @@ async def _session(config_path: str, script: Path | None, state: Path, log_level
                   flush=True)
             await shell.settle()  # what the bot posted at start: the example datagen summary and its alerts
             print(f"(you are {shell.user}) {HELP}", flush=True)
-            while (line := await lines(f"{shell.user}> ")) is not None:
+            while (line := await lines.command(f"{shell.user}> ")) is not None:
                 if not await shell.handle(line):
                     break
             return 1 if script and shell.errors else 0

@@ -146,6 +146,7 @@ def test_forms_stable_buttons_a_refusal_the_audit_and_a_handoff_after_moving_the
         "v2 mislabelled",
         "/mlops audit",
         f"/clock {handoff:%Y-%m-%d %H:%M} America/Los_Angeles",
+        "/clock +1h30m",
     ], log_level=None)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
@@ -193,6 +194,8 @@ def test_forms_stable_buttons_a_refusal_the_audit_and_a_handoff_after_moving_the
     assert "oncall.recsys.handoff ×1" in moved and "digest.daily ×" in moved
     reminder = moved.index("you are on call for recsys from")
     assert reminder < moved.index("*On-call handoff (recsys): @") and "@S0ONCALL now reaches @" in moved
+    later = handoff.astimezone(UTC) + timedelta(hours=1, minutes=30)
+    assert f"(the bot's clock: {later:%a %Y-%m-%d %H:%M} UTC; ran datagen.poll.recsys ×2, oncall.recsys.tick ×2)" in moved
 
     # The terminal had warnings only; the log file in the state directory has the rest.
     assert "INFO" not in result.stderr and "not there yet" not in out + result.stderr
