@@ -76,9 +76,11 @@ async def _idle(runtime: Runtime, timeout: float = 60) -> None:
         await asyncio.sleep(0.05)
 
 
-async def move(runtime: Runtime, clock: SandboxClock, target: datetime) -> Counter[str]:
-    """Move the clock to `target`, running what fell due on the way; how many times each job ran."""
+async def move(runtime: Runtime, clock: SandboxClock, text: str) -> tuple[datetime, Counter[str]]:
+    """Move the clock to the time `/clock TEXT` names, running what fell due on the way: the new time, and how
+    many times each job ran. ValueError (with the usage) for a time it cannot move to."""
     now = clock()
+    target = parse_target(text, now)
     if target < now:
         raise ValueError(f"the clock only moves forward; it is {now:%Y-%m-%d %H:%M} UTC")
     ran: Counter[str] = Counter()
@@ -91,4 +93,4 @@ async def move(runtime: Runtime, clock: SandboxClock, target: datetime) -> Count
     finally:
         clock.pinned = None
         clock.offset = target - utcnow()
-    return ran
+    return target, ran

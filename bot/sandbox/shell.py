@@ -119,13 +119,12 @@ class Shell:
             self.say(f"(the bot's clock: {_when(now)}{local})")
             return
         try:
-            target = sandbox_clock.parse_target(text, now)
-            ran = await sandbox_clock.move(self.bot.runtime, self.clock, target)
+            target, ran = await sandbox_clock.move(self.bot.runtime, self.clock, text)
         except ValueError as exc:
             self.error(str(exc))
             return
-        done = ", ".join(f"{job} ×{n}" for job, n in sorted(ran.items())) or "nothing was due"
-        self.say(f"(the bot's clock: {_when(target)}; ran {done})")
+        done = "ran " + ", ".join(f"{job} ×{n}" for job, n in sorted(ran.items())) if ran else "nothing was due"
+        self.say(f"(the bot's clock: {_when(target)}; {done})")
         await self.settle()
 
     async def press(self, number: int | str) -> None:
