@@ -190,7 +190,8 @@ async def _session(config_path: str, script: Path | None, state: Path, log_level
             await seed_datagen(bot.runtime)
             first = sorted({u for m in (config.roles.deployers, config.roles.admins) for u in m.users}) or ["U0SANDBOX"]
             lines = Lines(script.read_text().splitlines() if script else None)
-            shell = Shell(bot, first[0], clock, lines.field, lambda: hook_lines(config, bot.url, state, clock()))
+            shell = Shell(bot, first[0], clock, lines.field, lambda: hook_lines(config, bot.url, state, clock()),
+                          echo=script is not None)
             cli = f"mlops-bot --config {shlex.quote(config_path)}"
             print(f"mlops-bot sandbox: state in {state}, its log in {log_path}\n"
                   f"the bot's web address: {bot.url} (try its webhooks; /hooks prints these again)\n"

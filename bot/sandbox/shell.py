@@ -35,12 +35,13 @@ def _when(at: datetime) -> str:
 
 class Shell:
     def __init__(self, bot: LocalBot, user: str, clock: sandbox_clock.SandboxClock, ask: Ask,
-                 hooks: Callable[[], list[str]], out=sys.stdout):
+                 hooks: Callable[[], list[str]], *, echo: bool, out=sys.stdout):
         self.bot = bot
         self.user = user
         self.clock = clock
         self.ask = ask  # the next line of input, for forms
         self.hooks = hooks
+        self.echo = echo  # a script's lines are shown after the prompt; a terminal shows what was typed itself
         self.out = out
         self.screen = Screen(bot.slack, self.say)
         self.errors = 0
@@ -69,7 +70,8 @@ class Shell:
         line = line.strip()
         if not line or line.startswith("#"):
             return True
-        self.say(f"{self.user}> {line}")
+        if self.echo:
+            self.say(f"{self.user}> {line}")
         if line in ("/quit", "/exit"):
             return False
         command, _, rest = line.partition(" ")
