@@ -53,8 +53,10 @@ class Screen:
         self.pressable.update({b.number: Pressable(b, channel, msg["ts"], where) for b in buttons})
         return text
 
-    def show(self) -> None:
-        """Print what is new or changed in Slack since the last call; what can be pressed is what Slack holds now."""
+    def show(self) -> bool:
+        """Print what is new or changed in Slack since the last call (whether anything was); what can be pressed
+        is what Slack holds now."""
+        shown = False
         home = {n: p for n, p in self.pressable.items() if p.ts == ""}  # the App Home's, until it is shown again
         self.pressable = home
         for msg in self.slack.all_messages():
@@ -66,11 +68,14 @@ class Screen:
                     "thread" if msg.get("thread_ts") not in (None, msg["ts"]) else "new")
                 self.say(f"── #{channel} ({label}) ──\n{text}")
                 self._seen[key] = text
+                shown = True
         for i, eph in enumerate(self.slack.ephemerals):  # an ephemeral's buttons stay until Slack is reloaded
             text = self._render(eph, eph["channel"], f"only visible to {eph['user']}")
             if i >= self._ephemerals_seen:
                 self.say(f"── only visible to {eph['user']} ──\n{text}")
+                shown = True
         self._ephemerals_seen = len(self.slack.ephemerals)
+        return shown
 
     def show_home(self, user: str, view: Json) -> None:
         buttons: list[Button] = []

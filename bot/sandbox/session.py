@@ -200,7 +200,27 @@ async def _session(config_path: str, script: Path | None, state: Path, log_level
                   flush=True)
             await shell.settle()  # what the bot posted at start: the example datagen summary and its alerts
             print(f"(you are {shell.user}) {HELP}", flush=True)
-            while (line := await lines.command(f"{shell.user}> ")) is not None:
+            while (line := await _command(lines, shell, watch=script is None)) is not None:
                 if not await shell.handle(line):
                     break
             return 1 if script and shell.errors else 0
+
+
+async def _command(lines: Lines, shell: Shell, *, watch: bool) -> str | None:
+    """The next command; at a terminal, what the bot posts meanwhile (scheduled posts, what a webhook brought)
+    is shown as it comes, with the prompt again after it."""
+    prompt = f"{shell.user}> "
+    if not watch:
+        return await lines.command(prompt)
+
+    async def show_meanwhile() -> None:
+        while True:
+            await asyncio.sleep(1)
+            if shell.screen.show():
+                print(prompt, end="", flush=True)
+
+    watcher = asyncio.create_task(show_meanwhile())
+    try:
+        return await lines.command(prompt)
+    finally:
+        watcher.cancel()

@@ -298,8 +298,10 @@ def test_a_killed_sandbox_is_cleaned_up_at_the_next_start_and_sighup_stops_every
         for line in hooks:
             answer = subprocess.run(["bash", "-c", line], capture_output=True, text=True, timeout=30)
             assert answer.returncode == 0 and '"queued"' in answer.stdout, answer.stdout + answer.stderr
-        second.type("/wait 1")
+        # Shown as they come, while the prompt waits: the alert, and the record as today's summary.
         second.until("TritonHighLatency")
+        day = re.search(r"date=(\d{4}-\d{2}-\d{2})", hooks[1]).group(1)
+        second.until(f":white_check_mark: datagen *recsys* {day} succeeded")
 
         running = tritonservers(state)
         assert len(running) == 2
