@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from bot.sandbox import clock as sandbox_clock
-from bot.sandbox.forms import fill
+from bot.sandbox.forms import Ask, fill
 from bot.sandbox.local import LocalBot
 from bot.sandbox.render import render_message
 from bot.sandbox.screen import Screen
@@ -25,9 +25,6 @@ and runs the scheduled work due on the way, in order: handoffs, reminders, diges
 due every few minutes run at most once per hour skipped). /wait SECONDS lets real time pass. /hooks prints
 curl lines for the bot's webhooks; /home shows your App Home; /digest posts the daily digest now;
 /help shows this; /quit leaves."""
-
-Ask = Callable[[str], Awaitable[str | None]]
-
 
 def _when(at: datetime) -> str:
     return f"{at:%a %Y-%m-%d %H:%M} UTC"
@@ -81,7 +78,12 @@ class Shell:
             self.user = rest.strip().lstrip("@")
             self.say(f"(you are now {self.user})")
         elif command == "/wait":
-            await asyncio.sleep(float(rest) if rest else 1)
+            try:
+                seconds = float(rest) if rest else 1.0
+            except ValueError:
+                self.error(f"not a number of seconds: {rest!r}")
+                return True
+            await asyncio.sleep(seconds)
             await self.bot.runtime.scheduler.run_due()
             await self.settle()
         elif command == "/clock":
