@@ -78,10 +78,25 @@ def _with_writable_store(path: str | Path, run) -> int:
         return 2
 
 
+SANDBOX_STATE = Path(".mlops-sandbox")  # the sandbox's default state directory (bot.sandbox.session)
+
+
+def _store_path(args: argparse.Namespace, config: Config) -> Path:
+    """The config's store, or a sandbox's with --state-dir (alone: the sandbox's default directory)."""
+    state = getattr(args, "state_dir", None)
+    return (state / "mlops-bot.db").resolve() if state else Path(config.store)
+
+
 def _store(args: argparse.Namespace):
+    """The store to read; one that does not exist is said and exit 2, rather than created empty."""
     from bot.store import Store
 
-    return Store(_load(args).store)
+    path = _store_path(args, _load(args))
+    if not path.exists():
+        hint = "" if getattr(args, "state_dir", None) else " (a sandbox's: add --state-dir DIR)"
+        print(f"mlops-bot: no store at {path}{hint}", file=sys.stderr)
+        raise SystemExit(2)
+    return Store(path)
 
 
 def cmd_audit_tail(args: argparse.Namespace) -> int:
@@ -118,12 +133,20 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
-    from bot.sandbox.shell import run_sandbox, sandbox_config
+    from bot.sandbox.session import run_sandbox, sandbox_config
 
     config = _load(args)
-    state = (args.state_dir or Path(".mlops-sandbox")).resolve()  # run_sandbox's default state directory
-    return _with_writable_store(sandbox_config(config, state, None).store, lambda: asyncio.run(
-        run_sandbox(_config_path(args), script=args.script, state_dir=args.state_dir)))
+    state = (args.state_dir or SANDBOX_STATE).resolve()
+    state.mkdir(parents=True, exist_ok=True)
+
+    def run() -> int:
+        try:
+            return asyncio.run(run_sandbox(_config_path(args), script=args.script, state_dir=state,
+                                           log_level=args.log_level, verbose=args.verbose))
+        except KeyboardInterrupt:  # Ctrl-C: the servers were stopped as the session unwound
+            return 130
+
+    return _with_writable_store(sandbox_config(config, state, None).store, run)
 
 
 def _datagen_job(config: Config, given: str | None) -> str:
@@ -156,7 +179,7 @@ def cmd_datagen_ingest(args: argparse.Namespace) -> int:
         reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
         print(f"datagen report for {run_date} unreadable: {reason} ({args.record})", file=sys.stderr)
         return 1
-    store = Store(config.store)
+    store = Store(_store_path(args, config))
     stored = save_record(store, job, run_date, text, str(args.record.resolve()), actor=os.environ.get("USER") or "cli",
                          at=utcnow())
     history, expected = load_history(store, job)
@@ -174,11 +197,10 @@ def cmd_datagen_ingest(args: argparse.Namespace) -> int:
 def cmd_datagen_backtest(args: argparse.Namespace) -> int:
     from bot.datagen.rules import backtest
     from bot.datagen.service import load_history
-    from bot.store import Store
 
     config = _load(args)
     job = _datagen_job(config, args.job)
-    store = Store(config.store)
+    store = _store(args)
     history, expected = load_history(store, job)
     store.close()
     settings = config.datagen.jobs[job]
@@ -205,32 +227,41 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("file", nargs="?")
     c.set_defaults(func=cmd_check_config)
 
+    # Beside a sandbox, read its store: --state-dir DIR, or --state-dir alone for the sandbox's default.
+    state = argparse.ArgumentParser(add_help=False)
+    state.add_argument("--state-dir", type=Path, nargs="?", const=SANDBOX_STATE,
+                       help=f"read a sandbox's store in DIR (default {SANDBOX_STATE}) instead of the config's")
+
     a = sub.add_parser("audit", help="read and verify the audit log").add_subparsers(dest="audit", required=True)
-    t = a.add_parser("tail", help="the newest audit rows")
+    t = a.add_parser("tail", help="the newest audit rows", parents=[state])
     t.add_argument("-n", type=int, default=20)
     t.add_argument("--model")
     t.set_defaults(func=cmd_audit_tail)
-    e = a.add_parser("export", help="audit rows since a date as CSV or JSON")
+    e = a.add_parser("export", help="audit rows since a date as CSV or JSON", parents=[state])
     e.add_argument("--since", type=date.fromisoformat, required=True, help="YYYY-MM-DD (UTC)")
     e.add_argument("--format", choices=["csv", "json"], default="csv")
     e.set_defaults(func=cmd_audit_export)
-    v = a.add_parser("verify", help="check the hash chain; exit 1 at the first bad row")
+    v = a.add_parser("verify", help="check the hash chain; exit 1 at the first bad row", parents=[state])
     v.set_defaults(func=cmd_audit_verify)
 
     d = sub.add_parser("datagen", help="datagen monitoring records").add_subparsers(dest="datagen", required=True)
-    i = d.add_parser("ingest", help="store a monitoring record; the running bot posts it at its next poll")
+    i = d.add_parser("ingest", help="store a monitoring record; the running bot posts it at its next poll",
+                     parents=[state])
     i.add_argument("record", type=Path, help="the monitoring record (JSON)")
     i.add_argument("--job", help="the datagen job (default: the only one)")
     i.add_argument("--date", type=date.fromisoformat, help="run date (default: the file name, YYYY-MM-DD.json)")
     i.set_defaults(func=cmd_datagen_ingest)
-    k = d.add_parser("backtest", help="how often each rule would have fired over the stored history")
+    k = d.add_parser("backtest", help="how often each rule would have fired over the stored history",
+                     parents=[state])
     k.add_argument("--days", type=int, default=90)
     k.add_argument("--job", help="the datagen job (default: the only one)")
     k.set_defaults(func=cmd_datagen_backtest)
 
     b = sub.add_parser("sandbox", help="the whole bot against a local Slack stand-in, in this terminal")
     b.add_argument("--script", type=Path, help="run the inputs in FILE instead of reading the terminal")
-    b.add_argument("--state-dir", type=Path, help="where the sandbox keeps its store and repositories")
+    b.add_argument("--state-dir", type=Path, help=f"where the sandbox keeps its store, repositories and log "
+                                                  f"(default {SANDBOX_STATE})")
+    b.add_argument("--verbose", action="store_true", help="show the log in the terminal too, not warnings only")
     b.set_defaults(func=cmd_sandbox)
     return p
 

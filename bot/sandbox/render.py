@@ -1,17 +1,19 @@
 """Slack messages and views as plain terminal text, for `mlops-bot sandbox`.
 
 Pure functions: they read the message or view dicts the emulator recorded and return text. Buttons are
-numbered across everything rendered into one `buttons` list, so the shell can press one by its number.
+numbered across everything rendered into one `buttons` list, so the shell can press one by its number; a
+`number` function given instead decides each button's number (the shell keeps one per button for its life).
 """
 from __future__ import annotations
 
 import html
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 Json = dict[str, Any]
+Numbering = Callable[[str, str], int]  # (action_id, label) -> the number shown for that button
 RULE = "─" * 40
 _TOKEN = re.compile(r"<([^<>]+)>")
 
@@ -79,13 +81,22 @@ def _rich_text(element: Any) -> str:
     return ("\n" if kind == "rich_text" else "").join(parts)
 
 
-def _element(element: Json, block_id: str, buttons: list[Button], users: Mapping[str, str] | None) -> str:
+@dataclass(frozen=True)
+class _Out:
+    buttons: list[Button]
+    users: Mapping[str, str] | None
+    number: Numbering | None
+
+
+def _element(element: Json, block_id: str, out: _Out) -> str:
+    buttons, users = out.buttons, out.users
     kind = element.get("type")
     if kind == "button":
+        action_id, label = element.get("action_id", ""), _text(element.get("text"), users)
         button = Button(
-            number=len(buttons) + 1, label=_text(element.get("text"), users), action_id=element.get("action_id", ""),
-            value=element.get("value", ""), block_id=block_id, style=element.get("style"),
-            confirm=element.get("confirm"),
+            number=out.number(action_id, label) if out.number else len(buttons) + 1,
+            label=label, action_id=action_id, value=element.get("value", ""), block_id=block_id,
+            style=element.get("style"), confirm=element.get("confirm"),
         )
         buttons.append(button)
         notes = [n for n in (button.style, "asks to confirm" if button.confirm else None) if n]
@@ -109,7 +120,8 @@ def _columns(cells: list[str], width: int = 28) -> str:
     return "\n".join("   ".join(f"{cell:<{width}}" for cell in row).rstrip() for row in rows)
 
 
-def _block(block: Json, index: int, buttons: list[Button], users: Mapping[str, str] | None) -> str:
+def _block(block: Json, index: int, out: _Out) -> str:
+    users = out.users
     kind = block.get("type")
     block_id = block.get("block_id", f"block-{index}")
     if kind == "header":
@@ -121,22 +133,22 @@ def _block(block: Json, index: int, buttons: list[Button], users: Mapping[str, s
         fields = [_text(f, users) for f in block.get("fields", [])]
         lines += [_columns(fields[i:i + 2]) for i in range(0, len(fields), 2)]
         if "accessory" in block:
-            lines.append("  " + _element(block["accessory"], block_id, buttons, users))
+            lines.append("  " + _element(block["accessory"], block_id, out))
         return "\n".join(lines)
     if kind == "context":
         return "  " + " · ".join(
-            _element(e, block_id, buttons, users) if e.get("type") == "image" else _text(e, users)
+            _element(e, block_id, out) if e.get("type") == "image" else _text(e, users)
             for e in block.get("elements", [])
         )
     if kind == "actions":
-        return "  ".join(_element(e, block_id, buttons, users) for e in block.get("elements", []))
+        return "  ".join(_element(e, block_id, out) for e in block.get("elements", []))
     if kind == "image":
         title = _text(block.get("title"), users)
         return f"[image: {block.get('alt_text', '')}] {block.get('image_url', '')}" + (f"\n{title}" if title else "")
     if kind == "input":
         optional = " (optional)" if block.get("optional") else ""
         hint = _text(block.get("hint"), users)
-        element = _element(block.get("element", {}), block_id, buttons, users)
+        element = _element(block.get("element", {}), block_id, out)
         line = f"{_text(block.get('label'), users)}{optional}: {element}"
         return line + (f"\n  {hint}" if hint else "")
     if kind == "rich_text":
@@ -146,20 +158,20 @@ def _block(block: Json, index: int, buttons: list[Button], users: Mapping[str, s
     return f"[{kind} block]"
 
 
-def _blocks(blocks: list[Json], buttons: list[Button], users: Mapping[str, str] | None) -> list[str]:
-    return [_block(b, i, buttons, users) for i, b in enumerate(blocks)]
+def _blocks(blocks: list[Json], out: _Out) -> list[str]:
+    return [_block(b, i, out) for i, b in enumerate(blocks)]
 
 
 def render_message(
     msg: Json, *, buttons: list[Button] | None = None, users: Mapping[str, str] | None = None,
+    number: Numbering | None = None,
 ) -> str:
-    """A message as terminal text; its buttons are appended to `buttons`, numbered after those already there.
-
-    `users` maps user ids to names for mentions.
+    """A message as terminal text; its buttons are appended to `buttons`, numbered after those already there
+    (or by `number`). `users` maps user ids to names for mentions.
     """
-    buttons = [] if buttons is None else buttons
+    out = _Out([] if buttons is None else buttons, users, number)
     blocks = msg.get("blocks")
-    lines = _blocks(blocks, buttons, users) if blocks else [mrkdwn_to_text(msg.get("text", ""), users)]
+    lines = _blocks(blocks, out) if blocks else [mrkdwn_to_text(msg.get("text", ""), users)]
     lines += [f"[file: {f.get('title') or f.get('name', '')}]" for f in msg.get("files", [])]
     notes = [n for n in (
         "edited" if msg.get("edited") else None,
@@ -172,11 +184,12 @@ def render_message(
 
 def render_view(
     view: Json, *, buttons: list[Button] | None = None, users: Mapping[str, str] | None = None,
+    number: Numbering | None = None,
 ) -> str:
     """A modal or App Home view as terminal text, with its title and its submit and close buttons."""
-    buttons = [] if buttons is None else buttons
+    out = _Out([] if buttons is None else buttons, users, number)
     title = _text(view.get("title"), users) or ("App Home" if view.get("type") == "home" else "")
-    lines = [f"┌ {title} ┐", *_blocks(view.get("blocks", []), buttons, users)]
+    lines = [f"┌ {title} ┐", *_blocks(view.get("blocks", []), out)]
     footer = [f"<{_text(view[key], users)}>" for key in ("close", "submit") if key in view]
     if footer:
         lines.append("  ".join(footer))

@@ -108,11 +108,16 @@ def free_port() -> int:
 
 
 class TritonServer:
-    """One tritonserver process in explicit model-control mode over `repository` (a path or Triton's s3:// URI)."""
+    """One tritonserver process in explicit model-control mode over `repository` (a path or Triton's s3:// URI).
 
-    def __init__(self, repository: str, *, env: dict[str, str] | None = None) -> None:
+    `shm_prefix` names the python backend's shared-memory regions (/dev/shm/<prefix>...), so whoever started
+    the server can find and remove the ones a killed server leaves behind.
+    """
+
+    def __init__(self, repository: str, *, env: dict[str, str] | None = None, shm_prefix: str | None = None) -> None:
         self.repository = repository
         self.env = env
+        self.shm_prefix = shm_prefix
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = Path(tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
@@ -152,6 +157,8 @@ class TritonServer:
             "--pinned-memory-pool-byte-size=0",
             "--exit-timeout-secs=5",
         ]
+        if self.shm_prefix:
+            command.append(f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}")
         with self.log_path.open("ab") as log:
             # A session of its own, so kill() also takes down the python backend stubs it spawned.
             self.process = subprocess.Popen(
