@@ -90,11 +90,11 @@ def test_an_approver_unblocks_from_the_app_home(tmp_path):
     assert first.returncode == 0, first.stdout + first.stderr
     home = first.stdout.split("U0BOB> /home")[1]
     assert "*Waiting for you to unblock*\n*ranker v1* verified" in home
-    # The sandbox keeps its state but starts a fresh Slack stand-in: the App Home's button is the only one, [1].
-    result = sandbox(tmp_path, ["/as U0BOB", "/home", "1"])
+    # The sandbox keeps its state but starts a fresh Slack stand-in: the App Home's button is pressed by its label.
+    result = sandbox(tmp_path, ["/as U0BOB", "/home", "/press Unblock prod"])
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "[1] Unblock prod (primary)" in result.stdout
-    pressed = result.stdout.split("U0BOB> 1")[1]
+    assert re.search(r"\[\d+\] Unblock prod \(primary\)", result.stdout)
+    pressed = result.stdout.split("U0BOB> /press Unblock prod")[1]
     # Inside deploy hours it goes live; outside them the urgent form asks for a reason.
     assert "*ranker v1* · prod · *live*" in pressed or "a form opened for U0BOB" in pressed
 
@@ -152,7 +152,7 @@ def test_forms_stable_buttons_a_refusal_the_audit_and_a_handoff_after_moving_the
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     # What the bot posted at start is on screen before the first command.
-    assert out.index(":rotating_light: datagen *recsys* 2026-11-19") < out.index("U0ALICE> /mlops deploy ranker v1")
+    assert out.index(":rotating_light: datagen *recsys* 2026-11-18") < out.index("U0ALICE> /mlops deploy ranker v1")
 
     # Buttons keep their numbers: acking the alert edits it, and the release card's buttons stay as they were.
     card = re.search(r"\[(\d+)\] Unblock prod \(primary\)  \[(\d+)\] Reject", out)
