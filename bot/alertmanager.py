@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from bot.context import Context
 from bot.hooks import BodyTooLarge, HookQueue, max_body_bytes, not_stored, read_body
-from bot.notifier import Message, RowId
+from bot.notifier import Message, RowId, escape, plain
 from bot.releases.messages import RollbackRef, btn, context, section, when
 from bot.silences import Silences
 from bot.store import iso
@@ -138,22 +138,16 @@ def label(n: Notification, name: str) -> str | None:
     return n.commonLabels.get(name) or n.groupLabels.get(name)
 
 
-def plain(text: str, limit: int = MAX_LINE) -> str:
-    """Label and annotation text as Slack shows it literally (no mentions, no links), cut to `limit`."""
-    text = " ".join(text.split())
-    text = text if len(text) <= limit else text[: limit - 1] + "…"
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
 def alert_line(a: AlertItem) -> str:
     what = a.annotations.get("summary") or a.annotations.get("description") or a.labels.get("alertname", "alert")
     instance = a.labels.get("instance")
     icon = ":red_circle:" if a.status == "firing" else ":white_check_mark:"
-    line = f"{icon} {plain(what)}" + (f" · `{plain(instance, 80)}`" if instance else "") + f" · since {when(a.startsAt)}"
+    line = f"{icon} {plain(what, MAX_LINE)}" + (f" · `{plain(instance, 80)}`" if instance else "")
+    line += f" · since {when(a.startsAt)}"
     if a.valueString:
         line += f" · `{plain(a.valueString, 120)}`"
-    links = [f"<{url}|{name}>" for url, name in ((a.panelURL, "panel"), (a.silenceURL, "silence in Grafana"))
-             if url.startswith("http")]
+    links = [f"<{escape(url.replace('|', '%7C'))}|{name}>"
+             for url, name in ((a.panelURL, "panel"), (a.silenceURL, "silence in Grafana")) if url.startswith("http")]
     return " · ".join([line, *links])
 
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 from typing import Any
 
-from bot.notifier import Message
+from bot.notifier import Message, plain
 from bot.releases.messages import context, section, when
 from bot.store import ChainBreak
 
@@ -17,10 +17,8 @@ GLANCE_CHARS = 80
 
 
 def _plain(text: Any, limit: int = GLANCE_CHARS) -> str:
-    """Stored text shown literally: escaped so a row can never mention or link, cut to `limit`."""
-    text = " ".join(str(text).split())
-    text = text if len(text) <= limit else text[: limit - 1] + "…"
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """Stored text shown literally, so a row can never mention or link."""
+    return plain(text, limit)
 
 
 def _who(actor: str) -> str:

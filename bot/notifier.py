@@ -29,6 +29,17 @@ class Message:
     blocks: list[dict[str, Any]] = field(default_factory=list)
 
 
+def escape(text: str) -> str:
+    """Slack's mrkdwn escapes: without them `<model>` reads as a link and echoed text could @-mention."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def plain(text: object, limit: int) -> str:
+    """Text from outside (a label, a stored row) shown literally on one line: escaped, cut to `limit`."""
+    flat = " ".join(str(text).split())
+    return escape(flat if len(flat) <= limit else flat[: limit - 1] + "…")
+
+
 # Slack's limits on one message: blocks, characters of a section's text, characters of the message text.
 MAX_BLOCKS = 50
 MAX_SECTION_TEXT = 3000

@@ -6,7 +6,7 @@ import shlex
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from bot.notifier import excerpt
+from bot.notifier import escape, excerpt
 
 if TYPE_CHECKING:
     from bot.config import Config
@@ -63,11 +63,6 @@ def tokenize(text: str) -> tuple[str, list[str], dict[str, str]]:
             args.append(word)
     verb = args.pop(0).lower() if args else "help"
     return verb, args, options
-
-
-def escape(text: str) -> str:
-    """Slack's mrkdwn escapes: without them <model> reads as a link and echoed input could @-mention."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def quoted(text: str) -> str:

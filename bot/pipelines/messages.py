@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from bot.notifier import Message, RowId
+from bot.notifier import Message, RowId, escape
 from bot.pipelines.model import FailedTask, ordinal
 from bot.releases.messages import btn, context, section, when
 
@@ -38,24 +38,20 @@ class RunAlert(BaseModel):
     by: str | None = None  # who acked, silenced or retried it
 
 
-def _plain(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
 def _task_line(t: FailedTask) -> str:
     if t.state != "failed":
-        return f"`{_plain(t.task_id)}` did not run (an upstream task failed)"
+        return f"`{escape(t.task_id)}` did not run (an upstream task failed)"
     often = f" · {ordinal(t.failures_this_week)} failure this week" if t.failures_this_week > 1 else ""
-    return f"`{_plain(t.task_id)}` failed on try {t.try_number}{often}"
+    return f"`{escape(t.task_id)}` failed on try {t.try_number}{often}"
 
 
 def _tail(lines: list[str]) -> str:
     text = "\n".join(lines[-TAIL_LINES:]).replace("```", "'''")
-    return _plain(text[-TAIL_CHARS:])
+    return escape(text[-TAIL_CHARS:])
 
 
 def run_alert(a: RunAlert, row_id: int) -> Message:
-    where = f"`{_plain(a.dag_id)}` run `{_plain(a.run_id)}`"
+    where = f"`{escape(a.dag_id)}` run `{escape(a.run_id)}`"
     heads = {
         "open": f":x: *Pipeline failed* · {where}",
         "acked": f":eyes: *Pipeline failed* · {where} · acked by <@{a.by}>",
@@ -68,10 +64,10 @@ def run_alert(a: RunAlert, row_id: int) -> Message:
         blocks.append(section("\n".join(_task_line(t) for t in a.tasks) or "no task is marked failed; see the run in Airflow"))
         first = next((t for t in a.tasks if t.state == "failed"), None)
         if a.tail and first:
-            title = f"*Log of `{_plain(first.task_id)}`, try {first.try_number}* (last lines)"
+            title = f"*Log of `{escape(first.task_id)}`, try {first.try_number}* (last lines)"
             blocks.append(section(f"{title}\n```{_tail(a.tail)}```"))
         elif a.tail_error:
-            blocks.append(context(f"no log tail: {_plain(a.tail_error[:300])}"))
+            blocks.append(context(f"no log tail: {escape(a.tail_error[:300])}"))
     facts = [f"failed {when(a.failed_at)}" if a.failed_at else "", f"<{a.url}|open in Airflow>" if a.url else ""]
     if any(facts):
         blocks.append(context(" · ".join(f for f in facts if f)))
@@ -87,7 +83,7 @@ def run_alert(a: RunAlert, row_id: int) -> Message:
 
 
 def late_alert(dag_id: str, day: date, due: datetime, *, resolved_at: datetime | None = None) -> Message:
-    name = f"`{_plain(dag_id)}`"
+    name = f"`{escape(dag_id)}`"
     if resolved_at is not None:
         text = f":white_check_mark: *Pipeline on time again* · {name} succeeded {when(resolved_at)} (was due {when(due)})"
     else:
@@ -97,5 +93,5 @@ def late_alert(dag_id: str, day: date, due: datetime, *, resolved_at: datetime |
 
 def unreachable(error: str, *, resolved: bool) -> Message:
     text = (":white_check_mark: The bot reaches Airflow again; watched pipelines are checked as before." if resolved
-            else f":warning: The bot cannot check its watched pipelines: {_plain(error[:500])}")
+            else f":warning: The bot cannot check its watched pipelines: {escape(error[:500])}")
     return Message(text=text, blocks=[section(text)])

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from bot.notifier import Message, RowId
+from bot.notifier import Message, RowId, escape
 from bot.releases.model import Release, State
 
 ICONS = {
@@ -182,12 +182,23 @@ def reason_modal(callback_id: str, title: str, prompt: str, submit: str, metadat
     }
 
 
+def _stamp(value: Any) -> str:
+    """A time written in metadata.json as a date token when it is one (with its zone), else as written."""
+    try:
+        moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        moment = None
+    if moment is not None and moment.tzinfo:
+        return when(moment)
+    return "—" if value is None else f"`{escape(str(value))}`"
+
+
 def provenance(model: str, version: str, metadata: dict[str, Any] | None, digest: str) -> Message:
     if metadata is None:
         return note(f"*{model} {version}* has no readable metadata.json (digest `{digest.removeprefix('sha256:')[:12]}`).")
     metrics = ", ".join(f"{k} {v}" for k, v in (metadata.get("metrics") or {}).items()) or "none recorded"
     text = (
-        f"*{model} {version}*\ncreated {metadata.get('created_at', '—')} · dataset `{metadata.get('dataset_version', '—')}`"
+        f"*{model} {version}*\ncreated {_stamp(metadata.get('created_at'))} · dataset `{metadata.get('dataset_version', '—')}`"
         f" · git `{metadata.get('git_sha', '—')}` · pipeline run `{metadata.get('pipeline_run_id', '—')}`"
         f"\noffline metrics: {metrics}\ndigest `{digest}`"
     )

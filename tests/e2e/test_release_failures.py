@@ -226,6 +226,8 @@ async def test_a_button_on_a_superseded_card_is_refused_and_status_shows_the_tra
     provenance = await bot.slack.wait_for(
         lambda: next((e["text"] for e in bot.slack.ephemerals if "*ranker v1*" in e["text"]), None)
     )
+    # When it was trained, in each reader's own time (a Slack date token of metadata.json's created_at).
+    assert "created <!date^1795010700^{date_short_pretty} {time}|2026-11-18T14:05+00:00>" in provenance
     for fact in ("dataset `datagen-2026-11-17`", "git `4e1d2c7`", "pipeline run `ranker-train-2026-11-18`", "ndcg_at_20 0.412"):
         assert fact in provenance
 
