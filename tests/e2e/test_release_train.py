@@ -124,7 +124,8 @@ async def test_deploy_verify_unblock_and_roll_back(bot, fleet_servers):
     await bot.slack.wait_for(lambda: audit(bot, "rollback", "succeeded"), timeout=60)
     assert list((await serving(servers["prod"])).values()) == [[n1], [n1]]
     assert bot.runtime.releases.environment("ranker", "prod")["version"] == "v1"
-    assert any("serving v1 again" in m["text"] for m in bot.slack.messages("C0MLOPS"))
+    # The audit row is written before the channel hears of it: wait for the message as a person would.
+    await bot.slack.wait_for(lambda: any("serving v1 again" in m["text"] for m in bot.slack.messages("C0MLOPS")))
     row = audit(bot, "rollback", "succeeded")[-1]
     assert row["actor"] == "U0ALICE" and row["detail"]["reason"] == "ranking metrics dropped"
     assert [r["actor"] for r in audit(bot, "promote", "succeeded")] == ["U0CAROL", "U0BOB"]
