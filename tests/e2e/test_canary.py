@@ -14,6 +14,8 @@ import contextlib
 import itertools
 import os
 import shutil
+import signal
+import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -25,9 +27,13 @@ from bot.config import load_config
 from bot.releases.model import State
 from bot.sandbox.local import BOT_TOKEN, SIGNING_SECRET, LocalBot, local_bot, workspace
 from bot.sandbox.slack_emulator import SlackEmulator
+from bot.sandbox.slack_events import SlackEventsClient
 from bot.sandbox.tritonserver import TritonServer, triton_missing
 from bot.serving.triton import Fleet
 from tests.conftest import EXAMPLE_CONFIG, ROOT, write_config
+from tests.e2e.test_crash_restart import SECRET as CRASH_SECRET
+from tests.e2e.test_crash_restart import TOKEN as CRASH_TOKEN
+from tests.e2e.test_crash_restart import serve
 from tests.e2e.test_release_failures import start_bot
 from tests.e2e.test_release_train import MONDAY_10_LA, Clock, audit, card, card_in_state, deploy_verified, serving
 
@@ -76,7 +82,7 @@ def fleet(triton_here, tmp_path_factory) -> Iterator[tuple[dict[str, Path], dict
 
 
 def canary_config(directory: Path, registry: Path, repos: dict[str, Path], servers: dict[str, list[TritonServer]],
-                  prod: list[TritonServer] | None = None):
+                  prod: list[TritonServer] | None = None, **top: object):
     model = yaml.safe_load(EXAMPLE_CONFIG.read_text())["models"]["ranker"]
     model.pop("retrain")
     model["registry"] = str(registry)
@@ -92,7 +98,7 @@ def canary_config(directory: Path, registry: Path, repos: dict[str, Path], serve
                 "handoff_weekday": "friday", "handoff_time": "10:00", "tz": "America/Los_Angeles",
                 "start": "2026-01-09", "channel": TEAM, "usergroup": "S0ONCALL"}
     return load_config(write_config(directory, models={"ranker": model}, datagen={"jobs": {}},
-                                    oncall={"rotations": [rotation]}))
+                                    oncall={"rotations": [rotation]}, **top))
 
 
 class Train:
@@ -295,3 +301,56 @@ async def test_a_restart_mid_canary_resumes_it_and_one_whose_endpoints_changed_i
 
 def steps_of(bot: LocalBot) -> list[str]:
     return [line for line in thread(bot, "v5") if "/8 *" in line]
+
+
+async def test_kill_9_mid_canary_then_a_restart_resumes_it(fleet, registry, tmp_path):
+    """`mlops-bot serve` killed with SIGKILL in the middle of a canary's window, then started again on the same
+    store: the canary resumes (its lock, left by the dead process, taken over) and is aborted by a press."""
+    repos, servers = fleet
+    # `serve` runs on the real clock, so deploy hours are always open here.
+    always = {"days": ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"],
+              "start": "00:00", "end": "23:59:59", "tz": "UTC"}
+    config = canary_config(tmp_path, registry, repos, servers, deploy={"windows": [always]})
+    path = tmp_path / "mlops-bot.yaml"
+    users, groups = workspace(config)
+    async with SlackEmulator(bot_token=CRASH_TOKEN, signing_secret=CRASH_SECRET, users=users, usergroups=groups,
+                             post_rate=20, post_burst=20) as slack:
+        first, url = await serve(path, slack)
+        try:
+            async with SlackEventsClient(f"{url}/slack/events", CRASH_SECRET, slack) as client:
+                await client.command("U0ALICE", "deploy ranker v1")
+                v1 = await slack.wait_for(lambda: message(slack, "ranker v1 staging: verified"), timeout=60)
+                await client.press_button("U0CAROL", TEAM, v1["ts"], "Unblock prod")
+                await slack.wait_for(lambda: message(slack, "ranker v1 prod: live"), timeout=60)
+                await client.command("U0ALICE", "deploy ranker v2")
+                await slack.wait_for(lambda: message(slack, "ranker v2 staging: verified"), timeout=60)
+                await client.command("U0CAROL", "canary ranker for=60s")
+                canary = await slack.wait_for(lambda: message(slack, "ranker v2 prod: in canary"), timeout=60)
+                await slack.wait_for(lambda: any("/60 *" in m["text"] for m in slack.replies(TEAM, canary["ts"])), timeout=30)
+        finally:
+            first.send_signal(signal.SIGKILL)
+            first.wait()
+        with sqlite3.connect(config.store) as db:  # what the dead process left: the canary running, its lock
+            assert db.execute("SELECT state FROM canaries").fetchall() == [("running",)]
+            assert db.execute("SELECT reason FROM locks").fetchall() == [("running a canary of v2",)]
+
+        second, url = await serve(path, slack)
+        try:
+            await slack.wait_for(lambda: any("the canary's analysis resumes" in m["text"]
+                                             for m in slack.replies(TEAM, canary["ts"])), timeout=60)
+            async with SlackEventsClient(f"{url}/slack/events", CRASH_SECRET, slack) as client:
+                await client.press_button("U0BOB", TEAM, canary["ts"], "Abort")
+                await slack.wait_for(lambda: message(slack, "ranker v2 prod: canary aborted"), timeout=60)
+            served = set(map(tuple, (await serving(servers["prod"])).values()))  # every endpoint on the baseline again
+            with sqlite3.connect(config.store) as db:
+                assert db.execute("SELECT state, decided_by FROM canaries").fetchall() == [("aborted", "U0BOB")]
+                assert db.execute("SELECT * FROM locks").fetchall() == []
+                recorded = db.execute("SELECT triton_version FROM environments WHERE env = 'prod'").fetchone()[0]
+            assert served == {(recorded,)}
+        finally:
+            second.terminate()
+            second.wait(timeout=30)
+
+
+def message(slack: SlackEmulator, text: str) -> dict | None:
+    return next((m for m in slack.messages(TEAM) if m["text"] == text), None)
