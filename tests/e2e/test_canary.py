@@ -182,6 +182,11 @@ async def said_in_thread(bot: LocalBot, version: str, words: str, timeout: float
     return await bot.slack.wait_for(lambda: next((t for t in thread(bot, version) if words in t), None), timeout=timeout)
 
 
+async def told(bot: LocalBot, words: str) -> str:
+    """What the bot answered one person (ephemeral) containing `words`."""
+    return await bot.slack.wait_for(lambda: next((e["text"] for e in bot.slack.ephemerals if words in e["text"]), None))
+
+
 def buttons(message: dict) -> list[str]:
     return [e["text"]["text"] for b in message["blocks"] if b["type"] == "actions" for e in b["elements"]]
 
@@ -199,6 +204,8 @@ async def test_a_healthy_version_passes_its_steps_and_is_promoted_by_the_button(
     _, servers = fleet
     bot = train.bot
     first = await deploy_verified(bot, "v1")
+    await bot.client.command("U0CAROL", "canary ranker")
+    assert "prod serves nothing yet" in await told(bot, "serves nothing yet")  # no baseline to judge it against
     await bot.client.press_button("U0CAROL", TEAM, first["ts"], "Unblock prod")
     await card_in_state(bot, "v1", "live")
     n1 = bot.runtime.releases.serving("ranker", "prod").triton_version
@@ -206,6 +213,12 @@ async def test_a_healthy_version_passes_its_steps_and_is_promoted_by_the_button(
     second = await deploy_verified(bot, "v2")
     n2 = bot.runtime.releases.serving("ranker", "staging").triton_version
     assert "Start canary" in buttons(second)
+    # The policy of an unblock: an approver other than the deployer, and the plan said before anything changes.
+    await bot.client.command("U0ALICE", "canary ranker")
+    assert "only approvers" in await told(bot, "a canary follows the policy of an unblock")
+    await bot.client.command("U0CAROL", "canary ranker dry_run=true")
+    plan = await told(bot, "*Dry run*: the policy allows <@U0CAROL> to start a canary")
+    assert f"1 of 3 prod endpoints ({servers['prod'][0].url})" in plan and "keep v1" in plan
     async with Load([s.url for s in servers["prod"]]) as load:
         await bot.client.press_button("U0CAROL", TEAM, second["ts"], "Start canary")
         during = await card_in_state(bot, "v2", "canary")
