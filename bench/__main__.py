@@ -85,6 +85,14 @@ def fleet_deploy(out: str) -> list[Row]:
              _judge(ratio, lambda v: v <= 1.5))]
 
 
+def canary(out: str) -> list[Row]:
+    at = {n: _num(rf"^\s*{n} endpoints: ([\d.]+) ms", out) for n in (2, 8, 16)}
+    growth = _num(r"^growth 2 → 16 endpoints: ([\d.]+)x", out)
+    return [(f"one analysis step, 2 / 8 / 16 endpoints: {at[2]} / {at[8]} / {at[16]} ms", "<= 250 ms at 16",
+             _judge(at[16], lambda v: v <= 250)),
+            (f"growth 2 → 16 endpoints: {growth}x", "close to flat", "")]
+
+
 def soak(out: str) -> list[Row]:
     # soak.py prints its targets under "targets:" as "  met|NOT MET|figure  what: value (target T)".
     block = out.split("\ntargets:", 1)[1] if "\ntargets:" in out else ""
@@ -105,7 +113,7 @@ class Bench:
 
 
 BENCHES = [Bench("ack_latency", ack_latency), Bench("datagen_rules", datagen_rules, quick=False),
-           Bench("datagen", datagen), Bench("fleet_deploy", fleet_deploy), Bench("soak", soak)]
+           Bench("datagen", datagen), Bench("fleet_deploy", fleet_deploy), Bench("canary", canary), Bench("soak", soak)]
 
 
 def run(bench: Bench, quick: bool, soak_minutes: float | None) -> tuple[list[str], list[Row], float, int]:

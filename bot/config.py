@@ -131,6 +131,43 @@ class EnvironmentConfig(Strict):
     endpoints: list[Annotated[str, _pattern(r"https?://[^\s/]+(:\d+)?/?", "an http(s)://host:port URL")]] = (
         Field(min_length=1)
     )
+    metrics: dict[str, Annotated[str, _pattern(r"https?://\S+", "an http(s):// URL")]] = Field(
+        default={}, description="endpoint → its Triton metrics URL; by default the endpoint's host on port 8002")
+
+    @model_validator(mode="after")
+    def _metrics_of_endpoints(self) -> EnvironmentConfig:
+        if unknown := [e for e in self.metrics if e not in self.endpoints]:
+            raise ValueError(f"`metrics` names {', '.join(unknown)}, which is not one of `endpoints`")
+        return self
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h)?")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, None: 1}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from 90, "90", "90s", "30m" or "2h"; ValueError saying what was expected otherwise."""
+    match = _DURATION.fullmatch(str(value).strip().lower())
+    if isinstance(value, bool) or match is None or float(match.group(1)) <= 0:
+        raise ValueError(f"expected a duration like 90s, 30m or 2h, got {value!r}")
+    return float(match.group(1)) * _SECONDS[match.group(2)]
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class CanaryConfig(Strict):
+    """A canary on part of the prod fleet (`/mlops canary`): how long, how often, and when it fails."""
+
+    percent: float = Field(default=20, gt=0, lt=100, description="share of prod endpoints, rounded up to whole ones")
+    duration: Duration = Field(default=1800, description="how long the analysis runs: 30m, 2h, 90s")
+    interval: Duration = Field(default=60, description="time between analysis steps")
+    min_requests: int = Field(default=20, ge=1, description="fewer on either side: the step is inconclusive")
+    max_error_rate_increase: float = Field(default=0.01, ge=0, le=1, description="0.01: baseline + 1 point")
+    max_latency_ratio: float = Field(default=1.2, gt=0, description="mean (and p99) at most this times the baseline's")
+    latency_slack_ms: float = Field(default=1.0, ge=0, description="slower by less than this never fails a step")
+    failure_limit: int = Field(default=2, ge=1, description="failed steps after which the bot aborts by itself")
+    auto_promote: bool = False
 
 
 # The bot's own credentials: a pipeline never needs them, so naming one in retrain.env is a mistake.
@@ -198,6 +235,7 @@ class ModelConfig(Strict):
     verify_requests: int = Field(default=20, ge=1, le=10_000)
     environments: dict[EnvName, EnvironmentConfig]
     retrain: RetrainConfig | None = None
+    canary: CanaryConfig = CanaryConfig()
 
     @model_validator(mode="after")
     def _has_staging(self) -> ModelConfig:

@@ -121,6 +121,7 @@ class Runtime:
         await self.hooks.stop()  # what it cuts short stays queued for the next start
         await self.retrain.stop()  # followers only; the runs go on and are followed again at the next start
         await self.pipelines.close()
+        await self.releases.stop_canaries()  # they stay running in the store and resume at the next start
         for name in await self.tasks.drain(self.shutdown_grace):
             self.audit(actor="mlops-bot", verb="shutdown", status="interrupted", detail={"task": name})
         self.store.close()

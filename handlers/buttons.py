@@ -42,7 +42,7 @@ class Button:
     action_id: str
     value: type[BaseModel]
     run: Run
-    role: Role | None = None
+    role: Role | tuple[Role, ...] | None = None  # a tuple: any one of them will do
     once: bool = False  # a press of this button (its value names one card rendering) runs at most once
     # Raises Mismatch when the value names something other than what the card it was pressed on is about (an
     # edited value: another release, another model), before anything runs.
@@ -53,7 +53,8 @@ BUTTONS: dict[str, Button] = {}
 UNKNOWN_BUTTON = "button.unknown"  # the verb of every unknown action id: what comes in must not become a metrics label
 
 
-def button(action_id: str, value: type[BaseModel], role: Role | None = None, **fields: Any) -> Callable[[Run], Run]:
+def button(action_id: str, value: type[BaseModel], role: Role | tuple[Role, ...] | None = None,
+           **fields: Any) -> Callable[[Run], Run]:
     """Declare the decorated function as what pressing `action_id` runs; `fields` are the Button's others (once, check)."""
 
     def declare(run: Run) -> Run:
@@ -90,10 +91,11 @@ def register(app: AsyncApp, runtime: Runtime) -> None:
                           ":warning: That button is not known to this version of the bot. "
                           "Run the command again to get a fresh card.")
         # The role first: it depends on the button alone, so a press without it reads and looks up nothing.
-        if spec.role and not await runtime.roles.has(press.user, spec.role):
-            who = runtime.roles.who_to_ask(spec.role)
-            return refuse("denied", {"role": spec.role, "value": (action.value or "")[:300]},
-                          f"You need the *{spec.role}* role for that button; ask {who}.")
+        roles = (spec.role,) if isinstance(spec.role, str) else spec.role or ()
+        if roles and not any([await runtime.roles.has(press.user, role) for role in roles]):
+            named, who = " or ".join(f"*{r}*" for r in roles), "; ".join(runtime.roles.who_to_ask(r) for r in roles)
+            return refuse("denied", {"role": " or ".join(roles), "value": (action.value or "")[:300]},
+                          f"You need the {named} role for that button; ask {who}.")
         try:
             value = spec.value.model_validate_json(action.value or "{}")
         except ValidationError as exc:

@@ -1,11 +1,11 @@
-"""The release train in Slack: the deploy, verify, promote, reject and rollback verbs, the buttons of a release
-card, and the urgent-unblock and rollback modals."""
+"""The release train in Slack: the deploy, verify, promote, canary, reject and rollback verbs, the buttons of a
+release card, and the urgent-unblock and rollback modals."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from bot.config import Role
+from bot.config import Role, parse_duration
 from bot.notifier import Message
 from bot.releases import messages
 from bot.releases.messages import ReleaseRef, RollbackRef
@@ -86,7 +86,7 @@ def _card_of(runtime: Runtime, press: Press, release_id: int, model: str | None 
 Operation = Callable[["Runtime", Press, "Release"], Awaitable[Any]]  # what a release card's button does to it
 
 
-def _release_button(action_id: str, role: Role, *, once: bool = True) -> Callable[[Operation], Operation]:
+def _release_button(action_id: str, role: Role | tuple[Role, ...], *, once: bool = True) -> Callable[[Operation], Operation]:
     """Declare the decorated operation as a release card's button: it is given the release the card is about."""
 
     def declare(operation: Operation) -> Operation:
@@ -210,6 +210,67 @@ async def _urgent_submitted(runtime: Runtime, sub: Submission, ref: ReleaseRef) 
     runtime.spawn(_notify_failure(runtime, sub.user, runtime.releases.promote(release, sub.user, urgent_reason=reason)),
                   name="release.urgent")
     return None
+
+
+# -- canary (part of prod first) ---------------------------------------------------------------------------
+
+CanaryArgs = tuple[str, bool, float | None, float | None]  # model, report, percent, duration
+
+
+def _parse_canary(runtime: Runtime, cmd: Command) -> CanaryArgs:
+    model = model_named(runtime.config, cmd)
+    if cmd.args[1:] not in ([], ["report"]):
+        raise UsageError(f"unexpected words: {quoted(' '.join(cmd.args[1:]))}; the only one is `report`")
+    percent = duration = None
+    if (word := cmd.option("percent")) is not None:
+        try:
+            percent = float(word.rstrip("%"))
+        except ValueError:
+            percent = -1
+        if not 0 < percent < 100:
+            raise UsageError(f"`percent` is a share of the prod endpoints between 0 and 100, not `{quoted(word)}`")
+    if (word := cmd.option("for")) is not None:
+        try:
+            duration = parse_duration(word)
+        except ValueError as exc:
+            raise UsageError(f"`for`: {quoted(str(exc))}") from None
+    return model, cmd.args[1:] == ["report"], percent, duration
+
+
+async def _plan_canary(runtime: Runtime, cmd: Command, parsed: CanaryArgs) -> str:
+    model, _, percent, duration = parsed
+    return await release_plan(lambda: runtime.releases.canaries.plan(model, cmd.user, percent=percent, duration=duration,
+                                                                      urgent=bool(cmd.option("urgent"))))
+
+
+@verb("canary", "canary <model> [report] [percent=20] [for=30m] [urgent=\"reason\"]",
+      "load the verified staging version on part of prod, judge it by Triton's metrics, then promote or abort",
+      parse=_parse_canary, options=frozenset({"percent", "for", "urgent", DRY_RUN}), plan=_plan_canary,
+      audit_fields=lambda p: {"model": p[0], "env": "prod"},
+      details="Starting one follows the policy of an unblock (approvers, four-eyes, deploy hours). `report` shows "
+              "every step of the model's latest canary.")
+async def _canary(runtime: Runtime, cmd: Command, parsed: CanaryArgs) -> None:
+    model, report, percent, duration = parsed
+    if report:
+        await tell(runtime, cmd, Message(runtime.releases.canaries.report(model)))
+        return
+    await answer_release(runtime, cmd, runtime.releases.canaries.start(model, cmd.user, percent=percent, duration=duration,
+                                                                       urgent_reason=cmd.option("urgent")))
+
+
+@_release_button("release.canary", "approvers", once=False)  # a refused start may be pressed again
+async def _canary_press(runtime: Runtime, press: Press, release: Release) -> None:
+    await runtime.releases.canaries.start(release.model, press.user, release_id=release.id)
+
+
+@_release_button("release.canary_promote", "approvers")
+async def _canary_promote_press(runtime: Runtime, press: Press, release: Release) -> None:
+    await answer_press(runtime, press, runtime.releases.canaries.decide(release.id, press.user, "promote"))
+
+
+@_release_button("release.canary_abort", ("deployers", "approvers"))
+async def _canary_abort_press(runtime: Runtime, press: Press, release: Release) -> None:
+    await answer_press(runtime, press, runtime.releases.canaries.decide(release.id, press.user, "abort"))
 
 
 # -- reject ------------------------------------------------------------------------------------------------

@@ -23,6 +23,8 @@ ICONS = {
     State.ROLLED_BACK: ":rewind:",
     State.SUPERSEDED: ":zzz:",
     State.INTERRUPTED: ":warning:",
+    State.CANARY: ":hatching_chick:",
+    State.CANARY_ABORTED: ":leftwards_arrow_with_hook:",
 }
 
 
@@ -92,9 +94,13 @@ def buttons(release: Release, env: str, *, blocker: str | None) -> list[dict[str
 
     if env == "prod" and release.prod_state is State.LIVE:
         return [back("prod")]
+    if release.prod_state is State.CANARY:
+        return [btn("Promote to all", "release.canary_promote", ref, "primary"),
+                btn("Abort", "release.canary_abort", ref, "danger")]
     match release.state:
         case State.VERIFIED if blocker is None:
-            return [btn("Unblock prod", "release.promote", ref, "primary"), btn("Reject", "release.reject", ref), back("staging")]
+            return [btn("Unblock prod", "release.promote", ref, "primary"), btn("Start canary", "release.canary", ref),
+                    btn("Reject", "release.reject", ref), back("staging")]
         case State.VERIFIED:
             return [btn("Reject", "release.reject", ref), back("staging")]
         case State.STAGED | State.VERIFY_FAILED | State.INTERRUPTED:

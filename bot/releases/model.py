@@ -26,6 +26,8 @@ class State(StrEnum):
     ROLLED_BACK = "rolled_back"
     SUPERSEDED = "superseded"  # a newer version took its place in that environment
     INTERRUPTED = "interrupted"  # the bot stopped mid-operation; reconciled at start
+    CANARY = "canary"  # prod: serving on part of the prod fleet, judged against the rest
+    CANARY_ABORTED = "canary_aborted"  # prod: the canary endpoints were put back on the baseline
 
     @property
     def words(self) -> str:
@@ -34,7 +36,7 @@ class State(StrEnum):
 
 
 WORDS = {State.DEPLOY_FAILED: "deploy failed", State.VERIFY_FAILED: "verification failed",
-         State.PROMOTE_FAILED: "promotion failed", State.ROLLED_BACK: "rolled back"}
+         State.PROMOTE_FAILED: "promotion failed", State.ROLLED_BACK: "rolled back", State.CANARY: "in canary"}
 
 
 class Event(StrEnum):
@@ -51,6 +53,8 @@ class Event(StrEnum):
     RESTORE = "restore"  # the release is rolled back to
     SUPERSEDE = "supersede"
     INTERRUPT = "interrupt"
+    CANARY = "canary"  # the release starts serving part of prod
+    ABORT = "abort"  # its canary ends with the canary endpoints put back
 
 
 S, E = State, Event
@@ -75,8 +79,14 @@ STAGING: dict[tuple[State, Event], State] = {
     (S.VERIFYING, E.INTERRUPT): S.INTERRUPTED,
 }
 # Prod standings start from None: the release has not been sent to prod.
+# A canary holds the prod lock while it runs, so nothing else starts in prod meanwhile; it ends aborted, or
+# promoted to every endpoint through the usual promotion (canary → promoting → live or promote_failed).
+_SENDABLE = (None, S.PROMOTE_FAILED, S.ROLLED_BACK, S.SUPERSEDED, S.INTERRUPTED, S.CANARY_ABORTED)
 PROD: dict[tuple[State | None, Event], State] = {
-    **{(s, E.PROMOTE): S.PROMOTING for s in (None, S.PROMOTE_FAILED, S.ROLLED_BACK, S.SUPERSEDED, S.INTERRUPTED)},
+    **{(s, E.PROMOTE): S.PROMOTING for s in _SENDABLE},
+    **{(s, E.CANARY): S.CANARY for s in _SENDABLE},
+    (S.CANARY, E.PROMOTE): S.PROMOTING,
+    (S.CANARY, E.ABORT): S.CANARY_ABORTED,
     (S.PROMOTING, E.PROMOTED): S.LIVE,
     (S.PROMOTING, E.PROMOTE_FAILED): S.PROMOTE_FAILED,
     (S.PROMOTING, E.INTERRUPT): S.INTERRUPTED,
@@ -91,7 +101,7 @@ BUSY = frozenset({S.DEPLOYING, S.VERIFYING, S.PROMOTING})
 FAILS = {S.DEPLOYING: E.DEPLOY_FAILED, S.VERIFYING: E.FAILED, S.PROMOTING: E.PROMOTE_FAILED}
 # Standings that rule a release out as a rollback target: it was judged bad where it ran.
 BAD = frozenset({S.DEPLOY_FAILED, S.VERIFY_FAILED, S.PROMOTE_FAILED, S.REJECTED, S.ROLLED_BACK, S.INTERRUPTED,
-                 S.DEPLOYING, S.VERIFYING, S.PROMOTING})
+                 S.DEPLOYING, S.VERIFYING, S.PROMOTING, S.CANARY, S.CANARY_ABORTED})
 
 
 class InvalidTransition(Exception):

@@ -62,38 +62,52 @@ class Promotions(Flow):
                 self.ctx.audit(actor=actor, verb="promote.urgent", status="ok", channel=release.channel, model=release.model,
                                env="prod", version=release.version, detail={"reason": urgent_reason})
                 await self.delivery.thread(release, f":rotating_light: Urgent unblock outside deploy hours by <@{actor}>: "
-                                                    f"{urgent_reason}" + self._oncall_mention())
+                                                    f"{urgent_reason}" + self.oncall_mention())
             await self.delivery.card(release, "prod", note=f"Unblocked by <@{actor}>: deploying to prod…")
-            failure = await self._load_prod(release)
-            if failure is None:
-                previous = self.records.serving(release.model, "prod")
-                with self.ctx.store.transaction():
-                    if previous is not None and previous.id != release.id and previous.prod_state is State.LIVE:
-                        self.records.cas(previous, Event.SUPERSEDE, "prod")
-                    release = self.records.cas(release, Event.PROMOTED, "prod")
-                    self.records.set_env(release, "prod", actor=release.deployed_by or actor, approved_by=actor)
-                    self.ctx.audit(actor=actor, verb="promote", status="succeeded", channel=release.channel, model=release.model,
-                                   env="prod", version=release.version, detail={"release": release.id})
-            else:
-                restored = await self.restorer.restore(release.model, "prod")
-                with self.ctx.store.transaction():
-                    release = self.records.cas(release, Event.PROMOTE_FAILED, "prod")
-                    self.ctx.audit(actor=actor, verb="promote", status="failed", channel=release.channel, model=release.model,
-                                   env="prod", version=release.version,
-                                   detail={"release": release.id, "error": failure, "restored": restored})
+            failure = await self.load_prod(release)
+            release, restored = await self.record(release, actor, failure)
+        await self.announce(release, actor, failure, restored)
+        if failure is not None:
+            raise ReleaseError(f"promotion failed: {failure}. {restored}")
+        return release
+
+    async def record(self, release: Release, actor: str, failure: str | None) -> tuple[Release, str]:
+        """Inside the prod operation, after `load_prod`: the release live and the previous one superseded, or prod
+        put back on its record and the release failed there; (the release, what putting prod back did)."""
         if failure is None:
-            await self.delivery.card(release, "prod", note=f":rocket: Live in prod, unblocked by <@{actor}>.")
+            previous = self.records.serving(release.model, "prod")
+            with self.ctx.store.transaction():
+                if previous is not None and previous.id != release.id and previous.prod_state is State.LIVE:
+                    self.records.cas(previous, Event.SUPERSEDE, "prod")
+                release = self.records.cas(release, Event.PROMOTED, "prod")
+                self.records.set_env(release, "prod", actor=release.deployed_by or actor,
+                                     approved_by=release.approved_by or actor)
+                self.ctx.audit(actor=actor, verb="promote", status="succeeded", channel=release.channel, model=release.model,
+                               env="prod", version=release.version, detail={"release": release.id})
+            return release, ""
+        restored = await self.restorer.restore(release.model, "prod")
+        with self.ctx.store.transaction():
+            release = self.records.cas(release, Event.PROMOTE_FAILED, "prod")
+            self.ctx.audit(actor=actor, verb="promote", status="failed", channel=release.channel, model=release.model,
+                           env="prod", version=release.version,
+                           detail={"release": release.id, "error": failure, "restored": restored})
+        return release, restored
+
+    async def announce(self, release: Release, actor: str, failure: str | None, restored: str) -> None:
+        """The card and the thread once a promotion ended; a failure is said loudly, paging on-call."""
+        if failure is None:
+            who = release.approved_by or actor
+            await self.delivery.card(release, "prod", note=f":rocket: Live in prod, unblocked by <@{who}>.")
             await self.delivery.thread(release, f":large_green_circle: {release.model} {release.version} is serving in prod "
                                                 "on every endpoint.")
-            return release
+            return
         loud = (f":rotating_light: <!here> Production verification of *{release.model} {release.version}* failed: {failure}. "
-                f"{restored}{self._oncall_mention()}")
+                f"{restored}{self.oncall_mention()}")
         await self.delivery.card(release, "prod", note=loud)
         if release.channel:
             await self.delivery.say(release.channel, loud)
-        raise ReleaseError(f"promotion failed: {failure}. {restored}")
 
-    async def _load_prod(self, release: Release) -> str | None:
+    async def load_prod(self, release: Release) -> str | None:
         """Copy, load and verify on prod; the failure as people read it, or None."""
         registry = self.systems.registry(release.model)
         try:
@@ -131,6 +145,6 @@ class Promotions(Flow):
                 f"({', '.join(endpoints)}) in place of {current.version if current else 'nothing'}, verify prod, and put "
                 "prod back if that fails. Nothing was changed.")
 
-    def _oncall_mention(self) -> str:
+    def oncall_mention(self) -> str:
         groups = [r.usergroup for r in self.ctx.config.oncall.rotations if r.usergroup]
         return f" <!subteam^{groups[0]}>" if groups else ""

@@ -9,13 +9,14 @@ each in its own module, built here on the parts they share:
 - restore.py: putting an environment back on what the bot records it serves
 - operations.py: one operation at a time per (model, env), its lock, and none left running
 - deploy.py (deploy and verify), promotion.py, rollback.py (and reject), locks.py (manual locks),
-  status.py, reconcile.py (at start)
+  status.py, reconcile.py (at start), canary/ (a version on part of prod, judged by Triton's metrics)
 
 The pure rules are model.py (standings and transitions) and policy.py (who may unblock prod, and when).
 """
 from __future__ import annotations
 
 from bot.context import Context
+from bot.releases.canary.flow import Canaries
 from bot.releases.delivery import Delivery
 from bot.releases.deploy import Deploys
 from bot.releases.locks import ManualLocks
@@ -45,7 +46,9 @@ class ReleaseService:
         rollbacks = Rollbacks(ctx, records=records, systems=systems, operations=operations, delivery=delivery, restorer=restorer)
         locks = ManualLocks(ctx, records=records, systems=systems, operations=operations)
         status = Status(ctx, records=records, systems=systems, operations=operations)
-        reconciler = Reconciler(ctx, records=records, systems=systems, delivery=delivery, restorer=restorer)
+        self._reconciler = Reconciler(ctx, records=records, systems=systems, delivery=delivery, restorer=restorer)
+        self.canaries = Canaries(ctx, records=records, systems=systems, operations=operations, delivery=delivery,
+                                 restorer=restorer, promotions=promotions, deploys=deploys)
 
         # What is called from outside, each answered by the part that does it.
         self.get, self.environment, self.serving = records.get, records.environment, records.serving
@@ -58,4 +61,11 @@ class ReleaseService:
         self.reject, self.rollback, self.plan_rollback = rollbacks.reject, rollbacks.rollback, rollbacks.plan_rollback
         self.lock, self.plan_lock, self.unlock, self.plan_unlock = locks.lock, locks.plan_lock, locks.unlock, locks.plan_unlock
         self.status_rows = status.status_rows
-        self.reconcile = reconciler.reconcile
+        self.stop_canaries = self.canaries.stop
+
+    async def reconcile(self) -> None:
+        """At start: the canaries still running are taken out of the reconciler's hands and resumed once it has
+        put back whatever else a stop or a crash cut short."""
+        resumable = self.canaries.claim_resumable()
+        await self._reconciler.reconcile()
+        self.canaries.resume(resumable)

@@ -7,6 +7,7 @@ from bot.releases.records import ReleaseError
 from bot.serving.artifacts import ArtifactError, ArtifactStore, open_store
 from bot.serving.registry import Registry, RegistryError, triton_config_json
 from bot.serving.triton import Fleet, FleetError
+from bot.serving.triton_metrics import metrics_url
 
 # What the outside systems raise when they fail in a way the operation expected; anything else is a bug or a
 # surprise (a malformed model answer), and still ends the operation, named as unexpected.
@@ -41,10 +42,16 @@ class Systems:
         """Where `env`'s tritonservers read the model's files from."""
         return open_store(self.model_config(model).environments[env].repository, s3_endpoint_url=self.config.s3.endpoint_url)
 
-    def fleet(self, model: str, env: str, *, timeout: float | None = None) -> Fleet:
+    def fleet(self, model: str, env: str, *, timeout: float | None = None, endpoints: list[str] | None = None) -> Fleet:
+        """`env`'s endpoints, or the part of them `endpoints` names (a canary's groups)."""
         environment = self.model_config(model).environments[env]
-        return Fleet(list(environment.endpoints), concurrency=self.config.deploy.endpoint_concurrency,
-                     timeout=timeout or self.config.deploy.load_timeout_s)
+        return Fleet(list(environment.endpoints if endpoints is None else endpoints),
+                     concurrency=self.config.deploy.endpoint_concurrency, timeout=timeout or self.config.deploy.load_timeout_s)
+
+    def metrics_urls(self, model: str, env: str) -> dict[str, str]:
+        """Each endpoint's Triton metrics URL: as configured, else its host on Triton's default metrics port."""
+        environment = self.model_config(model).environments[env]
+        return {e: environment.metrics.get(e) or metrics_url(e) for e in environment.endpoints}
 
     async def config_for(self, model: str, version: str, n: int) -> str:
         """The Triton config of `version` loaded as Triton version `n`, from the registry."""

@@ -54,13 +54,16 @@ async def local_bot(
     post_rate: float = 1.0,
     post_burst: int = 4,
     start: bool = True,
+    slack: SlackEmulator | None = None,
 ) -> AsyncIterator[LocalBot]:
+    """`slack`: a workspace already running (its messages kept across a restart of the bot), left running after."""
     users, groups = workspace(config)
-    emulator = SlackEmulator(
+    emulator = slack or SlackEmulator(
         bot_token=BOT_TOKEN, signing_secret=SIGNING_SECRET, post_rate=post_rate, post_burst=post_burst,
         users=users, usergroups=groups,
     )
-    await emulator.start()
+    if slack is None:
+        await emulator.start()
     secrets = (secrets or Secrets()).model_copy(
         update={"slack_bot_token": BOT_TOKEN, "slack_signing_secret": SIGNING_SECRET, "slack_api_url": emulator.api_url}
     )
@@ -82,4 +85,5 @@ async def local_bot(
         await runtime.stop()
         await runner.cleanup()
         await client.close()
-        await emulator.stop()
+        if slack is None:
+            await emulator.stop()

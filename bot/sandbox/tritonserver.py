@@ -119,12 +119,18 @@ class TritonServer:
         self.env = env
         self.shm_prefix = shm_prefix
         self.port = 0
+        self.metrics_port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = Path(tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """Triton's Prometheus metrics (its own counters per model version), on a port of their own."""
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def start(self, timeout: float = 60.0) -> TritonServer:
         """Start on free loopback ports and wait until /v2/health/live answers; retries if a port was taken."""
@@ -140,7 +146,7 @@ class TritonServer:
     def _spawn(self) -> None:
         root = wheel_dir()
         assert root is not None, triton_missing()
-        self.port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+        self.port, grpc_port, self.metrics_port = free_port(), free_port(), free_port()
         command = [
             str(root / "bin" / "tritonserver"),
             f"--model-repository={self.repository}",
@@ -151,7 +157,7 @@ class TritonServer:
             "--grpc-address=127.0.0.1",
             f"--grpc-port={grpc_port}",
             "--metrics-address=127.0.0.1",
-            f"--metrics-port={metrics_port}",
+            f"--metrics-port={self.metrics_port}",
             "--allow-gpu-metrics=false",
             # No GPU here: skip the pinned host pool Triton reserves for device copies.
             "--pinned-memory-pool-byte-size=0",

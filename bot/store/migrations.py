@@ -235,6 +235,42 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX pipeline_failures_task ON pipeline_failures(dag_id, task_id, failed_at);
     """,
+    # 7: canaries (a version on part of the prod fleet) and every measurement of their analysis, so a restart
+    # resumes one and `/mlops canary <model> report` shows why it was judged as it was.
+    """
+    CREATE TABLE canaries (
+        id INTEGER PRIMARY KEY,
+        release_id INTEGER NOT NULL,
+        model TEXT NOT NULL,
+        baseline_release_id INTEGER NOT NULL,
+        canary_endpoints TEXT NOT NULL,
+        baseline_endpoints TEXT NOT NULL,
+        percent REAL NOT NULL,
+        interval_s REAL NOT NULL,
+        duration_s REAL NOT NULL,
+        started_by TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        start_counters TEXT,
+        state TEXT NOT NULL,
+        decision TEXT,
+        decided_by TEXT,
+        decided_at TEXT,
+        outcome TEXT,
+        ended_at TEXT
+    );
+    CREATE INDEX canaries_model ON canaries(model, id);
+    CREATE TABLE canary_steps (
+        canary_id INTEGER NOT NULL,
+        step INTEGER NOT NULL,
+        at TEXT NOT NULL,
+        verdict TEXT NOT NULL,
+        canary TEXT NOT NULL,
+        baseline TEXT NOT NULL,
+        reasons TEXT NOT NULL,
+        endpoints TEXT NOT NULL,
+        PRIMARY KEY (canary_id, step)
+    );
+    """,
 ]
 
 

@@ -53,3 +53,23 @@ def test_every_running_standing_has_a_way_to_fail_and_to_be_interrupted():
         for s in running:
             assert (s, Event.INTERRUPT) in table
             assert any(e in (Event.DEPLOY_FAILED, Event.FAILED, Event.PROMOTE_FAILED) for (t, e) in table if t is s)
+
+
+def test_a_canary_ends_aborted_or_through_the_usual_promotion_and_may_start_again_after_an_abort():
+    started = next_state("prod", None, Event.CANARY)
+    assert started is State.CANARY
+    assert next_state("prod", started, Event.ABORT) is State.CANARY_ABORTED
+    assert next_state("prod", next_state("prod", started, Event.PROMOTE), Event.PROMOTED) is State.LIVE
+    assert next_state("prod", State.CANARY_ABORTED, Event.CANARY) is State.CANARY
+    for event in (Event.CANARY, Event.ROLL_BACK, Event.SUPERSEDE):  # nothing else happens to it while it runs
+        try:
+            next_state("prod", started, event)
+        except InvalidTransition:
+            continue
+        raise AssertionError(f"{event} moved a release in canary")
+
+
+@given(st.sampled_from([State.CANARY, State.CANARY_ABORTED]))
+def test_a_release_in_or_aborted_from_a_canary_is_never_a_prod_rollback_target(prod):
+    current = release(9, State.VERIFIED, State.LIVE, True)
+    assert rollback_target(current, [release(1, State.VERIFIED, prod, True), current], "prod") is None
