@@ -33,16 +33,24 @@ DEFAULT_STATE = Path(".mlops-sandbox")
 LOG = "mlops-bot.log"
 
 
-def sandbox_config(config: Config, state: Path, servers: dict[str, str] | None) -> Config:
+# Endpoints per environment: prod is a fleet of three, so a canary (k of n endpoints) can be tried.
+FLEET = {"staging": 1, "prod": 3}
+SANDBOX_CANARY_INTERVAL = 5  # seconds
+
+
+def sandbox_config(config: Config, state: Path, servers: dict[str, list[TritonServer]] | None) -> Config:
     """The config with its state, repositories and (when tritonserver runs) endpoints under the sandbox."""
     models = {}
     for name, model in config.models.items():
         envs = {
             env: EnvironmentConfig(repository=str(state / "repos" / env),
-                                   endpoints=[servers[env]] if servers else list(cfg.endpoints))
+                                   endpoints=[s.url for s in servers[env]] if servers else list(cfg.endpoints),
+                                   metrics={s.url: s.metrics_url for s in servers[env]} if servers else dict(cfg.metrics))
             for env, cfg in model.environments.items()
         }
-        models[name] = model.model_copy(update={"environments": envs})
+        # Canary steps every 5 s instead of the example's minute, so one is seen through in a sandbox minute.
+        canary = model.canary.model_copy(update={"interval": min(model.canary.interval, SANDBOX_CANARY_INTERVAL)})
+        models[name] = model.model_copy(update={"environments": envs, "canary": canary})
     return config.model_copy(update={"store": str(state / "mlops-bot.db"), "models": models})
 
 
@@ -165,23 +173,23 @@ async def _session(config_path: str, script: Path | None, state: Path, log_level
         print(f"mlops-bot sandbox: {exc}", file=sys.stderr)
         return 2
     with ExitStack() as stack:
-        servers = None
+        servers: dict[str, list[TritonServer]] | None = None
         if triton_missing():
             print(f"(no tritonserver: {triton_missing()}; install it with `pip install -e '.[triton]'`."
                   " Everything else runs; deploys will say the endpoints are unreachable.)")
         else:
             stack.callback(processes.stopped)  # after every server below has stopped
-            started = {}
-            for env in ("staging", "prod"):
+            servers = {}
+            for env, count in FLEET.items():
                 (state / "repos" / env).mkdir(parents=True, exist_ok=True)
-                server = TritonServer(str(state / "repos" / env), shm_prefix=processes.shm_prefix(env))
-                stack.callback(server.stop)
-                started[env] = server.start()
-                processes.add(server)
-            servers = {env: server.url for env, server in started.items()}
+                for n in range(count):  # the fleet shares its repository, as servers reading one bucket do
+                    server = TritonServer(str(state / "repos" / env), shm_prefix=processes.shm_prefix(f"{env}{n}"))
+                    stack.callback(server.stop)
+                    servers.setdefault(env, []).append(server.start())
+                    processes.add(server)
             # One golden inference before the first prompt: a server whose outputs are wrong would fail
             # every verify for a reason that is no release's.
-            if (problem := await preflight(config, started["staging"])) is not None:
+            if (problem := await preflight(config, servers["staging"][0])) is not None:
                 print(f"mlops-bot sandbox: {problem}", file=sys.stderr, flush=True)
                 return 1
         clock = SandboxClock()

@@ -12,6 +12,7 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from bot.sandbox import clock as sandbox_clock
+from bot.sandbox import traffic
 from bot.sandbox.forms import Ask, fill
 from bot.sandbox.local import LocalBot
 from bot.sandbox.render import render_message
@@ -22,9 +23,14 @@ while it is on screen); /press LABEL presses the newest button so labelled; /but
 pressed. A form that opens asks for each field in turn (/cancel closes it). /as USER switches user.
 /clock shows the bot's time; /clock +3d or /clock 2026-12-07 10:05 America/Los_Angeles moves it forward
 and runs the scheduled work due on the way, in order: handoffs, reminders, digests, datagen polls (those
-due every few minutes run at most once per hour skipped). /wait SECONDS lets real time pass. /hooks prints
+due every few minutes run at most once per hour skipped). /wait SECONDS lets real time pass; /traffic [N] sends
+N requests (200) to each model's prod endpoints in turn, as a load balancer would, for a canary to judge. /hooks prints
 curl lines for the bot's webhooks; /home shows your App Home; /digest posts the daily digest now;
 /help shows this; /quit leaves."""
+
+# A canary's analysis runs for its whole window: the screen shows its steps as they come, instead of waiting.
+LONG_RUNNING = ("/mlops canary", "release.canary", "canary ")
+
 
 def _when(at: datetime) -> str:
     return f"{at:%a %Y-%m-%d %H:%M} UTC"
@@ -55,13 +61,16 @@ class Shell:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         await asyncio.sleep(0.05)
-        while (self.bot.runtime.tasks.names or self.bot.runtime.hooks.pending()) and loop.time() < deadline:
+        while (self._busy() or self.bot.runtime.hooks.pending()) and loop.time() < deadline:
             await asyncio.sleep(0.05)
         self.screen.show()
         for opened in self.screen.new_forms():
             self.say(f"── a form opened for {opened['user']} ──")
             self.say(f"({await fill(self.bot.client, opened['user'], opened['view'], self.ask, self.say)})")
             await self.settle(timeout)
+
+    def _busy(self) -> bool:
+        return any(not name.startswith(LONG_RUNNING) for name in self.bot.runtime.tasks.names)
 
     async def handle(self, line: str) -> bool:
         line = line.strip()
@@ -85,6 +94,12 @@ class Shell:
                 return True
             await asyncio.sleep(seconds)
             await self.bot.runtime.scheduler.run_due()
+            await self.settle()
+        elif command == "/traffic":
+            if rest.strip() and not (rest.strip().isdecimal() and 0 < int(rest) <= 10_000):
+                self.error(f"/traffic takes a number of requests from 1 to 10000, not {rest.strip()!r}")
+                return True
+            self.say(await traffic.send(self.bot.runtime.config, int(rest) if rest.strip() else 200))
             await self.settle()
         elif command == "/clock":
             await self.move_clock(rest)

@@ -155,7 +155,7 @@ def test_forms_stable_buttons_a_refusal_the_audit_and_a_handoff_after_moving_the
     assert out.index(":rotating_light: datagen *recsys* 2026-11-18") < out.index("U0ALICE> /mlops deploy ranker v1")
 
     # Buttons keep their numbers: acking the alert edits it, and the release card's buttons stay as they were.
-    card = re.search(r"\[(\d+)\] Unblock prod \(primary\)  \[(\d+)\] Reject", out)
+    card = re.search(r"\[(\d+)\] Unblock prod \(primary\)  \[\d+\] Start canary  \[\d+\] Reject", out)
     assert card, out
     unblock = card.group(1)
     listings = [part.split("\nU0")[0] for part in out.split("U0ALICE> /buttons\n")[1:]]
@@ -208,6 +208,34 @@ def test_forms_stable_buttons_a_refusal_the_audit_and_a_handoff_after_moving_the
     assert tail.returncode == 0 and "promote.urgent" in tail.stdout, tail.stdout + tail.stderr
     backtest = cli(tmp_path, "datagen", "backtest", "--state-dir", str(tmp_path / "state"))
     assert backtest.returncode == 0 and "recsys: 10 reports" in backtest.stdout, backtest.stdout + backtest.stderr
+
+
+def test_a_canary_on_one_of_three_prod_endpoints_judged_on_sandbox_traffic_then_promoted(tmp_path):
+    need_tritonserver()
+    result = sandbox(tmp_path, [
+        "/mlops deploy ranker v1",
+        "/as U0CAROL",
+        '/mlops promote ranker urgent="the baseline for a canary"',
+        "/as U0ALICE",
+        "/mlops deploy ranker v2",
+        "/as U0BOB",
+        '/mlops canary ranker for=10s urgent="trying a canary"',  # the sandbox steps every 5 s
+        "/traffic 150",
+        "/wait 6",
+        "/traffic 150",
+        "/wait 6",
+        "/press Promote to all",
+        "/wait 6",  # the promotion runs in the canary's own task, which the prompt does not wait for
+        "/mlops status",
+    ])
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    # The sandbox's prod is a fleet of three: the canary takes one (20 % rounded up), the baseline two.
+    assert "ranker: 150 requests over 3 prod endpoints: 150 × 200" in out
+    steps = re.findall(r"step \d+/2 \*(\w+)\* · canary: (\d+) req", out)
+    assert steps and all(verdict == "pass" and int(n) >= 20 for verdict, n in steps), out
+    promoted = out.split("U0BOB> /press Promote to all")[1]
+    assert "*ranker* · prod: `v2` (live)" in promoted, promoted
 
 
 def cli(tmp_path, *args: str) -> subprocess.CompletedProcess:
@@ -279,7 +307,7 @@ def test_a_killed_sandbox_is_cleaned_up_at_the_next_start_and_sighup_stops_every
         first.until("Verified: ready to unblock for prod.")
         servers = tritonservers(state)
         prefixes = [s["shm_prefix"] for s in json.loads((state / "processes.json").read_text())["servers"]]
-        assert len(servers) == 2 and shm_regions(prefixes), "a loaded python model holds shared memory"
+        assert len(servers) == 4 and shm_regions(prefixes), "a loaded python model holds shared memory"  # 1 staging, 3 prod
     finally:
         first.process.kill()  # a crash: nothing of the sandbox runs its cleanup
         first.process.wait()
@@ -305,7 +333,7 @@ def test_a_killed_sandbox_is_cleaned_up_at_the_next_start_and_sighup_stops_every
         second.until(f":white_check_mark: datagen *recsys* {day} succeeded")
 
         running = tritonservers(state)
-        assert len(running) == 2
+        assert len(running) == 4  # 1 staging, 3 prod
         second.process.send_signal(signal.SIGHUP)  # the terminal closed
         assert second.process.wait(timeout=60) == 128 + signal.SIGHUP
     finally:
