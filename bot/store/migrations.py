@@ -235,6 +235,15 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX pipeline_failures_task ON pipeline_failures(dag_id, task_id, failed_at);
     """,
+    # 7: the single active instance (bot/replication/lease.py): who holds the store, when it last said so.
+    """
+    CREATE TABLE lease (
+        one INTEGER PRIMARY KEY CHECK (one = 1),
+        holder TEXT NOT NULL,
+        heartbeat TEXT NOT NULL,
+        expires_at TEXT NOT NULL
+    );
+    """,
 ]
 
 

@@ -1,0 +1,150 @@
+"""Durable store (issue 15): the bot replicating its store with the real litestream binary to a real moto_server,
+killed with kill -9, its disk deleted, and a second bot on an empty directory taking over from the replica.
+
+The second bot finds the first's lease in what it restored, waits as a standby until that lease expires (so
+the lease is short here), then restores again and acts. Real processes throughout: the bot as `mlops-bot serve`,
+litestream as its child, moto_server, the Slack emulator.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import aiohttp
+import boto3
+import pytest
+
+from bot.replication import ReplicaError, litestream_binary
+from bot.sandbox.tritonserver import free_port
+from tests.conftest import write_config
+from tests.reliability.test_crash_recovery import CHANNEL, running, session
+from tests.support.s3 import AWS_ENV, MotoServer
+
+BUCKET = "mlops-store"
+LEASE_S = 3.0
+# A commit reaches the replica within Litestream's monitor interval (1 s: it reads the WAL) plus its sync
+# interval (1 s: it uploads); an action acknowledged longer ago than this before the kill must survive it.
+EXPOSURE_S = 2.0
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[MotoServer]:
+    try:
+        litestream_binary()
+        import moto.server  # noqa: F401
+    except (ReplicaError, ImportError) as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true and the durable store's stand-ins are missing: {exc}")
+        pytest.skip(str(exc))
+    with MotoServer() as server:
+        boto3.client("s3", endpoint_url=server.endpoint_url, region_name="us-east-1", aws_access_key_id="testing",
+                     aws_secret_access_key="testing").create_bucket(Bucket=BUCKET)
+        yield server
+
+
+@pytest.fixture
+def aws(monkeypatch):
+    """The bot's children inherit os.environ: moto's credentials, never a developer's own."""
+    for name, value in AWS_ENV.items():
+        monkeypatch.setenv(name, value)
+
+
+def replicated_config(directory: Path, disk: Path, moto: MotoServer, prefix: str, **overrides) -> Path:
+    directory.mkdir(exist_ok=True)
+    return write_config(directory, store=str(disk / "mlops-bot.db"), store_replica=f"s3://{BUCKET}/{prefix}",
+                        store_lease_s=LEASE_S, s3={"endpoint_url": moto.endpoint_url, "region": "us-east-1"},
+                        models={}, datagen={"jobs": {}}, oncall={"rotations": []},
+                        **{"digests": {"daily": None, "weekly": None}, **overrides})
+
+
+def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bot.cli", "--config", str(config), *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+async def healthz(url: str) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/healthz") as resp:
+        return resp.status, await resp.json()
+
+
+async def test_kill_9_and_a_lost_disk_lose_only_the_last_moments(moto, aws, tmp_path):
+    due = (datetime.now(UTC) - timedelta(minutes=2)).replace(second=0, microsecond=0)
+    digest = {"daily": {"at": due.strftime("%H:%M"), "tz": "UTC", "channel": CHANNEL}, "weekly": None}
+    first_config = replicated_config(tmp_path / "one", tmp_path / "disk-one", moto, "failover", digests=digest)
+    second_config = replicated_config(tmp_path / "two", tmp_path / "disk-two", moto, "failover", digests=digest)
+    digests = lambda: [m for m in crash.slack.messages(CHANNEL) if m["text"].startswith("Daily digest")]  # noqa: E731
+
+    async with session(first_config) as crash:
+        with running(crash, await crash.serve()) as first:
+            await crash.slack.wait_for(digests, timeout=30)  # the slot missed "while down" is caught up at start
+            async with crash.client(first) as client:
+                for _ in range(20):
+                    await crash.command(client, "U0BOB", "silence")
+                await asyncio.sleep(EXPOSURE_S + 0.5)  # the burst is on the replica by now
+                status, health = await healthz(first.url)
+                assert status == 200 and health["replication"]["replicating"], health
+                stop = time.monotonic() + 1.5
+                while time.monotonic() < stop:  # and commands keep coming up to the kill
+                    await crash.command(client, "U0BOB", "silence")
+            crash.kill(first)
+        shutil.rmtree(tmp_path / "disk-one")  # the machine is gone with its disk
+
+        crash.path = second_config
+        started = time.monotonic()
+        with running(crash, await crash.serve()) as second:  # healthy only once it holds the lease
+            took_over = time.monotonic() - started
+            log = second.log.read_text()
+            assert "restored" in log and "standby" in log, log
+            await asyncio.sleep(1)  # anything the restored store would post twice has had its chance
+            assert len(digests()) == 1
+            status, health = await healthz(second.url)
+            assert status == 200 and health["replication"]["replicating"], health
+
+        verified = cli(second_config, "audit", "verify")
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        with crash.db() as db:
+            keys = {key for (key,) in db.execute("SELECT key FROM actions WHERE status = 'accepted'")}
+            posted = db.execute("SELECT count(*) FROM actions WHERE verb = 'digest.daily' AND status = 'posted'").fetchone()
+        assert posted == (1,)
+        assert crash.killed_at is not None
+        lost = [crash.killed_at - at for at, key, _ in crash.acked if key not in keys]
+        window = max(lost, default=0.0)
+        print(f"\n{len(crash.acked)} commands acknowledged, {len(lost)} lost; loss window {window:.2f} s before the kill "
+              f"(bound {EXPOSURE_S:.1f} s); second bot acting {took_over:.1f} s after it started")
+        assert window <= EXPOSURE_S, f"an action acknowledged {window:.2f} s before the kill was lost"
+        assert len(lost) < len(crash.acked) - 20  # the burst and most of what followed survived
+
+
+async def test_an_empty_replica_and_no_store_start_fresh(moto, aws, tmp_path):
+    config = replicated_config(tmp_path, tmp_path / "disk", moto, "fresh")
+    async with session(config) as crash:
+        with running(crash, await crash.serve()) as bot:
+            status, health = await healthz(bot.url)
+            assert status == 200 and health["replication"]["replica"] == f"s3://{BUCKET}/fresh", health
+            assert "restored" not in bot.log.read_text()
+            async with aiohttp.ClientSession() as http, http.get(f"{bot.url}/metrics") as resp:
+                assert "mlops_replication_up 1.0" in await resp.text()
+
+
+@pytest.mark.parametrize("problem", ["no such bucket", "cannot reach S3"])
+def test_a_replica_that_cannot_be_used_stops_the_start_with_what_to_fix(moto, aws, tmp_path, problem):
+    config = replicated_config(tmp_path, tmp_path / "disk", moto, "broken")
+    text = config.read_text()
+    if problem == "no such bucket":
+        config.write_text(text.replace(f"s3://{BUCKET}/", "s3://no-such-bucket/"))
+    else:
+        config.write_text(text.replace(moto.endpoint_url, f"http://127.0.0.1:{free_port()}"))
+    done = subprocess.run([sys.executable, "-m", "bot.cli", "--config", str(config), "serve", "--port", str(free_port())],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "SLACK_BOT_TOKEN": "xoxb-x", "SLACK_SIGNING_SECRET": "s"})
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    [said] = [line for line in done.stderr.splitlines() if line.startswith("mlops-bot serve:")]
+    assert problem in said and ("endpoint_url" in said or "create the bucket" in said), said
