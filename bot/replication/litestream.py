@@ -125,9 +125,9 @@ class Replica:
     async def position(self) -> tuple[int, int]:
         """(local txid, replica txid): what Litestream has taken from the WAL, and the newest file on the replica."""
         status = await self._json("status", "-json", str(self.db))
-        local = int(status[0]["local_txid"], 16) if status and status[0].get("local_txid") else 0
+        local = _txid(status[0].get("local_txid")) if status else 0
         files = await self._json("ltx", "-json", "-level", "all", str(self.db))
-        return local, max((int(f["max_txid"], 16) for f in files or []), default=0)
+        return local, max((_txid(f.get("max_txid")) for f in files or []), default=0)
 
     async def _json(self, *args: str) -> Any:
         proc = await asyncio.create_subprocess_exec(*self.command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -136,6 +136,14 @@ class Replica:
         if proc.returncode != 0:
             raise ReplicaError(f"litestream {args[0]}: {last_line(err.decode())}")
         return json.loads(out or b"null")
+
+
+def _txid(text: str | None) -> int:
+    """A hex transaction id; Litestream says "-" for a store it has not read yet."""
+    try:
+        return int(text or "0", 16)
+    except ValueError:
+        return 0
 
 
 def litestream_env() -> dict[str, str]:
@@ -165,6 +173,8 @@ class Replicator:
         self.problem: str | None = None  # why replication is not keeping up, when it is not
         self.local_txid = self.replica_txid = 0
         self._caught_up_at: float | None = None  # monotonic: the replica held every commit Litestream had then
+        self._polled_at = 0.0  # monotonic: the last time the position was read
+        self._lag = 0.0  # how far behind the replica was then
         self._samples: deque[tuple[float, int]] = deque(maxlen=120)
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -216,6 +226,8 @@ class Replicator:
                 caught = [at for at, txid in self._samples if txid <= replica]
                 if caught:
                     self._caught_up_at = max(caught)
+                    self._polled_at = now
+                    self._lag = now - self._caught_up_at
                 if self.running:
                     self.problem = None
             await asyncio.sleep(self.poll_s)
@@ -226,9 +238,13 @@ class Replicator:
 
     @property
     def lag_s(self) -> float | None:
-        """Seconds of commits the replica may lack (None until first measured); within `poll_s` plus Litestream's
-        own monitor interval (1 s) of the truth."""
-        return None if self._caught_up_at is None else time.monotonic() - self._caught_up_at
+        """Seconds of commits the replica lacked at the last reading (None until the first; its resolution is
+        `poll_s`, and Litestream reads the WAL once a second). Unread for two polls, all since the last catch-up."""
+        if self._caught_up_at is None:
+            return None
+        if time.monotonic() - self._polled_at > 2 * self.poll_s:
+            return time.monotonic() - self._caught_up_at
+        return self._lag
 
     def state(self) -> dict[str, Any]:
         lag = self.lag_s

@@ -8,8 +8,11 @@ litestream as its child, moto_server, the Slack emulator.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
+import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -21,7 +24,8 @@ import aiohttp
 import boto3
 import pytest
 
-from bot.replication import ReplicaError, litestream_binary
+from bot.config import load_config
+from bot.replication import Replica, ReplicaError, litestream_binary
 from bot.sandbox.tritonserver import free_port
 from tests.conftest import write_config
 from tests.reliability.test_crash_recovery import CHANNEL, running, session
@@ -90,6 +94,7 @@ async def test_kill_9_and_a_lost_disk_lose_only_the_last_moments(moto, aws, tmp_
                 await asyncio.sleep(EXPOSURE_S + 0.5)  # the burst is on the replica by now
                 status, health = await healthz(first.url)
                 assert status == 200 and health["replication"]["replicating"], health
+                lag = health["replication"]["lag_seconds"]
                 stop = time.monotonic() + 1.5
                 while time.monotonic() < stop:  # and commands keep coming up to the kill
                     await crash.command(client, "U0BOB", "silence")
@@ -112,12 +117,18 @@ async def test_kill_9_and_a_lost_disk_lose_only_the_last_moments(moto, aws, tmp_
         with crash.db() as db:
             keys = {key for (key,) in db.execute("SELECT key FROM actions WHERE status = 'accepted'")}
             posted = db.execute("SELECT count(*) FROM actions WHERE verb = 'digest.daily' AND status = 'posted'").fetchone()
+            rows = db.execute("SELECT count(*), max(hash) FROM actions").fetchone()
         assert posted == (1,)
+        # The second bot carried the replica on: a third restore has everything it wrote, to its clean stop.
+        third = tmp_path / "disk-three" / "mlops-bot.db"
+        assert Replica.from_config(load_config(second_config)).restore(third)  # type: ignore[union-attr]
+        with sqlite3.connect(third) as db:
+            assert db.execute("SELECT count(*), max(hash) FROM actions").fetchone() == rows
         assert crash.killed_at is not None
         lost = [crash.killed_at - at for at, key, _ in crash.acked if key not in keys]
         window = max(lost, default=0.0)
         print(f"\n{len(crash.acked)} commands acknowledged, {len(lost)} lost; loss window {window:.2f} s before the kill "
-              f"(bound {EXPOSURE_S:.1f} s); second bot acting {took_over:.1f} s after it started")
+              f"(bound {EXPOSURE_S:.1f} s; /healthz said lag {lag} s); second bot acting {took_over:.1f} s after it started")
         assert window <= EXPOSURE_S, f"an action acknowledged {window:.2f} s before the kill was lost"
         assert len(lost) < len(crash.acked) - 20  # the burst and most of what followed survived
 
@@ -148,3 +159,81 @@ def test_a_replica_that_cannot_be_used_stops_the_start_with_what_to_fix(moto, aw
     assert "Traceback" not in done.stderr, done.stderr
     [said] = [line for line in done.stderr.splitlines() if line.startswith("mlops-bot serve:")]
     assert problem in said and ("endpoint_url" in said or "create the bucket" in said), said
+
+
+def litestream_child(bot_pid: int) -> int:
+    for task in Path(f"/proc/{bot_pid}/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            if "litestream" in Path(f"/proc/{pid}/cmdline").read_text():
+                return int(pid)
+    raise AssertionError("no litestream child")
+
+
+async def test_litestream_dying_is_said_on_healthz_and_it_is_restarted(moto, aws, tmp_path):
+    config = replicated_config(tmp_path, tmp_path / "disk", moto, "restarted")
+    async with session(config) as crash:
+        with running(crash, await crash.serve()) as bot:
+            dead = litestream_child(bot.process.pid)
+            os.kill(dead, signal.SIGKILL)
+            for _ in range(50):
+                status, health = await healthz(bot.url)
+                if "litestream exited" in health.get("degraded", ""):
+                    break
+                await asyncio.sleep(0.05)
+            assert status == 200 and "litestream exited" in health["degraded"], health  # degraded, still serving
+            for _ in range(100):
+                status, health = await healthz(bot.url)
+                if health["replication"]["restarts"] == 1 and health["replication"]["replicating"]:
+                    break
+                await asyncio.sleep(0.1)
+            assert health["replication"]["restarts"] == 1 and health["replication"]["replicating"], health
+            assert litestream_child(bot.process.pid) != dead
+            assert "litestream exited" in bot.log.read_text()
+
+
+async def test_a_second_bot_on_a_live_lease_is_a_standby_until_the_first_stops(moto, aws, tmp_path):
+    due = (datetime.now(UTC) - timedelta(minutes=2)).replace(second=0, microsecond=0)
+    digest = {"daily": {"at": due.strftime("%H:%M"), "tz": "UTC", "channel": CHANNEL}, "weekly": None}
+    first_config = replicated_config(tmp_path / "one", tmp_path / "disk-one", moto, "standby", digests=digest)
+    second_config = replicated_config(tmp_path / "two", tmp_path / "disk-two", moto, "standby", digests=digest)
+    digests = lambda: [m for m in crash.slack.messages(CHANNEL) if m["text"].startswith("Daily digest")]  # noqa: E731
+    async with session(first_config) as crash:
+        with running(crash, await crash.serve()) as first:
+            await crash.slack.wait_for(digests, timeout=30)
+            await asyncio.sleep(EXPOSURE_S)  # the lease and the digest's slot are on the replica
+            port = free_port()
+            env = {**os.environ, "SLACK_BOT_TOKEN": "xoxb-crash", "SLACK_SIGNING_SECRET": "crash-signing-secret",
+                   "SLACK_API_URL": crash.slack.api_url}
+            log = tmp_path / "standby.log"
+            with log.open("w") as out:
+                standby = subprocess.Popen([sys.executable, "-m", "bot.cli", "--config", str(second_config), "serve",
+                                            "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=out,
+                                           stderr=subprocess.STDOUT)
+            try:
+                url = f"http://127.0.0.1:{port}"
+                for _ in range(100):
+                    try:
+                        status, health = await healthz(url)
+                        break
+                    except aiohttp.ClientError:
+                        await asyncio.sleep(0.1)
+                assert status == 503 and health["standby"] and health["lease_holder"], health
+                await asyncio.sleep(LEASE_S)  # the first renews; the standby stays one, and posts nothing
+                assert (await healthz(url))[0] == 503
+                assert len(digests()) == 1
+                crash.stop(first)  # a clean stop releases the lease at once
+                stopped = time.monotonic()
+                for _ in range(150):
+                    with contextlib.suppress(aiohttp.ClientError):
+                        if (await healthz(url))[0] == 200:
+                            break
+                    await asyncio.sleep(0.1)
+                took_over = time.monotonic() - stopped
+                status, health = await healthz(url)
+                assert status == 200 and health["replication"]["replicating"], (health, log.read_text()[-2000:])
+                print(f"\nstandby acting {took_over:.1f} s after the active stopped")
+                await asyncio.sleep(1)
+                assert len(digests()) == 1  # the slot the first posted is on the restored store
+            finally:
+                standby.terminate()
+                standby.wait(timeout=30)
