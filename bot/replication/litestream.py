@@ -7,6 +7,7 @@ watches it and asks it where the replica is.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -151,8 +152,13 @@ def litestream_env() -> dict[str, str]:
     # HTTPClient"); botocore still honours it for the bot's own S3 calls.
     env = dict(os.environ)
     if env.pop("AWS_CA_BUNDLE", None):
-        log.warning("AWS_CA_BUNDLE is not passed to litestream (0.5.17 refuses it); it uses the system CAs")
+        _warn_ca_bundle()
     return env
+
+
+@functools.cache
+def _warn_ca_bundle() -> None:
+    log.warning("AWS_CA_BUNDLE is not passed to litestream (0.5.17 refuses it); it uses the system CAs")
 
 
 def last_line(text: str) -> str:
