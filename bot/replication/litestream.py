@@ -7,11 +7,13 @@ watches it and asks it where the replica is.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import functools
 import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sysconfig
 import time
@@ -139,6 +141,12 @@ class Replica:
         return json.loads(out or b"null")
 
 
+def _stop_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM when the bot dies, so Litestream syncs what it has and exits."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _txid(text: str | None) -> int:
     """A hex transaction id; Litestream says "-" for a store it has not read yet."""
     try:
@@ -194,7 +202,9 @@ class Replicator:
         log_file = (self.replica.db.parent / f".{self.replica.db.name}.litestream.log").open("ab")
         self.process = await asyncio.create_subprocess_exec(
             *self.replica.command("replicate"), stdout=log_file, stderr=log_file, env=litestream_env(),
-            start_new_session=True)  # a Ctrl-C meant for the bot reaches it through stop(), after the last commit
+            # Its own session: a Ctrl-C meant for the bot reaches it through stop(), after the last commit. And
+            # told to stop when the bot dies, however: an orphan would go on shipping a store nobody writes.
+            start_new_session=True, preexec_fn=_stop_with_parent)
         log_file.close()
         log.info("litestream replicating %s to %s (pid %d)", self.replica.db, self.replica.url, self.process.pid)
 

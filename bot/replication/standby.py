@@ -17,7 +17,7 @@ from aiohttp import web
 from bot.store import utcnow
 
 from . import lease
-from .litestream import Replica
+from .litestream import Replica, ReplicaError
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,11 @@ async def wait_for_lease(replica: Replica, holder: str, ttl_s: float, *, host: s
         while held is not None and held.holder != holder and held.live(utcnow()):
             await asyncio.sleep(max(0.5, min(ttl_s / 3, (held.expires_at - utcnow()).total_seconds())))
             _remove_store(fresh)
-            await asyncio.to_thread(replica.restore, fresh)
+            try:
+                await asyncio.to_thread(replica.restore, fresh)
+            except ReplicaError as exc:  # S3 away for a moment: the lease is read again at the next poll
+                log.warning("standby: %s", exc)
+                continue
             held = lease.read_file(fresh) if fresh.exists() else None
             if held is not None:
                 shown.update(lease_holder=held.holder, lease_expires_at=held.expires_at.isoformat(),

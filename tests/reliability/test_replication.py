@@ -98,8 +98,10 @@ async def test_kill_9_and_a_lost_disk_lose_only_the_last_moments(moto, aws, tmp_
                 stop = time.monotonic() + 1.5
                 while time.monotonic() < stop:  # and commands keep coming up to the kill
                     await crash.command(client, "U0BOB", "silence")
+            shipper = litestream_child(first.process.pid)
+            os.kill(shipper, signal.SIGKILL)  # the machine is lost: its litestream has no last word either
             crash.kill(first)
-        shutil.rmtree(tmp_path / "disk-one")  # the machine is gone with its disk
+        shutil.rmtree(tmp_path / "disk-one")  # and its disk with it
 
         crash.path = second_config
         started = time.monotonic()
@@ -189,6 +191,14 @@ async def test_litestream_dying_is_said_on_healthz_and_it_is_restarted(moto, aws
             assert health["replication"]["restarts"] == 1 and health["replication"]["replicating"], health
             assert litestream_child(bot.process.pid) != dead
             assert "litestream exited" in bot.log.read_text()
+            shipper = litestream_child(bot.process.pid)
+            crash.kill(bot)
+        for _ in range(100):  # the bot's death stops its litestream: no orphan goes on shipping
+            if not Path(f"/proc/{shipper}").exists() or "Z" in Path(f"/proc/{shipper}/stat").read_text().split()[2]:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("litestream outlived the bot")
 
 
 async def test_a_second_bot_on_a_live_lease_is_a_standby_until_the_first_stops(moto, aws, tmp_path):
