@@ -61,12 +61,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     replica = Replica.from_config(config)
     try:
-        if replica is not None:
-            _restore(replica)
+        restored = replica is not None and _restore(replica)
 
         async def run() -> None:
             if replica is not None:  # wait as a standby while another instance holds the lease
-                await wait_for_lease(replica, instance_id(), config.store_lease_s, host=args.host, port=args.port)
+                await wait_for_lease(replica, instance_id(), config.store_lease_s, host=args.host, port=args.port,
+                                     restored=restored)
             await serve(Runtime(config, secrets, replicator=replica and Replicator(replica)), host=args.host, port=args.port)
 
         return _with_writable_store(config.store, lambda: asyncio.run(run()))
@@ -75,11 +75,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
 
 
-def _restore(replica: Replica) -> None:
+def _restore(replica: Replica) -> bool:
     """Before the store is opened: restore it from the replica when it is missing and the replica has it."""
     replica.check_reachable()
-    if replica.restore():
-        print(f"mlops-bot: restored {replica.db} from {replica.url}", flush=True)
+    if not replica.restore():
+        return False
+    print(f"mlops-bot: restored {replica.db} from {replica.url}", flush=True)
+    return True
 
 
 def _with_writable_store(path: str | Path, run) -> int:

@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sysconfig
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -68,6 +69,11 @@ class Replica:
         return self.url.removeprefix("s3://").partition("/")[2].strip("/")
 
     @property
+    def socket(self) -> Path:
+        # The replicate daemon's control socket, for `sync` at a clean stop; short, as a socket path must be.
+        return Path(tempfile.gettempdir()) / f"mlops-litestream-{os.getpid()}.sock"
+
+    @property
     def config_file(self) -> Path:
         return self.db.parent / f".{self.db.name}.litestream.yml"
 
@@ -80,7 +86,8 @@ class Replica:
             replica["endpoint"] = self.endpoint_url
             replica["force-path-style"] = True
         self.db.parent.mkdir(parents=True, exist_ok=True)
-        self.config_file.write_text(yaml.safe_dump({"dbs": [{"path": str(self.db), "replica": replica}]}))
+        self.config_file.write_text(yaml.safe_dump({"dbs": [{"path": str(self.db), "replica": replica}],
+                                                    "socket": {"enabled": True, "path": str(self.socket)}}))
         return self.config_file
 
     def command(self, verb: str, *args: str) -> list[str]:
@@ -127,17 +134,22 @@ class Replica:
 
     async def position(self) -> tuple[int, int]:
         """(local txid, replica txid): what Litestream has taken from the WAL, and the newest file on the replica."""
-        status = await self._json("status", "-json", str(self.db))
+        status = await self._json(self.command("status", "-json", str(self.db)))
         local = _txid(status[0].get("local_txid")) if status else 0
-        files = await self._json("ltx", "-json", "-level", "all", str(self.db))
+        files = await self._json(self.command("ltx", "-json", "-level", "all", str(self.db)))
         return local, max((_txid(f.get("max_txid")) for f in files or []), default=0)
 
-    async def _json(self, *args: str) -> Any:
-        proc = await asyncio.create_subprocess_exec(*self.command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    async def sync(self, timeout_s: float) -> None:
+        """Have the running `replicate` ship everything committed so far, and wait until the replica has it."""
+        await self._json([litestream_binary(), "sync", "-wait", "-timeout", f"{timeout_s:.0f}", "-socket", str(self.socket),
+                          "-json", str(self.db)], timeout_s + 5)
+
+    async def _json(self, command: list[str], timeout_s: float = 30) -> Any:
+        proc = await asyncio.create_subprocess_exec(*command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                                     env=litestream_env())
-        out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=timeout_s)
         if proc.returncode != 0:
-            raise ReplicaError(f"litestream {args[0]}: {last_line(err.decode())}")
+            raise ReplicaError(f"litestream {command[1]}: {last_line(err.decode())}")
         return json.loads(out or b"null")
 
 
@@ -199,6 +211,7 @@ class Replicator:
                        asyncio.create_task(self._watch_lag(), name="litestream.lag")]
 
     async def _spawn(self) -> None:
+        self.replica.socket.unlink(missing_ok=True)  # left by a litestream that was killed: it would not bind
         log_file = (self.replica.db.parent / f".{self.replica.db.name}.litestream.log").open("ab")
         self.process = await asyncio.create_subprocess_exec(
             *self.replica.command("replicate"), stdout=log_file, stderr=log_file, env=litestream_env(),
@@ -269,12 +282,19 @@ class Replicator:
                 **({"problem": self.problem} if self.problem else {})}
 
     async def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM: Litestream syncs what the store committed last, then exits. Call it after the store is closed."""
+        """Ship the last commits, then stop Litestream. Call it after the store is closed.
+
+        Litestream 0.5.17 exits on SIGTERM without reading the WAL once more, so up to two seconds of commits
+        would stay behind: `litestream sync -wait` through its control socket ships them first."""
         self._stopping = True
         for task in self._tasks:
             task.cancel()
         if self.running:
             assert self.process is not None
+            try:
+                await self.replica.sync(timeout)
+            except (ReplicaError, OSError, TimeoutError, ValueError) as exc:
+                log.error("the last commits may not be on the replica: %s", exc)
             self.process.terminate()
             try:
                 await asyncio.wait_for(self.process.wait(), timeout)

@@ -247,3 +247,28 @@ async def test_a_second_bot_on_a_live_lease_is_a_standby_until_the_first_stops(m
             finally:
                 standby.terminate()
                 standby.wait(timeout=30)
+
+
+async def test_a_bot_back_on_its_old_disk_starts_from_the_replica_another_bot_wrote_since(moto, aws, tmp_path):
+    first_config = replicated_config(tmp_path / "one", tmp_path / "disk-one", moto, "returning")
+    second_config = replicated_config(tmp_path / "two", tmp_path / "disk-two", moto, "returning")
+    async with session(first_config) as crash:
+        answered = lambda n: lambda: len(crash.slack.responses) >= n  # noqa: E731 - the command's work is done
+        with running(crash, await crash.serve()) as first:
+            async with crash.client(first) as client:
+                await crash.command(client, "U0BOB", "silence")
+                await crash.slack.wait_for(answered(1), timeout=10)
+        crash.path = second_config  # the first stopped; the second takes over from the replica and acts
+        with running(crash, await crash.serve()) as second:
+            async with crash.client(second) as client:
+                later = await crash.command(client, "U0BOB", "silence")
+                await crash.slack.wait_for(answered(2), timeout=10)
+            assert "restored" in second.log.read_text()  # what the first committed to its clean stop
+        crash.path = first_config  # the first comes back on its disk, which lacks what the second did
+        with running(crash, await crash.serve()) as back:
+            assert "taking over from" in back.log.read_text()
+        with crash.db() as db:
+            keys = {key for (key,) in db.execute("SELECT key FROM actions WHERE status = 'accepted'")}
+        assert later.trigger_id in keys
+        verified = cli(first_config, "audit", "verify")
+        assert verified.returncode == 0, verified.stdout + verified.stderr
