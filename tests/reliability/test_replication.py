@@ -272,3 +272,9 @@ async def test_a_bot_back_on_its_old_disk_starts_from_the_replica_another_bot_wr
         assert later.trigger_id in keys
         verified = cli(first_config, "audit", "verify")
         assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_a_store_replica_that_is_no_s3_url_is_a_config_error(tmp_path):
+    config = write_config(tmp_path, store_replica="s3:/my-bucket")
+    done = cli(config, "check-config")
+    assert done.returncode == 2 and "store_replica: expected s3://bucket/prefix, got 's3:/my-bucket'" in done.stderr, done.stderr
