@@ -36,7 +36,7 @@ from bot.retrain.service import RetrainService
 from bot.roles import RoleDirectory
 from bot.scheduler import Scheduler
 from bot.silences import Silences
-from bot.store import Store, utcnow
+from bot.store import Store, StoreUnwritable, utcnow
 from bot.tasks import Tasks
 
 log = logging.getLogger(__name__)
@@ -140,18 +140,22 @@ class Runtime:
             self.audit(actor="mlops-bot", verb="shutdown", status="interrupted", detail={"task": name})
         if self._renewal is not None:
             self._renewal.cancel()
-            lease.release(self.store, self.holder, self.clock())  # a standby need not wait out the lease
+            try:
+                lease.release(self.store, self.holder, self.clock())  # a standby need not wait out the lease
+            except StoreUnwritable as exc:  # then it expires by itself; close() still says what was not stored
+                log.warning("could not release the store's lease: %s", exc.reason)
         self.store.close()
         if self.replicator is not None:
-            await self.replicator.stop()  # after the last commit, which Litestream syncs before it exits
+            await self.replicator.stop()  # after the last commit, which it ships before it stops
 
     async def _renew(self) -> None:
         while True:
             await asyncio.sleep(self.config.store_lease_s / 3)
             try:
-                lease.take(self.store, self.holder, self.clock(), self.config.store_lease_s)
-            except Exception:  # an unwritable store says so on /healthz; renewal is tried again
-                log.exception("renewing the store's lease failed")
+                if held := lease.take(self.store, self.holder, self.clock(), self.config.store_lease_s):
+                    log.error("the store's lease is held by %s, not this instance: two bots write this store", held.holder)
+            except StoreUnwritable as exc:  # /healthz says so too; renewal is tried again
+                log.error("renewing the store's lease failed: %s", exc.reason)
 
     # -- HTTP -------------------------------------------------------------------------------------
 
