@@ -154,7 +154,7 @@ class Replica:
 
 
 def _stop_with_parent() -> None:
-    """In the child before exec (Linux): SIGTERM when the bot dies, so Litestream syncs what it has and exits."""
+    """In the child before exec (Linux): SIGTERM when the bot dies, so Litestream exits with it."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
