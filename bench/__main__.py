@@ -104,6 +104,14 @@ def soak(out: str) -> list[Row]:
     return rows or [("no targets printed", "", "")]
 
 
+def replication(out: str) -> list[Row]:
+    rows = [(f"restore of {m.group(1)} audit rows ({m.group(2)} MB): {m.group(3)} s", "", "")
+            for m in re.finditer(r"^\s*([\d,]+)\s+([\d.]+)\s+[\d.]+\s+([\d.]+)\s+[\d,]+$", out, re.MULTILINE)]
+    ratio = _num(r"^ratio\s+50 req/s replicated / plain: ([\d.]+)", out)
+    return rows + [(f"req/s at concurrency 50, replicated / plain, paired: {ratio}", ">= 0.9x",
+                    _judge(ratio, lambda v: v >= 0.9))]
+
+
 @dataclass(frozen=True)
 class Bench:
     name: str
@@ -113,7 +121,8 @@ class Bench:
 
 
 BENCHES = [Bench("ack_latency", ack_latency), Bench("datagen_rules", datagen_rules, quick=False),
-           Bench("datagen", datagen), Bench("fleet_deploy", fleet_deploy), Bench("canary", canary), Bench("soak", soak)]
+           Bench("datagen", datagen), Bench("fleet_deploy", fleet_deploy), Bench("canary", canary),
+           Bench("replication", replication), Bench("soak", soak)]
 
 
 def run(bench: Bench, quick: bool, soak_minutes: float | None) -> tuple[list[str], list[Row], float, int]:

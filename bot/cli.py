@@ -13,8 +13,12 @@ import os
 import sys
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bot.config import Config, ConfigError, Secrets, load_config
+
+if TYPE_CHECKING:
+    from bot.replication import Replica
 
 DEFAULT_CONFIG = "mlops-bot.yaml"
 
@@ -43,6 +47,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from bot.replication import Replica, ReplicaError, Replicator, wait_for_lease
+    from bot.replication.lease import instance_id
     from bot.runtime import Runtime
     from bot.serve import serve
 
@@ -53,8 +59,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if missing:
         print(f"mlops-bot serve: set {' and '.join(missing)} in the environment (see README: Slack app)", file=sys.stderr)
         return 2
-    return _with_writable_store(
-        config.store, lambda: asyncio.run(serve(Runtime(config, secrets), host=args.host, port=args.port)))
+    replica = Replica.from_config(config)
+    try:
+        restored = replica is not None and _restore(replica)
+
+        async def run() -> None:
+            if replica is not None:  # wait as a standby while another instance holds the lease
+                await wait_for_lease(replica, instance_id(), config.store_lease_s, host=args.host, port=args.port,
+                                     restored=restored)
+            await serve(Runtime(config, secrets, replicator=replica and Replicator(replica)), host=args.host, port=args.port)
+
+        return _with_writable_store(config.store, lambda: asyncio.run(run()))
+    except ReplicaError as exc:
+        print(f"mlops-bot serve: {exc}", file=sys.stderr)
+        return 2
+
+
+def _restore(replica: Replica) -> bool:
+    """Before the store is opened: restore it from the replica when it is missing and the replica has it."""
+    replica.check_reachable()
+    if not replica.restore():
+        return False
+    print(f"mlops-bot: restored {replica.db} from {replica.url}", flush=True)
+    return True
 
 
 def _with_writable_store(path: str | Path, run) -> int:

@@ -382,6 +382,10 @@ class Config(Strict):
     channels: Channels
     roles: Roles = Roles()
     store: Location = Field(default="mlops-bot.db", validate_default=True, description="the SQLite file")
+    # Litestream replicates the store here (with the `s3` settings); one instance acts, under a lease (bot/replication).
+    store_replica: Annotated[str, _pattern(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?",
+                                           "s3://bucket/prefix")] | None = None
+    store_lease_s: float = Field(default=30, gt=0, le=3600, description="how long the active instance's lease lasts unrenewed")
     models: dict[ModelName, ModelConfig] = {}
     deploy: DeployPolicy = DeployPolicy()
     s3: S3Config = S3Config()

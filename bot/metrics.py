@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class Metrics:
@@ -18,12 +18,26 @@ class Metrics:
         )
         self.actions = Counter("mlops_actions", "Audited actions by verb and status", ["verb", "status"], registry=self.registry)
         self._children: dict[tuple[Counter, tuple[str, ...]], Counter] = {}
+        self._replication: tuple[Gauge, Gauge, Gauge] | None = None
         self._sets: dict[Counter, int] = {}
 
     # A backstop, far above what the bot's own verbs, kinds and statuses make: label values that still come from
     # outside (a payload's type, say) must not grow /metrics without end, so past this many series of one counter
     # new ones count as "other". The handlers already fold unknown verbs and action ids into one label each.
     max_series = 1000
+
+    def replication(self, up: bool, lag_s: float | None, restarts: int) -> None:
+        """Set at each scrape; registered at the first, so a bot without store_replica exports none of them."""
+        if self._replication is None:
+            self._replication = (
+                Gauge("mlops_replication_up", "1 while litestream replicate runs", registry=self.registry),
+                Gauge("mlops_replication_lag_seconds", "Seconds of commits the store's replica may lack (NaN until "
+                      "measured)", registry=self.registry),
+                Gauge("mlops_replication_restarts", "Times litestream was restarted after dying", registry=self.registry))
+        running, lag, restarted = self._replication
+        running.set(1 if up else 0)
+        lag.set(float("nan") if lag_s is None else lag_s)
+        restarted.set(restarts)
 
     def count(self, counter: Counter, *labels: str) -> None:
         """Increment one labelled child, kept once found: `labels()` costs more than the increment (ack path)."""

@@ -5,6 +5,7 @@ Listeners ack at once and hand the work to `Runtime.spawn`, which tracks it so s
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -29,12 +30,13 @@ from bot.notifier import Notifier, web_client
 from bot.oncall.service import OnCallService
 from bot.pipelines.service import PipelineWatch
 from bot.releases.service import ReleaseService
+from bot.replication import ReplicaError, Replicator, lease
 from bot.retrain.scheduled import ScheduledRetrains
 from bot.retrain.service import RetrainService
 from bot.roles import RoleDirectory
 from bot.scheduler import Scheduler
 from bot.silences import Silences
-from bot.store import Store, utcnow
+from bot.store import Store, StoreUnwritable, utcnow
 from bot.tasks import Tasks
 
 log = logging.getLogger(__name__)
@@ -43,11 +45,18 @@ log = logging.getLogger(__name__)
 class Runtime:
     shutdown_grace = 20.0
 
-    def __init__(self, config: Config, secrets: Secrets, *, clock: Clock = utcnow):
+    def __init__(self, config: Config, secrets: Secrets, *, clock: Clock = utcnow, replicator: Replicator | None = None):
         self.config = config
         self.secrets = secrets
         self.clock = clock
         self.store = Store(config.store)
+        self.replicator = replicator  # store_replica: Litestream replicates the store, one instance holds the lease
+        self.holder = lease.instance_id()
+        self._renewal: asyncio.Task[None] | None = None
+        if replicator is not None:
+            # Litestream checkpoints the WAL itself once it has copied it (its tips: no application autocheckpoints
+            # under write load); the store's 10 s busy timeout covers the short locks it takes to do so.
+            self.store.conn.execute("PRAGMA wal_autocheckpoint = 0")
         self.metrics = Metrics()
         self.tasks = Tasks()
         self.spawn = self.tasks.spawn  # how listeners and services start tracked background work
@@ -109,6 +118,12 @@ class Runtime:
     # -- lifecycle --------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.replicator is not None:  # before anything that could act
+            if held := lease.take(self.store, self.holder, self.clock(), self.config.store_lease_s):
+                raise ReplicaError(f"the store's lease is held by {held.holder} until {held.expires_at.isoformat()}; "
+                                   "another bot is active on this store")
+            await self.replicator.start()
+            self._renewal = asyncio.create_task(self._renew(), name="lease.renew")
         await self.releases.reconcile()
         await self.retrain.resume()
         self.scheduler.start()
@@ -124,7 +139,24 @@ class Runtime:
         await self.releases.stop_canaries()  # they stay running in the store and resume at the next start
         for name in await self.tasks.drain(self.shutdown_grace):
             self.audit(actor="mlops-bot", verb="shutdown", status="interrupted", detail={"task": name})
+        if self._renewal is not None:
+            self._renewal.cancel()
+            try:
+                lease.release(self.store, self.holder, self.clock())  # a standby need not wait out the lease
+            except StoreUnwritable as exc:  # then it expires by itself; close() still says what was not stored
+                log.warning("could not release the store's lease: %s", exc.reason)
         self.store.close()
+        if self.replicator is not None:
+            await self.replicator.stop()  # after the last commit, which it ships before it stops
+
+    async def _renew(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.store_lease_s / 3)
+            try:
+                if held := lease.take(self.store, self.holder, self.clock(), self.config.store_lease_s):
+                    log.error("the store's lease is held by %s, not this instance: two bots write this store", held.holder)
+            except StoreUnwritable as exc:  # /healthz says so too; renewal is tried again
+                log.error("renewing the store's lease failed: %s", exc.reason)
 
     # -- HTTP -------------------------------------------------------------------------------------
 
@@ -180,6 +212,12 @@ class Runtime:
         if self.socket_connected is not None:
             checks["socket_mode_connected"] = await self._socket_up()
         body = {"ok": all(checks.values()), **checks, "tasks": len(self.tasks.names), "overdue_operations": overdue}
+        if self.replicator is not None:
+            # Degraded, not down: the bot still serves Slack, only its durability is at risk, and a 503 would take
+            # the only active instance out of the load balancer. Alert on mlops_replication_lag_seconds instead.
+            body["replication"] = state = self.replicator.state()
+            if "problem" in state:
+                body["degraded"] = state["problem"]
         if store_problem:
             body["reason"] = store_problem
         elif not checks.get("socket_mode_connected", True):
@@ -200,4 +238,6 @@ class Runtime:
         return time.monotonic() - self._socket_down_since < self.socket_grace
 
     async def _metrics(self, _: web.Request) -> web.Response:
+        if self.replicator is not None:
+            self.metrics.replication(self.replicator.running, self.replicator.lag_s, self.replicator.restarts)
         return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})

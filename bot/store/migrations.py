@@ -271,6 +271,15 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (canary_id, step)
     );
     """,
+    # 8: the single active instance (bot/replication/lease.py): who holds the store, when it last said so.
+    """
+    CREATE TABLE lease (
+        one INTEGER PRIMARY KEY CHECK (one = 1),
+        holder TEXT NOT NULL,
+        heartbeat TEXT NOT NULL,
+        expires_at TEXT NOT NULL
+    );
+    """,
 ]
 
 
