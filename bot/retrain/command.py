@@ -239,6 +239,8 @@ class CommandRun:
         if code is None and process_group_alive(self.pgid):
             output = last_lines(self.log_path, tail)
             return RunStatus(self.run_id, "running", started_at=self.started_at, tail=output)
+        if code is None:  # read again: the command may have ended, and written it, between the two looks
+            code = self.exit_code()
         ended = _mtime(self.exit_path) or _mtime(self._cancelled_path) or _mtime(self.log_path)
         if code == 0:
             detail, state = "exited with code 0", "success"
