@@ -13,6 +13,7 @@ import shlex
 import signal
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from datetime import date
 from pathlib import Path
@@ -52,6 +53,14 @@ def sandbox_config(config: Config, state: Path, servers: dict[str, list[TritonSe
         canary = model.canary.model_copy(update={"interval": min(model.canary.interval, SANDBOX_CANARY_INTERVAL)})
         models[name] = model.model_copy(update={"environments": envs, "canary": canary})
     return config.model_copy(update={"store": str(state / "mlops-bot.db"), "models": models})
+
+
+def stop_all(servers: dict[str, list[TritonServer]]) -> None:
+    """Stop every server at once: each waits for its models to unload, so one after another adds up."""
+    fleet = [server for group in servers.values() for server in group]
+    if fleet:
+        with ThreadPoolExecutor(len(fleet)) as pool:
+            list(pool.map(TritonServer.stop, fleet))
 
 
 async def seed_datagen(runtime: Runtime) -> None:
@@ -180,12 +189,13 @@ async def _session(config_path: str, script: Path | None, state: Path, log_level
         else:
             stack.callback(processes.stopped)  # after every server below has stopped
             servers = {}
+            stack.callback(stop_all, servers)
             for env, count in FLEET.items():
                 (state / "repos" / env).mkdir(parents=True, exist_ok=True)
                 for n in range(count):  # the fleet shares its repository, as servers reading one bucket do
                     server = TritonServer(str(state / "repos" / env), shm_prefix=processes.shm_prefix(f"{env}{n}"))
-                    stack.callback(server.stop)
-                    servers.setdefault(env, []).append(server.start())
+                    servers.setdefault(env, []).append(server)
+                    server.start()
                     processes.add(server)
             # One golden inference before the first prompt: a server whose outputs are wrong would fail
             # every verify for a reason that is no release's.

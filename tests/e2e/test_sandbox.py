@@ -44,29 +44,6 @@ def test_a_script_error_exits_non_zero(tmp_path):
 
 
 @pytest.mark.skipif(triton_missing() is not None, reason=triton_missing() or "")
-def test_deploy_verify_unblock_as_a_second_user_and_roll_back(tmp_path):
-    result = sandbox(tmp_path, [
-        "/mlops deploy ranker v1",
-        "/as U0CAROL",
-        '/mlops promote ranker urgent="sandbox demo outside deploy hours"',
-        "/as U0ALICE",
-        "/mlops deploy ranker v2",
-        "/as U0BOB",
-        '/mlops promote ranker urgent="second release"',
-        "/as U0ALICE",
-        '/mlops rollback ranker prod reason="demo rollback"',
-        "/mlops status",
-    ])
-    assert result.returncode == 0, result.stdout + result.stderr
-    out = result.stdout
-    assert "*ranker v1* · staging · *verified*" in out
-    assert "golden requests: 2 answered as expected" in out
-    assert "Urgent unblock outside deploy hours by @U0CAROL" in out or "*ranker v1* · prod · *live*" in out
-    assert "*ranker v2* · prod · *live*" in out
-    assert "ranker prod is serving v1 again (was v2). Reason: demo rollback" in out
-    assert "*ranker* · prod: `v1` (live)" in out
-
-
 def test_starts_with_the_datagen_summary_and_alert_and_shows_home_and_digest(tmp_path):
     result = sandbox(tmp_path, ["/home", "/digest"])
     assert result.returncode == 0, result.stdout + result.stderr
@@ -210,7 +187,7 @@ def test_forms_stable_buttons_a_refusal_the_audit_and_a_handoff_after_moving_the
     assert backtest.returncode == 0 and "recsys: 10 reports" in backtest.stdout, backtest.stdout + backtest.stderr
 
 
-def test_a_canary_on_one_of_three_prod_endpoints_judged_on_sandbox_traffic_then_promoted(tmp_path):
+def test_a_canary_on_one_of_three_prod_endpoints_judged_on_traffic_promoted_then_rolled_back(tmp_path):
     need_tritonserver()
     result = sandbox(tmp_path, [
         "/mlops deploy ranker v1",
@@ -227,15 +204,23 @@ def test_a_canary_on_one_of_three_prod_endpoints_judged_on_sandbox_traffic_then_
         "/press Promote to all",
         "/wait 6",  # the promotion runs in the canary's own task, which the prompt does not wait for
         "/mlops status",
+        "/as U0ALICE",
+        '/mlops rollback ranker prod reason="demo rollback"',
+        "/mlops status",
     ])
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
+    assert "*ranker v1* · staging · *verified*" in out and "golden requests: 2 answered as expected" in out
+    assert "Urgent unblock outside deploy hours by @U0CAROL" in out or "*ranker v1* · prod · *live*" in out
     # The sandbox's prod is a fleet of three: the canary takes one (20 % rounded up), the baseline two.
     assert "ranker: 150 requests over 3 prod endpoints: 150 × 200" in out
     steps = re.findall(r"step \d+/2 \*(\w+)\* · canary: (\d+) req", out)
     assert steps and all(verdict == "pass" and int(n) >= 20 for verdict, n in steps), out
-    promoted = out.split("U0BOB> /press Promote to all")[1]
+    promoted = out.split("U0BOB> /press Promote to all")[1].split("U0ALICE> /mlops rollback")[0]
     assert "*ranker* · prod: `v2` (live)" in promoted, promoted
+    rolled_back = out.split("U0ALICE> /mlops rollback")[1]
+    assert "ranker prod is serving v1 again (was v2). Reason: demo rollback" in rolled_back
+    assert "*ranker* · prod: `v1` (live)" in rolled_back
 
 
 def cli(tmp_path, *args: str) -> subprocess.CompletedProcess:
