@@ -146,7 +146,11 @@ class TritonServer:
     def _spawn(self) -> None:
         root = wheel_dir()
         assert root is not None, triton_missing()
-        self.port, grpc_port, self.metrics_port = free_port(), free_port(), free_port()
+        ports: list[int] = []
+        while len(ports) < 3:  # three distinct ports: the OS may hand the same free port out twice in a row
+            if (port := free_port()) not in ports:
+                ports.append(port)
+        self.port, grpc_port, self.metrics_port = ports
         command = [
             str(root / "bin" / "tritonserver"),
             f"--model-repository={self.repository}",
