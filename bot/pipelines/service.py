@@ -54,7 +54,7 @@ class PipelineWatch:
         if self.dags:
             every = timedelta(seconds=self.cfg.poll_seconds)
             trigger = IntervalTrigger(seconds=self.cfg.poll_seconds, start_date=datetime(2000, 1, 1, tzinfo=UTC), timezone=UTC)
-            scheduler.add("pipelines.poll", trigger, self.poll, grace=every)
+            scheduler.add("pipelines.poll", trigger, self._scheduled, grace=every)
 
     @property
     def client(self) -> AirflowClient:
@@ -72,7 +72,13 @@ class PipelineWatch:
 
     # -- polling ---------------------------------------------------------------------------------------------
 
-    async def poll(self, slot: datetime | None = None) -> None:
+    async def _scheduled(self, slot: datetime) -> None:
+        """The scheduler's wake-up starts a poll in the background: an Airflow slow to answer (up to the client's
+        timeout) must hold up neither the bot's start, which runs the due jobs, nor the other jobs."""
+        if not self._lock.locked():
+            self.ctx.spawn(self.poll(), name="pipelines.poll")
+
+    async def poll(self) -> None:
         async with self._lock:
             if self._skip:
                 self._skip -= 1
