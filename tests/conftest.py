@@ -1,6 +1,7 @@
 """Shared fixtures: a config written from examples/mlops-bot.yaml into a temp dir, and the bot on loopback."""
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import pytest
 import yaml
 
 from bot.config import Config, load_config
+from bot.sandbox.tritonserver import triton_missing
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_CONFIG = ROOT / "examples" / "mlops-bot.yaml"
@@ -64,3 +66,12 @@ def airflow():
     server = start_or_skip()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def triton_here() -> None:
+    """Asked for before the module's tritonservers start: under CI=true a missing one fails instead of skipping."""
+    if missing := triton_missing():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true and no tritonserver: {missing}")
+        pytest.skip(missing)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import os
 import shutil
 import signal
 import sqlite3
@@ -28,7 +27,7 @@ from bot.releases.model import State
 from bot.sandbox.local import BOT_TOKEN, SIGNING_SECRET, LocalBot, local_bot, workspace
 from bot.sandbox.slack_emulator import SlackEmulator
 from bot.sandbox.slack_events import SlackEventsClient
-from bot.sandbox.tritonserver import TritonServer, triton_missing
+from bot.sandbox.tritonserver import TritonServer
 from bot.serving.triton import Fleet
 from tests.conftest import EXAMPLE_CONFIG, ROOT, write_config
 from tests.e2e.test_crash_restart import SECRET as CRASH_SECRET
@@ -39,15 +38,6 @@ from tests.e2e.test_release_train import MONDAY_10_LA, Clock, audit, card, card_
 
 TEAM = "C0MLOPS"
 FAILING_ROWS = 6  # v5 raises on requests of this many rows or more: about a third of the generator's
-
-
-@pytest.fixture(scope="module")
-def triton_here() -> None:
-    """Asked for before the module's tritonservers start: under CI=true a missing one fails instead of skipping."""
-    if missing := triton_missing():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true and no tritonserver: {missing}")
-        pytest.skip(missing)
 
 
 @pytest.fixture(scope="module")

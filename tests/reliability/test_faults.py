@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,7 +25,7 @@ from bot.airflow import AirflowClient, AirflowError
 from bot.config import Secrets, load_config
 from bot.retrain.status import airflow_status
 from bot.sandbox.local import LocalBot, local_bot
-from bot.sandbox.tritonserver import TritonServer, triton_missing
+from bot.sandbox.tritonserver import TritonServer
 from bot.serving.artifacts import open_store
 from bot.serving.triton import Fleet
 from tests.conftest import EXAMPLE_CONFIG, ROOT, write_config
@@ -44,15 +43,6 @@ from tests.support.airflow import AirflowStandalone, free_port
 from tests.support.s3 import AWS_ENV, MotoServer
 
 TEAM = "C0MLOPS"
-
-
-@pytest.fixture(scope="module")
-def triton_here() -> None:
-    """Asked for before the module's tritonservers start: under CI=true a missing one fails instead of skipping."""
-    if missing := triton_missing():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true and no tritonserver: {missing}")
-        pytest.skip(missing)
 
 
 @pytest.fixture
