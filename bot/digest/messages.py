@@ -20,10 +20,11 @@ MAX_SECTION = 3000
 QUIET_STATUSES = ("accepted",)
 QUIET_VERBS = ("help", "datagen.chart", "slack.request")
 # Work the bot does on its own schedule: counted in one line when it went well, listed when it did not.
-ROUTINE = {
-    "datagen.ingest": "datagen records stored",
-    "digest.daily": "daily digests", "digest.weekly": "weekly digests",
-    "oncall.handoff": "handoffs", "oncall.reminder": "on-call reminders", "oncall.ack_reminder": "handoff reminders",
+ROUTINE = {  # verb: what one of them is, and many
+    "datagen.ingest": ("datagen record stored", "datagen records stored"),
+    "digest.daily": ("daily digest", "daily digests"), "digest.weekly": ("weekly digest", "weekly digests"),
+    "oncall.handoff": ("handoff", "handoffs"), "oncall.reminder": ("on-call reminder", "on-call reminders"),
+    "oncall.ack_reminder": ("handoff reminder", "handoff reminders"),
 }
 ROUTINE_STATUSES = ("ok", "posted", "sent", "succeeded")
 NOISIEST = 3
@@ -112,7 +113,7 @@ def news_lines(rows: list[Mapping[str, Any]]) -> list[str]:
     counts = Counter(ROUTINE[r["verb"]] for r in rows if routine(r))
     lines = [action_line(r) for r in rows if not routine(r)]
     if counts:
-        lines.append("Routine: " + ", ".join(f"{n} {kind}" for kind, n in counts.most_common()))
+        lines.append("Routine: " + ", ".join(f"{n} {one if n == 1 else many}" for (one, many), n in counts.most_common()))
     return lines
 
 

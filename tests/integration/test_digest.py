@@ -8,6 +8,7 @@ from pathlib import Path
 from bot.alertmanager import parse
 from bot.config import load_config
 from bot.datagen.service import save_record
+from bot.digest.messages import action_line, news_lines
 from bot.sandbox.local import local_bot
 from bot.sandbox.render import render_message, render_view
 from bot.store import Store, iso
@@ -191,3 +192,14 @@ async def test_app_home_shows_the_viewer_their_pending_approvals(tmp_path: Path)
     # Alice deployed it: four-eyes keeps it off her list; she is not an approver anyway.
     alice = render_view(views["U0ALICE"])
     assert "Unblock prod" not in alice and "*Waiting for you to unblock*\n_nothing_" in alice
+
+
+def test_routine_rows_are_counted_as_a_person_says_them() -> None:
+    at = "2026-11-19T09:00:00+00:00"
+    rows = [{"verb": "datagen.ingest", "status": "ok", "ts": at, "actor": "datagen.hook", "model": "recsys"},
+            {"verb": "datagen.ingest", "status": "ok", "ts": at, "actor": "datagen.hook", "model": "recsys"},
+            {"verb": "digest.daily", "status": "posted", "ts": at, "actor": "mlops-bot"},
+            {"verb": "oncall.handoff", "status": "failed", "ts": at, "actor": "mlops-bot"}]
+    lines = news_lines(rows)
+    assert lines[-1] == "Routine: 2 datagen records stored, 1 daily digest"
+    assert lines[:-1] == [action_line(rows[3])]  # the handoff that failed is news, not routine
