@@ -195,7 +195,7 @@ async def test_app_home_shows_the_viewer_their_pending_approvals(tmp_path: Path)
 
 
 def test_routine_rows_are_counted_as_a_person_says_them() -> None:
-    at = "2026-11-19T09:00:00+00:00"
+    at = datetime(2026, 11, 19, 9, tzinfo=UTC)
     rows = [{"verb": "datagen.ingest", "status": "ok", "ts": at, "actor": "datagen.hook", "model": "recsys"},
             {"verb": "datagen.ingest", "status": "ok", "ts": at, "actor": "datagen.hook", "model": "recsys"},
             {"verb": "digest.daily", "status": "posted", "ts": at, "actor": "mlops-bot"},
