@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from bot.store import Store, iso
+from bot.store import Store, iso, read_only
 
 
 def instance_id() -> str:
@@ -42,11 +42,7 @@ def read(conn: sqlite3.Connection) -> Lease | None:
 
 
 def read_file(path: Path) -> Lease | None:
-    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-    try:
-        return read(conn)
-    finally:
-        conn.close()
+    return read_only(path, read)
 
 
 def take(store: Store, holder: str, now: datetime, ttl_s: float) -> Lease | None:

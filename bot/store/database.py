@@ -22,17 +22,19 @@ import asyncio
 import json
 import logging
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlite_utils
 
 from .chain import AUDIT_FIELDS, GENESIS, INSERT_ACTION, ChainBreak, audit_values, chain_break, iso, row_hash, text_value, utcnow
 from .disk import StoreUnwritable, failure_reason, fs_problem, storage_error
 from .migrations import MIGRATIONS, statements
+
+T = TypeVar("T")
 
 log = logging.getLogger(__package__)  # "bot.store": the start check silences it by that name
 
@@ -441,12 +443,17 @@ class Store:
         return True
 
 
-def _verify_file(path: Path) -> ChainBreak | None:
+def read_only(path: Path, read: Callable[[sqlite3.Connection], T]) -> T:
+    """`read` on a connection of its own that cannot write: a check beside the bot never changes its store."""
     conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
     try:
-        return chain_break(conn)
+        return read(conn)
     finally:
         conn.close()
+
+
+def _verify_file(path: Path) -> ChainBreak | None:
+    return read_only(path, chain_break)
 
 
 def unwritable_reason(path: str | Path) -> str | None:
