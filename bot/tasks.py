@@ -46,6 +46,10 @@ class Tasks:
     def names(self) -> list[str]:
         return list(self._running.values())
 
+    @property
+    def running(self) -> list[asyncio.Task[Any]]:
+        return list(self._running)
+
     async def drain(self, timeout: float) -> list[str]:
         """Wait up to `timeout` s for running work; cancel the rest and return its names."""
         if self._running:

@@ -28,10 +28,6 @@ N requests (200) to each model's prod endpoints in turn, as a load balancer woul
 curl lines for the bot's webhooks; /home shows your App Home; /digest posts the daily digest now;
 /help shows this; /quit leaves."""
 
-# A canary's analysis runs for its whole window: the screen shows its steps as they come, instead of waiting.
-LONG_RUNNING = ("/mlops canary", "release.canary", "canary ")
-
-
 def _when(at: datetime) -> str:
     return f"{at:%a %Y-%m-%d %H:%M} UTC"
 
@@ -70,7 +66,9 @@ class Shell:
             await self.settle(timeout)
 
     def _busy(self) -> bool:
-        return any(not name.startswith(LONG_RUNNING) for name in self.bot.runtime.tasks.names)
+        # A canary's analysis runs for its whole window: the screen shows its steps as they come, instead of waiting.
+        analyses = self.bot.runtime.releases.canaries.analyses
+        return any(task not in analyses for task in self.bot.runtime.tasks.running)
 
     async def handle(self, line: str) -> bool:
         line = line.strip()

@@ -387,6 +387,11 @@ class Canaries(Flow):
                  if v != [release.triton_version if e in canary.canary_endpoints else baseline.triton_version]]
         return f"the endpoints no longer match the canary ({'; '.join(wrong)})" if wrong else None
 
+    @property
+    def analyses(self) -> frozenset[asyncio.Task]:
+        """The tasks running a canary's analysis now: each lasts its canary's whole window."""
+        return frozenset(self._tasks)
+
     async def stop(self) -> None:
         """Cancel the analyses running here: their canaries stay running in the store and resume at the next start."""
         tasks = list(self._tasks)
