@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from bot.config import Config, load_config
-from bot.sandbox.tritonserver import triton_missing
+from bot.sandbox.tritonserver import DEFAULT_PORTS, triton_missing
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_CONFIG = ROOT / "examples" / "mlops-bot.yaml"
@@ -18,6 +18,14 @@ EXAMPLE_CONFIG = ROOT / "examples" / "mlops-bot.yaml"
 # datagen record is due (06:20 UTC), hours past the daily digest's grace and days from a handoff. Tests about
 # something else run the bot at this instant, so what it posts does not depend on the hour CI runs.
 QUIET = datetime(2026, 11, 25, 4, 0, tzinfo=UTC)
+
+# pytest-xdist workers (pyproject's addopts) each pick ports from their own share of the sandbox's port
+# range, and the processes they start inherit it: two workers never race for one port.
+if worker := os.environ.get("PYTEST_XDIST_WORKER"):
+    _low, _high = (int(bound) for bound in DEFAULT_PORTS.split("-"))
+    _share = (_high - _low) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    _first = _low + int(worker.removeprefix("gw")) * _share
+    os.environ["MLOPS_PORTS"] = f"{_first}-{_first + _share}"
 
 
 class Clock:
@@ -75,3 +83,12 @@ def triton_here() -> None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI=true and no tritonserver: {missing}")
         pytest.skip(missing)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Units of work for pytest-xdist's loadgroup: a module runs on one worker, so its module-scoped servers
+    start once, and every test of the session's one Airflow runs on the same worker, so it starts once."""
+    for item in items:
+        uses_airflow = "airflow" in getattr(item, "fixturenames", ())
+        item.add_marker(pytest.mark.xdist_group("airflow" if uses_airflow else item.nodeid.split("::", 1)[0]))

@@ -10,6 +10,7 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import os
+import random
 import shutil
 import signal
 import socket
@@ -101,10 +102,27 @@ def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+# Ports are picked below Linux's ephemeral range (32768 and up), from which the OS also takes the local ports
+# of outgoing connections: a port it handed out as free could be taken by a connection before the server binds
+# it. MLOPS_PORTS ("LOW-HIGH") narrows the range, so parallel test workers never pick each other's ports.
+DEFAULT_PORTS = "20000-32000"
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    low, high = (int(bound) for bound in os.environ.get("MLOPS_PORTS", DEFAULT_PORTS).split("-"))
+    for _ in range(1000):
+        port = random.randrange(low, high)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free loopback port in {low}-{high}")
 
 
 class TritonServer:
@@ -146,11 +164,7 @@ class TritonServer:
     def _spawn(self) -> None:
         root = wheel_dir()
         assert root is not None, triton_missing()
-        ports: list[int] = []
-        while len(ports) < 3:  # three distinct ports: the OS may hand the same free port out twice in a row
-            if (port := free_port()) not in ports:
-                ports.append(port)
-        self.port, grpc_port, self.metrics_port = ports
+        self.port, grpc_port, self.metrics_port = free_port(), free_port(), free_port()
         command = [
             str(root / "bin" / "tritonserver"),
             f"--model-repository={self.repository}",

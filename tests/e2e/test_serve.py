@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -15,15 +14,10 @@ import pytest
 
 from bot.sandbox.slack_emulator import SlackEmulator
 from bot.sandbox.slack_events import SlackEventsClient
+from bot.sandbox.tritonserver import free_port
 
 SECRET = "e2e-signing-secret"
 TOKEN = "xoxb-e2e"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,10 @@ from tests.reliability.test_crash_recovery import CHANNEL, running, session
 from tests.support.s3 import AWS_ENV, MotoServer
 
 BUCKET = "mlops-store"
-LEASE_S = 3.0
+# Long enough that the lease the second bot restores is still live when it looks, even on a loaded machine:
+# the last renewal replicated (renewed every third of a lease, up to EXPOSURE_S behind) plus the restore and
+# the process start must fit in it, or the second bot never is a standby and the test proves less.
+LEASE_S = 8.0
 # A commit reaches the replica within Litestream's monitor interval (1 s: it reads the WAL) plus its sync
 # interval (1 s: it uploads); an action acknowledged longer ago than this before the kill must survive it.
 EXPOSURE_S = 2.0
