@@ -72,7 +72,7 @@ def fleet(triton_here, tmp_path_factory) -> Iterator[tuple[dict[str, Path], dict
 
 
 def canary_config(directory: Path, registry: Path, repos: dict[str, Path], servers: dict[str, list[TritonServer]],
-                  prod: list[TritonServer] | None = None, **top: object):
+                  prod: list[TritonServer] | None = None, canary: dict | None = None, **top: object):
     model = yaml.safe_load(EXAMPLE_CONFIG.read_text())["models"]["ranker"]
     model.pop("retrain")
     model["registry"] = str(registry)
@@ -83,7 +83,7 @@ def canary_config(directory: Path, registry: Path, repos: dict[str, Path], serve
                  "metrics": {s.url: s.metrics_url for s in prod}},
     }
     # Short windows for the test; 5 ms of latency slack because two CI cores are shared with other jobs.
-    model["canary"] = {"interval": "1s", "duration": "5s", "min_requests": 10, "latency_slack_ms": 5}
+    model["canary"] = {"interval": "1s", "duration": "5s", "min_requests": 10, "latency_slack_ms": 5, **(canary or {})}
     rotation = {"name": "recsys", "members": ["U0ALICE", "U0BOB", "U0CAROL"], "shift": "weekly",
                 "handoff_weekday": "friday", "handoff_time": "10:00", "tz": "America/Los_Angeles",
                 "start": "2026-01-09", "channel": TEAM, "usergroup": "S0ONCALL"}
@@ -353,6 +353,26 @@ async def test_kill_9_mid_canary_then_a_restart_resumes_it(fleet, registry, tmp_
         finally:
             second.terminate()
             second.wait(timeout=30)
+
+
+async def test_with_auto_promote_a_healthy_canary_goes_to_the_whole_fleet_without_a_press(fleet, registry, tmp_path):
+    repos, servers = fleet
+    config = canary_config(tmp_path, registry, repos, servers, canary={"auto_promote": True})
+    async with start_bot(config, Clock(MONDAY_10_LA)) as bot:
+        first = await deploy_verified(bot, "v1")
+        await bot.client.press_button("U0CAROL", TEAM, first["ts"], "Unblock prod")
+        await card_in_state(bot, "v1", "live")
+        await deploy_verified(bot, "v2")
+        n2 = bot.runtime.releases.serving("ranker", "staging").triton_version
+        async with Load([s.url for s in servers["prod"]]):
+            await bot.client.command("U0CAROL", "canary ranker")
+            await card_in_state(bot, "v2", "canary")
+            await card_in_state(bot, "v2", "live", timeout=90)
+        said = " ".join(thread(bot, "v2"))
+        assert "promotes by itself" in said and "press *Promote to all*" not in said
+        assert list((await serving(servers["prod"])).values()) == [[n2], [n2], [n2]]
+        assert bot.runtime.releases.lock_of("ranker", "prod") is None
+        assert not audit(bot, "canary.promote", "accepted")  # nobody pressed: the bot promoted
 
 
 def message(slack: SlackEmulator, text: str) -> dict | None:
