@@ -39,7 +39,7 @@ def _load(args: argparse.Namespace) -> Config:
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args)
     print(f"{_config_path(args)}: ok ({len(config.models)} models, {len(config.datagen.jobs)} datagen jobs, "
-          f"{len(config.oncall.rotations)} rotations)")
+          f"{len(config.monitors)} monitors, {len(config.oncall.rotations)} rotations)")
     for name, job in config.datagen.jobs.items():  # valid, but a setting nobody would guess is not the one used
         for line in job.overrides(name):
             print(f"{_config_path(args)}: warning: {line}", file=sys.stderr)
@@ -177,9 +177,10 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
 
 def _datagen_job(config: Config, given: str | None) -> str:
-    jobs = config.datagen.jobs
-    if given is None and len(jobs) == 1:
-        return next(iter(jobs))
+    """The datagen job or monitor named by --job; unnamed, the only datagen job."""
+    jobs = {**config.datagen.jobs, **config.monitors}
+    if given is None and len(config.datagen.jobs) == 1:
+        return next(iter(config.datagen.jobs))
     if given not in jobs:
         print(f"mlops-bot datagen: name the job with --job; jobs: {', '.join(sorted(jobs)) or 'none'}", file=sys.stderr)
         raise SystemExit(2)
@@ -187,13 +188,14 @@ def _datagen_job(config: Config, given: str | None) -> str:
 
 
 def cmd_datagen_ingest(args: argparse.Namespace) -> int:
-    from bot.datagen.report import ReportError, parse_report
+    from bot.datagen.history import load_history, parser_of, save_record
+    from bot.datagen.report import ReportError
     from bot.datagen.rules import evaluate
-    from bot.datagen.service import load_history, save_record
     from bot.store import Store, utcnow
 
     config = _load(args)
     job = _datagen_job(config, args.job)
+    settings = {**config.datagen.jobs, **config.monitors}[job]
     try:
         run_date = args.date or date.fromisoformat(args.record.stem)
     except ValueError:
@@ -201,7 +203,7 @@ def cmd_datagen_ingest(args: argparse.Namespace) -> int:
         return 2
     try:
         text = args.record.read_text()
-        parse_report(text, run_date=run_date)
+        parser_of(settings)(text, run_date=run_date)
     except (OSError, ReportError) as exc:
         reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
         print(f"datagen report for {run_date} unreadable: {reason} ({args.record})", file=sys.stderr)
@@ -209,8 +211,7 @@ def cmd_datagen_ingest(args: argparse.Namespace) -> int:
     store = Store(_store_path(args, config))
     stored = save_record(store, job, run_date, text, str(args.record.resolve()), actor=os.environ.get("USER") or "cli",
                          at=utcnow())
-    history, expected = load_history(store, job)
-    settings = config.datagen.jobs[job]
+    history, expected = load_history(store, job, parser_of(settings))
     breaches = evaluate(settings.rules, history, run_date, expected=expected, lookback=settings.baseline_lookback_days)
     print(f"{job} {run_date}: {'stored' if stored else 'already stored'}; {len(breaches)} breaches")
     for breach in breaches:
@@ -222,15 +223,15 @@ def cmd_datagen_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_datagen_backtest(args: argparse.Namespace) -> int:
+    from bot.datagen.history import load_history, parser_of
     from bot.datagen.rules import backtest
-    from bot.datagen.service import load_history
 
     config = _load(args)
     job = _datagen_job(config, args.job)
     store = _store(args)
-    history, expected = load_history(store, job)
+    settings = {**config.datagen.jobs, **config.monitors}[job]
+    history, expected = load_history(store, job, parser_of(settings))
     store.close()
-    settings = config.datagen.jobs[job]
     fired = backtest(settings.rules, history, args.days, expected=expected, lookback=settings.baseline_lookback_days)
     span = min(args.days, (max(history) - min(history)).days + 1) if history else 0
     print(f"{job}: {len(history)} reports; days each rule would have fired in the last {span} days")

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from bot.config import ConfigError, Secrets, load_config
-from bot.retrain.command import SECRET_ENV
+from bot.programs import SECRET_ENV
 from bot.sandbox.local import BOT_TOKEN, SIGNING_SECRET, LocalBot, local_bot
 from tests.conftest import EXAMPLE_CONFIG, ROOT, write_config
 from tests.support.airflow import free_port

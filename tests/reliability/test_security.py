@@ -25,9 +25,9 @@ import pytest
 import yaml
 
 from bot.config import Secrets, load_config
+from bot.programs import SECRET_ENV
 from bot.releases.messages import ReleaseRef, RollbackRef, reason_modal
 from bot.releases.model import State
-from bot.retrain.command import SECRET_ENV
 from bot.sandbox.local import BOT_TOKEN, SIGNING_SECRET, LocalBot, local_bot
 from bot.sandbox.tritonserver import TritonServer, triton_missing
 from bot.serving.triton import Fleet

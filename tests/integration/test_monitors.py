@@ -1,0 +1,121 @@
+"""Monitors (`monitors.<name>`) end to end: real commands and a real papermill run, the whole bot on loopback, the
+Slack emulator and SQLite, with the scheduler driven by an injected clock."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from bot.config import load_config
+from bot.datagen.runner import notebooks_missing
+from bot.sandbox.local import local_bot
+from tests.conftest import ROOT, Clock, write_config
+
+INFO, ERROR = "C0INFO", "C0ERROR"
+SKEW = str(ROOT / "examples" / "monitors" / "feature_skew.py")
+DAY = datetime(2026, 12, 3, 7, 5, tzinfo=UTC)  # just after the 07:00 UTC slot
+
+
+def _config(tmp_path: Path, monitors: dict):
+    return load_config(write_config(tmp_path, monitors=monitors))
+
+
+def _monitor_alerts(slack, channel: str, name: str) -> list[dict]:
+    return [m for m in slack.messages(channel) if m["text"].startswith(f"monitor {name} ")]
+
+
+def _flat(message: dict) -> str:
+    return json.dumps(message["blocks"])
+
+
+def _script(path: Path, body: str) -> str:
+    path.write_text("#!/bin/sh\n" + body + "\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+async def test_a_command_monitor_fires_on_a_bound_and_resolves_in_place_when_back_in_bounds(tmp_path: Path) -> None:
+    drifted = DAY.date()
+    config = _config(tmp_path, {"feature_skew": {
+        "command": [SKEW, "--seed", "7", "--drift", f"item_ctr_7d:{drifted}"],
+        "schedule": {"cron": "0 7 * * *", "tz": "UTC"},
+        "rules": [{"id": "feature_psi", "kind": "bound", "metric": "psi.*", "gt": 0.2}]}})
+    clock = Clock(DAY)
+    async with local_bot(config, clock=clock, start=False) as bot:
+        await bot.runtime.scheduler.run_due(clock.now)
+        [alert] = _monitor_alerts(bot.slack, INFO, "feature_skew")
+        assert "monitor *feature_skew* 2026-12-03" in _flat(alert) and "psi.item_ctr_7d" in _flat(alert)
+        assert "above 0.20" in _flat(alert)
+        await bot.client.press_button("U0BOB", INFO, alert["ts"], "Ack")
+        await bot.slack.wait_for(lambda: "Acked by <@U0BOB>" in _flat(_monitor_alerts(bot.slack, INFO, "feature_skew")[0]))
+
+        clock.now += timedelta(days=1)  # the next day's skew is back under 0.2 on every feature
+        await bot.runtime.scheduler.run_due(clock.now)
+        [resolved] = _monitor_alerts(bot.slack, INFO, "feature_skew")
+        assert resolved["ts"] == alert["ts"] and resolved["edited"] and resolved["text"].endswith("resolved")
+        assert not any(b["type"] == "actions" for b in resolved["blocks"])
+        stored = bot.runtime.store.conn.execute(
+            "SELECT run_date FROM datagen_reports WHERE job = 'feature_skew' ORDER BY run_date").fetchall()
+        assert [d for (d,) in stored] == [str(drifted), str(drifted + timedelta(days=1))]
+
+        await bot.client.command("U0ALICE", f"datagen {drifted} job=feature_skew")
+        said = json.dumps(await bot.slack.wait_for(lambda: bot.slack.responses))
+        assert "psi.item_ctr_7d" in said and "1 breach" in said
+
+
+async def test_a_command_that_fails_or_prints_garbage_is_one_clear_alert_and_a_good_run_resolves_it(
+        tmp_path: Path) -> None:
+    broken = _script(tmp_path / "broken.sh", 'echo "connecting to the feature store" >&2\n'
+                                             'echo "feature store unreachable: timeout" >&2\nexit 2')
+    garbage = _script(tmp_path / "garbage.sh", "echo 'skew computed, see the dashboard'")
+    slow = _script(tmp_path / "slow.sh", "sleep 30")
+    hourly = {"cron": "0 * * * *", "tz": "UTC"}
+    config = _config(tmp_path, {
+        "broken": {"command": [broken], "schedule": hourly},
+        "garbage": {"command": [garbage], "schedule": hourly},
+        "slow": {"command": [slow], "schedule": hourly, "timeout_seconds": 0.3}})
+    clock = Clock(DAY)
+    async with local_bot(config, clock=clock, start=False) as bot:
+        for _ in range(2):  # two slots fail alike: still one message each
+            await bot.runtime.scheduler.run_due(clock.now)
+            clock.now += timedelta(hours=1)
+        [alert] = _monitor_alerts(bot.slack, ERROR, "broken")
+        text = _flat(alert)
+        assert "monitor broken: command exited 2: connecting to the feature store / feature store unreachable" in text
+        assert "Fix `monitors.broken.command`" in text and "Traceback" not in text
+        [printed] = _monitor_alerts(bot.slack, ERROR, "garbage")
+        assert "printed no JSON object" in _flat(printed) and "skew computed, see the dashboard" in _flat(printed)
+        [stopped] = _monitor_alerts(bot.slack, ERROR, "slow")
+        assert "command timed out after 0.3 s" in _flat(stopped)
+        runs = [(r["model"], r["status"]) for r in bot.runtime.store.actions() if r["verb"] == "monitor.run"]
+        assert sorted(runs) == [(name, "error") for name in ("broken", "broken", "garbage", "garbage", "slow", "slow")]
+
+        _script(tmp_path / "broken.sh", """echo '{"psi": {"user_age_days": 0.01}}'""")  # fixed
+        await bot.runtime.scheduler.run_due(clock.now)
+        [fixed] = _monitor_alerts(bot.slack, ERROR, "broken")
+        assert fixed["ts"] == alert["ts"] and fixed["text"].endswith("resolved")
+        assert len(_monitor_alerts(bot.slack, ERROR, "garbage")) == 1  # still failing, still one message
+
+
+@pytest.mark.skipif(notebooks_missing() and os.environ.get("CI") != "true",
+                    reason="papermill is not installed (the `notebooks` extra)")
+async def test_a_notebook_monitor_runs_through_papermill(tmp_path: Path) -> None:
+    assert not notebooks_missing(), "CI=true: install the `notebooks` extra"
+    notebook = tmp_path / "ranking_metrics.ipynb"
+    shutil.copy(ROOT / "examples" / "monitors" / "ranking_metrics.ipynb", notebook)
+    config = _config(tmp_path, {"ranking_metrics": {
+        "notebook": str(notebook), "schedule": {"cron": "0 7 * * *", "tz": "UTC"},
+        "rules": [{"id": "ndcg_floor", "kind": "bound", "metric": "ndcg_at_10", "lt": 0.99, "severity": "crit"}]}})
+    clock = Clock(DAY)
+    async with local_bot(config, clock=clock, start=False) as bot:
+        await bot.runtime.scheduler.run_due(clock.now)
+        [alert] = _monitor_alerts(bot.slack, ERROR, "ranking_metrics")
+        assert "ndcg_at_10" in _flat(alert) and "below 0.99" in _flat(alert)
+        raw = bot.runtime.store.conn.execute(
+            "SELECT raw, source FROM datagen_reports WHERE job = 'ranking_metrics'").fetchone()
+        record = json.loads(raw[0])
+        assert record["run_date"] == str(DAY.date()) and record["sessions"] == 400 and raw[1].startswith("notebook ")
