@@ -78,7 +78,7 @@ async def test_a_failed_run_alerts_with_its_log_and_recovers_after_retry_from_sl
     assert "`refresh` failed on try 1" in shown
     assert "pagerank source timed out after reading 1200 edges (try 1)" in shown  # the failed try's log tail
     assert "open in Airflow" in shown
-    assert buttons(card) == ["Retry failed tasks", "Ack", "Silence 24h"]
+    assert buttons(card) == ["Retry failed tasks", "Ack", "Silence 24h", "Mark refresh success"]
 
     # Retry pressed twice (by two people): the failed tasks are cleared once.
     await bot.client.press_button("U0ALICE", CHANNEL, card["ts"], "Retry failed tasks")
@@ -118,6 +118,34 @@ async def test_a_task_that_keeps_failing_is_counted_and_an_upstream_skip_is_said
     counts = sorted(failures_said(render_message(saying(bot, r)() or {})) for r in run_ids)
     assert counts == [seen - 2, seen - 1, seen]
     assert "training diverged after 1000 rows: loss is NaN" in render_message(saying(bot, run_ids[0])())
+
+
+async def test_mark_success_asks_an_approver_why_then_marks_the_task_and_the_run_and_resolves_in_place(
+        bot: LocalBot, airflow: AirflowStandalone) -> None:
+    async with AirflowClient(airflow.base_url, username=airflow.username, password=airflow.password) as client:
+        run_id = await client.trigger("train_broken", {}, unpause=True)
+        card = await polled(bot, saying(bot, "Pipeline failed", run_id))
+        assert "Mark train success" in buttons(card)
+
+        await bot.client.press_button("U0ALICE", CHANNEL, card["ts"], "Mark train success")  # a deployer only
+        await bot.slack.wait_for(lambda: [m for m in bot.slack.ephemerals if "approvers" in m["text"]], timeout=30)
+        assert not bot.slack.views
+        await bot.client.press_button("U0BOB", CHANNEL, card["ts"], "Mark train success")
+        view = (await bot.slack.wait_for(lambda: bot.slack.views, timeout=30))[-1]["view"]
+        assert view["callback_id"] == "pipelines.mark_success"
+        await bot.client.submit_view("U0BOB", view, {"reason": {"reason": "retrained by hand, v7 published"}})
+
+        marked = await bot.slack.wait_for(saying(bot, "Marked success", run_id), timeout=60)
+        assert marked["ts"] == card["ts"] and not buttons(marked)  # edited in place, nothing left to press
+        assert "`train` marked success by @U0BOB: retrained by hand, v7 published" in render_message(marked)
+        # Airflow leaves a run failed when its task is marked success: the bot marked the run as well.
+        assert (await client.dag_run("train_broken", run_id))["state"] == "success"
+        states = {ti["task_id"]: ti["state"] for ti in await client.task_instances("train_broken", run_id)}
+        assert states == {"load_features": "success", "train": "success"}
+    [row] = [r for r in bot.runtime.store.actions() if r["verb"] == "pipelines.mark_success"]
+    assert (row["actor"], row["status"], row["detail"]["reason"]) == ("U0BOB", "ok", "retrained by hand, v7 published")
+    await bot.runtime.pipelines.poll()  # Airflow now reports the run a success: the alert stays as it is
+    assert render_message(saying(bot, run_id)() or {}) == render_message(marked)
 
 
 async def test_airflow_down_is_said_once_and_resolved_and_an_unknown_dag_once(tmp_path: Path,

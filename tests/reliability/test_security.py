@@ -112,6 +112,7 @@ SAMPLES = {
     "ModelRef": {"model": "ranker"},
     "RetrainRef": {"job": "recsys", "run_date": "2026-11-24", "model": "ranker"},
     "PipelineRef": {"alert": 1, "failure": 1},
+    "TaskRef": {"alert": 1, "failure": 1, "task": "train"},
 }
 # The buttons anyone in the channel may press; a new button without a role must be added here on purpose.
 ANYONE = {"datagen.ack", "datagen.expected", "alerts.silence", "oncall.ack_handoff", "oncall.take", "pipelines.ack",
