@@ -122,6 +122,9 @@ class AirflowClient:
         await self._request("POST", path, json=body, what=f"DAG '{dag_id}'", hint=DAG_HINT, ok_conflict=True)
         return run_id
 
+    async def dag(self, dag_id: str) -> dict[str, Any]:
+        return await self._request("GET", f"/dags/{_seg(dag_id)}", what=f"DAG '{dag_id}'", hint=DAG_HINT)
+
     async def dag_run(self, dag_id: str, run_id: str) -> dict[str, Any]:
         return await self._request("GET", f"/dags/{_seg(dag_id)}/dagRuns/{_seg(run_id)}",
                                    what=f"run '{run_id}' of DAG '{dag_id}'")

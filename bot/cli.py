@@ -1,6 +1,7 @@
 """mlops-bot: serve, check-config, audit, sandbox.
 
-Exit codes: 0 ok, 1 a check failed (audit verify, a sandbox script error), 2 a bad config or bad usage.
+Exit codes: 0 ok, 1 a check failed (audit verify, check-config --online, a sandbox script error), 2 a bad config or
+bad usage.
 """
 from __future__ import annotations
 
@@ -43,7 +44,16 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for name, job in config.datagen.jobs.items():  # valid, but a setting nobody would guess is not the one used
         for line in job.overrides(name):
             print(f"{_config_path(args)}: warning: {line}", file=sys.stderr)
-    return 0
+    if not args.online:
+        return 0
+    from bot.online import online_problems
+
+    problems = asyncio.run(online_problems(config, _config_path(args), Secrets.from_env()))
+    for line in problems:
+        print(line, file=sys.stderr)
+    print(f"{_config_path(args)}: online: " + (f"{len(problems)} problems" if problems else
+          f"ok ({len(config.pipelines.airflow.dags)} DAGs found in Airflow, {len(config.monitors)} monitors runnable)"))
+    return 1 if problems else 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -253,6 +263,8 @@ def parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("check-config", help="validate a config file; exit 2 with one line per problem")
     c.add_argument("file", nargs="?")
+    c.add_argument("--online", action="store_true", help="also check that each watched DAG exists in Airflow and each "
+                   "monitor's command can run; exit 1 with one line per problem")
     c.set_defaults(func=cmd_check_config)
 
     # Beside a sandbox, read its store: --state-dir DIR, or --state-dir alone for the sandbox's default.

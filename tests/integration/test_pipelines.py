@@ -4,7 +4,10 @@ and an Airflow that cannot be reached or a DAG that does not exist said once."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -186,3 +189,17 @@ async def test_a_silenced_pipeline_keeps_its_failures_without_posting_them(bot: 
 
     assert await polled(bot, stored) == "silenced"
     assert not [m for m in bot.slack.messages(CHANNEL) if run_id in render_message(m)]
+
+
+def test_check_config_online_names_a_watched_dag_that_airflow_does_not_have(tmp_path: Path,
+                                                                           airflow: AirflowStandalone) -> None:
+    dags = [{"dag_id": "refresh_pagerank"}, {"dag_id": "refresh_pagernak"}]
+    path = write_config(tmp_path, airflow={"base_url": airflow.base_url, "auth": "token"},
+                        pipelines={"airflow": {"dags": dags}})
+    env = {**os.environ, "AIRFLOW_USERNAME": airflow.username, "AIRFLOW_PASSWORD": airflow.password}
+    result = subprocess.run([sys.executable, "-m", "bot.cli", "check-config", "--online", str(path)],
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"{path}: pipelines.airflow.dags.1.dag_id: Airflow has no DAG 'refresh_pagernak' (404")
+    assert "pipelines.airflow.dags" in line  # what to fix
