@@ -179,7 +179,7 @@ def _env_name(name: str) -> str:
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
         raise ValueError(f"expected an environment variable name like FEATURE_STORE_URL, got {name!r}")
     if name in BOT_ONLY_ENV:
-        raise ValueError(f"{name} is the bot's own secret; a retrain command is never given it")
+        raise ValueError(f"{name} is the bot's own secret; a command the bot runs is never given it")
     return name
 
 
@@ -354,7 +354,15 @@ class Monitor(Watched):
     timeout_seconds: float = Field(default=600, gt=0, description="a command or notebook running longer is stopped")
     env: list[EnvVarName] = Field(default=[], description="environment variables the command may see, beyond the "
                                   "allowlist")
-    rules: RuleSet = Field(default_factory=lambda: [FailedRule(id="run_failed")])
+    rules: RuleSet = Field(default_factory=lambda: [FailedRule(id="run_failed")], description="unset: a failed "
+                           "rule, and for a `source` a freshness rule too (a file that does not come is a problem)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _source_freshness(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("source") and "rules" not in data:
+            return {**data, "rules": [FreshnessRule(id="record_missing"), FailedRule(id="run_failed")]}
+        return data
 
     @model_validator(mode="after")
     def _one_origin(self) -> Monitor:

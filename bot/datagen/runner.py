@@ -27,7 +27,6 @@ from bot.datagen.report import ReportError, json_object
 from bot.programs import pipeline_env, resolve_executable, scrub
 
 STDERR_LINES = 5
-MAX_OUTPUT = 16 * 1024 * 1024  # a record is small; more than this on stdout is no record
 
 
 def notebooks_missing() -> bool:
@@ -68,7 +67,7 @@ async def _run(argv: Sequence[str], env: dict[str, str], timeout: float, what: s
         raise RunFailed(f"{what} not found or not executable: {program}")
     process = await asyncio.create_subprocess_exec(
         *argv, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, start_new_session=True, limit=MAX_OUTPUT)
+        stderr=asyncio.subprocess.PIPE, start_new_session=True)
     try:
         stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
     except TimeoutError:

@@ -121,7 +121,7 @@ class DatagenService(DatagenAlerts):
         await self.ingest(name, day, raw, origin, actor="scheduler")
 
     async def _fetch(self, job_name: str, day: date, slot: datetime) -> None:
-        uri = source_uri(self.jobs[job_name], day)  # type: ignore[arg-type]  # a datagen job or a source monitor
+        uri = source_uri(self.jobs[job_name], day)
         try:
             raw = await read_source(uri, self.ctx.config.s3.endpoint_url)
         except ArtifactError as exc:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -65,6 +68,34 @@ async def test_a_command_monitor_fires_on_a_bound_and_resolves_in_place_when_bac
         await bot.client.command("U0ALICE", f"datagen {drifted} job=feature_skew")
         said = json.dumps(await bot.slack.wait_for(lambda: bot.slack.responses))
         assert "psi.item_ctr_7d" in said and "1 breach" in said
+
+    # The same history backtested: the rule fired on one day of the two.
+    result = subprocess.run([sys.executable, "-m", "bot.cli", "--config", str(tmp_path / "mlops-bot.yaml"), "datagen",
+                             "backtest", "--job", "feature_skew", "--days", "7"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "feature_skew: 2 reports" in result.stdout and re.search(r"feature_psi\s+1\s+\(50%\)", result.stdout)
+
+
+async def test_a_source_monitor_whose_record_does_not_come_is_alerted_then_resolved_when_it_does(
+        tmp_path: Path) -> None:
+    records = tmp_path / "skew"
+    records.mkdir()
+    config = _config(tmp_path, {"online_skew": {"source": str(records / "{date}.json"), "grace_hours": 1,
+                                                "schedule": {"cron": "*/30 * * * *", "tz": "UTC"}}})
+    day = DAY.date()
+    clock = Clock(datetime(2026, 12, 3, 0, 5, tzinfo=UTC))  # due at the day's first slot, 00:00, plus an hour's grace
+    async with local_bot(config, clock=clock, start=False) as bot:
+        await bot.runtime.scheduler.run_due(clock.now)
+        assert not _monitor_alerts(bot.slack, ERROR, "online_skew")  # not there yet, but within the grace
+        clock.now += timedelta(hours=1)
+        await bot.runtime.scheduler.run_due(clock.now)
+        [alert] = _monitor_alerts(bot.slack, ERROR, "online_skew")
+        assert f"raw data not found: no monitor report for {day}" in _flat(alert)
+        (records / f"{day}.json").write_text(json.dumps({"psi": {"user_age_days": 0.01}}))
+        clock.now += timedelta(minutes=30)
+        await bot.runtime.scheduler.run_due(clock.now)
+        [resolved] = _monitor_alerts(bot.slack, ERROR, "online_skew")
+        assert resolved["ts"] == alert["ts"] and resolved["text"].endswith("resolved")
 
 
 async def test_a_command_that_fails_or_prints_garbage_is_one_clear_alert_and_a_good_run_resolves_it(
