@@ -138,15 +138,20 @@ async def test_a_notebook_monitor_runs_through_papermill(tmp_path: Path) -> None
     assert not notebooks_missing(), "CI=true: install the `notebooks` extra"
     notebook = tmp_path / "ranking_metrics.ipynb"
     shutil.copy(ROOT / "examples" / "monitors" / "ranking_metrics.ipynb", notebook)
-    config = _config(tmp_path, {"ranking_metrics": {
-        "notebook": str(notebook), "schedule": {"cron": "0 7 * * *", "tz": "UTC"},
-        "rules": [{"id": "ndcg_floor", "kind": "bound", "metric": "ndcg_at_10", "lt": 0.99, "severity": "crit"}]}})
+    floor = [{"id": "ndcg_floor", "kind": "bound", "metric": "ndcg_at_10", "lt": 0.99, "severity": "crit"}]
+    daily = {"cron": "0 7 * * *", "tz": "UTC"}
+    config = _config(tmp_path, {  # the record in the tagged cell's output, or in the file the notebook writes
+        "ranking_metrics": {"notebook": str(notebook), "schedule": daily, "rules": floor},
+        "ranking_file": {"notebook": str(notebook), "schedule": daily, "rules": floor,
+                         "output_file": str(tmp_path / "ranking-{date}.json")}})
     clock = Clock(DAY)
     async with local_bot(config, clock=clock, start=False) as bot:
         await bot.runtime.scheduler.run_due(clock.now)
-        [alert] = _monitor_alerts(bot.slack, ERROR, "ranking_metrics")
-        assert "ndcg_at_10" in _flat(alert) and "below 0.99" in _flat(alert)
-        raw = bot.runtime.store.conn.execute(
-            "SELECT raw, source FROM datagen_reports WHERE job = 'ranking_metrics'").fetchone()
-        record = json.loads(raw[0])
-        assert record["run_date"] == str(DAY.date()) and record["sessions"] == 400 and raw[1].startswith("notebook ")
+        for name in ("ranking_metrics", "ranking_file"):
+            [alert] = _monitor_alerts(bot.slack, ERROR, name)
+            assert "ndcg_at_10" in _flat(alert) and "below 0.99" in _flat(alert)
+            raw, source = bot.runtime.store.conn.execute(
+                "SELECT raw, source FROM datagen_reports WHERE job = ?", (name,)).fetchone()
+            record = json.loads(raw)
+            assert record["run_date"] == str(DAY.date()) and record["sessions"] == 400 and source.startswith("notebook ")
+        assert json.loads((tmp_path / f"ranking-{DAY.date()}.json").read_text()) == record
