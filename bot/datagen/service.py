@@ -17,6 +17,7 @@ record arrives, or at start (`catch_up`) for deadlines that passed while the bot
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from datetime import UTC, date, datetime, timedelta
 from functools import partial
@@ -51,6 +52,7 @@ from bot.silences import Silences
 
 log = logging.getLogger(__name__)
 
+MAX_CHARTED = 5  # metrics on a monitor alert's chart
 MONITOR_GRACE = timedelta(hours=6)  # a monitor's slot missed while the bot was down still runs this long after
 
 
@@ -190,6 +192,7 @@ class DatagenService(DatagenAlerts):
             if self.alert_row(job_name, day) is None:
                 await self._overdue(job_name, day, self.ctx.clock(), actor=actor)
         if not datagen:  # a monitor speaks only through its alerts; the datagen job also posts its day
+            await self._chart_alert(job_name, run_date, breaches, history)
             return breaches
         slot = (f"datagen.summary.{job_name}", run_date.isoformat())
         if slot in self._posting:
@@ -233,11 +236,32 @@ class DatagenService(DatagenAlerts):
         except ImportError:  # the `charts` extra is not installed: the summary stands without pictures
             return
         for filename, title, png in await asyncio.to_thread(charts.render, job, run_date, history):
-            try:
-                await self.ctx.notifier.upload(channel, filename, png, title=title, thread_ts=ts)
-            except SlackError as exc:
-                self.ctx.audit(actor="datagen", verb="datagen.chart", status="error", channel=channel, model=job,
-                               version=run_date.isoformat(), detail={"file": filename, "error": str(exc)})
+            await self._upload(job, run_date, channel, ts, filename, title, png)
+
+    async def _chart_alert(self, job: str, run_date: date, breaches: list[Breach], history: dict[date, Any]) -> None:
+        """A monitor has no summary: its alert's thread gets the breached metrics over the last days, once per set
+        of breaches (the mark lives in the detail `sync_alert` rewrites, as the thread's list of breaches does)."""
+        row = self.alert_row(job, run_date)
+        metrics = sorted({b.metric for b in breaches if b.metric})[:MAX_CHARTED]
+        if row is None or row["ts"] is None or not metrics or json.loads(row["detail"]).get("charted"):
+            return
+        try:
+            from bot.datagen import charts
+        except ImportError:
+            return
+        title = f"monitor {job}: {', '.join(metrics)}, {charts.DAYS} days to {run_date}"
+        png = await asyncio.to_thread(charts.metric_history, title, metrics, history, run_date)
+        await self._upload(job, run_date, row["channel"], row["ts"], f"{job}-{run_date}-metrics.png", title, png)
+        self.store.conn.execute("UPDATE alerts SET detail = json_set(detail, '$.charted', json('true')) "
+                                "WHERE id = ? AND detail = ?", (row["id"], row["detail"]))
+
+    async def _upload(self, job: str, run_date: date, channel: str, ts: str, filename: str, title: str,
+                      png: bytes) -> None:
+        try:
+            await self.ctx.notifier.upload(channel, filename, png, title=title, thread_ts=ts)
+        except SlackError as exc:
+            self.ctx.audit(actor="datagen", verb="datagen.chart", status="error", channel=channel, model=job,
+                           version=run_date.isoformat(), detail={"file": filename, "error": str(exc)})
 
     # -- what /mlops datagen shows --------------------------------------------------------------------------
 

@@ -53,6 +53,8 @@ async def test_a_command_monitor_fires_on_a_bound_and_resolves_in_place_when_bac
         [alert] = _monitor_alerts(bot.slack, INFO, "feature_skew")
         assert "monitor *feature_skew* 2026-12-03" in _flat(alert) and "psi.item_ctr_7d" in _flat(alert)
         assert "above 0.20" in _flat(alert)
+        pictures = [f["name"] for f in bot.slack.files if f["thread_ts"] == alert["ts"]]
+        assert pictures == [f"feature_skew-{drifted}-metrics.png"]  # the breached metric over the last days
         await bot.client.press_button("U0BOB", INFO, alert["ts"], "Ack")
         await bot.slack.wait_for(lambda: "Acked by <@U0BOB>" in _flat(_monitor_alerts(bot.slack, INFO, "feature_skew")[0]))
 
