@@ -122,6 +122,9 @@ class AirflowClient:
         await self._request("POST", path, json=body, what=f"DAG '{dag_id}'", hint=DAG_HINT, ok_conflict=True)
         return run_id
 
+    async def dag(self, dag_id: str) -> dict[str, Any]:
+        return await self._request("GET", f"/dags/{_seg(dag_id)}", what=f"DAG '{dag_id}'", hint=DAG_HINT)
+
     async def dag_run(self, dag_id: str, run_id: str) -> dict[str, Any]:
         return await self._request("GET", f"/dags/{_seg(dag_id)}/dagRuns/{_seg(run_id)}",
                                    what=f"run '{run_id}' of DAG '{dag_id}'")
@@ -152,12 +155,20 @@ class AirflowClient:
 
     async def cancel(self, dag_id: str, run_id: str) -> None:
         """Mark the run failed; Airflow then stops its running tasks."""
-        await self._request(
-            "PATCH",
-            f"/dags/{_seg(dag_id)}/dagRuns/{_seg(run_id)}",
-            json={"state": "failed"},
-            what=f"run '{run_id}' of DAG '{dag_id}'",
-        )
+        await self.set_run_state(dag_id, run_id, "failed")
+
+    async def set_run_state(self, dag_id: str, run_id: str, state: str) -> None:
+        await self._request("PATCH", f"/dags/{_seg(dag_id)}/dagRuns/{_seg(run_id)}", json={"state": state},
+                            what=f"run '{run_id}' of DAG '{dag_id}'")
+
+    async def mark_task_success(self, dag_id: str, run_id: str, task_id: str, *, note: str | None = None) -> None:
+        """Set a task instance's state to success, as "Mark success" in Airflow's UI does (the run's own state is
+        left as it was: see `set_run_state`). v2 keeps `note` on the task instance; v1 has no such field."""
+        body: dict[str, Any] = {"new_state": "success"}
+        if self.api_version == 2 and note:
+            body["note"] = note[:1000]  # Airflow's limit on a note
+        await self._request("PATCH", f"/dags/{_seg(dag_id)}/dagRuns/{_seg(run_id)}/taskInstances/{_seg(task_id)}",
+                            json=body, what=f"task '{task_id}' in run '{run_id}' of DAG '{dag_id}'")
 
     async def log_tail(
         self, dag_id: str, run_id: str, task_id: str, *, try_number: int | None = None, lines: int = 20

@@ -1,6 +1,7 @@
 """mlops-bot: serve, check-config, audit, sandbox.
 
-Exit codes: 0 ok, 1 a check failed (audit verify, a sandbox script error), 2 a bad config or bad usage.
+Exit codes: 0 ok, 1 a check failed (audit verify, check-config --online, a sandbox script error), 2 a bad config or
+bad usage.
 """
 from __future__ import annotations
 
@@ -39,11 +40,20 @@ def _load(args: argparse.Namespace) -> Config:
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args)
     print(f"{_config_path(args)}: ok ({len(config.models)} models, {len(config.datagen.jobs)} datagen jobs, "
-          f"{len(config.oncall.rotations)} rotations)")
+          f"{len(config.monitors)} monitors, {len(config.oncall.rotations)} rotations)")
     for name, job in config.datagen.jobs.items():  # valid, but a setting nobody would guess is not the one used
         for line in job.overrides(name):
             print(f"{_config_path(args)}: warning: {line}", file=sys.stderr)
-    return 0
+    if not args.online:
+        return 0
+    from bot.online import online_problems
+
+    problems = asyncio.run(online_problems(config, _config_path(args), Secrets.from_env()))
+    for line in problems:
+        print(line, file=sys.stderr)
+    print(f"{_config_path(args)}: online: " + (f"{len(problems)} problems" if problems else
+          f"ok ({len(config.pipelines.airflow.dags)} DAGs found in Airflow, {len(config.monitors)} monitors runnable)"))
+    return 1 if problems else 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -177,9 +187,10 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
 
 def _datagen_job(config: Config, given: str | None) -> str:
-    jobs = config.datagen.jobs
-    if given is None and len(jobs) == 1:
-        return next(iter(jobs))
+    """The datagen job or monitor named by --job; unnamed, the only datagen job."""
+    jobs = {**config.datagen.jobs, **config.monitors}
+    if given is None and len(config.datagen.jobs) == 1:
+        return next(iter(config.datagen.jobs))
     if given not in jobs:
         print(f"mlops-bot datagen: name the job with --job; jobs: {', '.join(sorted(jobs)) or 'none'}", file=sys.stderr)
         raise SystemExit(2)
@@ -187,13 +198,14 @@ def _datagen_job(config: Config, given: str | None) -> str:
 
 
 def cmd_datagen_ingest(args: argparse.Namespace) -> int:
-    from bot.datagen.report import ReportError, parse_report
+    from bot.datagen.history import load_history, parser_of, save_record
+    from bot.datagen.report import ReportError
     from bot.datagen.rules import evaluate
-    from bot.datagen.service import load_history, save_record
     from bot.store import Store, utcnow
 
     config = _load(args)
     job = _datagen_job(config, args.job)
+    settings = {**config.datagen.jobs, **config.monitors}[job]
     try:
         run_date = args.date or date.fromisoformat(args.record.stem)
     except ValueError:
@@ -201,7 +213,7 @@ def cmd_datagen_ingest(args: argparse.Namespace) -> int:
         return 2
     try:
         text = args.record.read_text()
-        parse_report(text, run_date=run_date)
+        parser_of(settings)(text, run_date=run_date)
     except (OSError, ReportError) as exc:
         reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
         print(f"datagen report for {run_date} unreadable: {reason} ({args.record})", file=sys.stderr)
@@ -209,8 +221,7 @@ def cmd_datagen_ingest(args: argparse.Namespace) -> int:
     store = Store(_store_path(args, config))
     stored = save_record(store, job, run_date, text, str(args.record.resolve()), actor=os.environ.get("USER") or "cli",
                          at=utcnow())
-    history, expected = load_history(store, job)
-    settings = config.datagen.jobs[job]
+    history, expected = load_history(store, job, parser_of(settings))
     breaches = evaluate(settings.rules, history, run_date, expected=expected, lookback=settings.baseline_lookback_days)
     print(f"{job} {run_date}: {'stored' if stored else 'already stored'}; {len(breaches)} breaches")
     for breach in breaches:
@@ -222,15 +233,15 @@ def cmd_datagen_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_datagen_backtest(args: argparse.Namespace) -> int:
+    from bot.datagen.history import load_history, parser_of
     from bot.datagen.rules import backtest
-    from bot.datagen.service import load_history
 
     config = _load(args)
     job = _datagen_job(config, args.job)
     store = _store(args)
-    history, expected = load_history(store, job)
+    settings = {**config.datagen.jobs, **config.monitors}[job]
+    history, expected = load_history(store, job, parser_of(settings))
     store.close()
-    settings = config.datagen.jobs[job]
     fired = backtest(settings.rules, history, args.days, expected=expected, lookback=settings.baseline_lookback_days)
     span = min(args.days, (max(history) - min(history)).days + 1) if history else 0
     print(f"{job}: {len(history)} reports; days each rule would have fired in the last {span} days")
@@ -252,6 +263,8 @@ def parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("check-config", help="validate a config file; exit 2 with one line per problem")
     c.add_argument("file", nargs="?")
+    c.add_argument("--online", action="store_true", help="also check that each watched DAG exists in Airflow and each "
+                   "monitor's command can run; exit 1 with one line per problem")
     c.set_defaults(func=cmd_check_config)
 
     # Beside a sandbox, read its store: --state-dir DIR, or --state-dir alone for the sandbox's default.

@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from bot.datagen.rules import FreshnessRule, RuleSet, default_rules, format_grace
+from bot.datagen.rules import FailedRule, FreshnessRule, RuleSet, default_rules, format_grace
 from bot.oncall.schedule import WEEKDAYS, Rotation, Weekday
 
 # A datagen alert has one Retrain button per model of its job, each with its own action id (ids must be unique
@@ -179,7 +179,7 @@ def _env_name(name: str) -> str:
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
         raise ValueError(f"expected an environment variable name like FEATURE_STORE_URL, got {name!r}")
     if name in BOT_ONLY_ENV:
-        raise ValueError(f"{name} is the bot's own secret; a retrain command is never given it")
+        raise ValueError(f"{name} is the bot's own secret; a command the bot runs is never given it")
     return name
 
 
@@ -194,22 +194,28 @@ def _crontab(expression: str) -> str:
     return expression
 
 
-class RetrainSchedule(Strict):
+class CronSchedule(Strict):
     cron: Annotated[str, AfterValidator(_crontab)] = Field(description="minute hour day month weekday, as crontab")
     tz: TimeZone = "UTC"
+
+    def trigger(self) -> CronTrigger:
+        return CronTrigger.from_crontab(self.cron, timezone=self.tz)
+
+
+def _program_relative(argv: list[str], info: ValidationInfo) -> list[str]:
+    """A command's program given as a path is relative to the config file, as other local paths are."""
+    if argv and "/" in argv[0]:
+        return [_relative_to_config(argv[0], info), *argv[1:]]
+    return argv
+
+
+Argv = Annotated[list[str], AfterValidator(_program_relative)]
 
 
 class RetrainConfig(Strict):
     backend: Literal["command", "airflow"] = "command"
-    schedule: RetrainSchedule | None = Field(default=None, description="retrain by itself at these times, as its owner")
-    command: list[str] = Field(default=[], description="argv; a relative program path is relative to the config file")
-
-    @field_validator("command")
-    @classmethod
-    def _program(cls, argv: list[str], info: ValidationInfo) -> list[str]:
-        if argv and "/" in argv[0]:
-            return [_relative_to_config(argv[0], info), *argv[1:]]
-        return argv
+    schedule: CronSchedule | None = Field(default=None, description="retrain by itself at these times, as its owner")
+    command: Argv = Field(default=[], description="argv; a relative program path is relative to the config file")
     dag_id: str | None = None
     conf: dict[str, str | int | float | bool] = {}
     timeout_minutes: int = Field(default=720, gt=0)
@@ -283,14 +289,11 @@ class AirflowConfig(Strict):
     timeout_seconds: float = Field(default=30, gt=0, description="the budget of one call, its retries included")
 
 
-class DatagenJob(Strict):
-    source: Location = Field(description="URI template of the monitoring record, with {date} (YYYY-MM-DD)")
-    expected_at: LocalTime = time(8, 30)
-    tz: TimeZone = "Asia/Kolkata"
-    typical_runtime_minutes: int = Field(default=200, ge=0)
+class Watched(Strict):
+    """What every monitor shares, a datagen job included: how its records are judged and where its alerts go."""
+
     grace_hours: float = Field(default=3, ge=0, description="how late a record may be before it is missing; a "
                                "freshness rule's own `grace` wins")
-    poll_minutes: float = Field(default=10, gt=0)
     baseline_lookback_days: int = Field(default=7, ge=1, le=60, description="how far back a baseline looks for a "
                                         "healthy day when its usual day breached a rule or has no record")
     fold_tolerance_pct: float = Field(default=5, ge=0, description="a downstream breach that moved by at most this "
@@ -298,18 +301,24 @@ class DatagenJob(Strict):
     channel: ChannelId | None = Field(default=None, description="alerts of this job go here, whatever the severity")
     models: list[ModelName] = Field(default=[], max_length=RETRAIN_BUTTONS,
                                     description="models trained on this data: its alerts offer to retrain them")
+
+    @property
+    def grace(self) -> timedelta:
+        return timedelta(hours=self.grace_hours)
+
+
+class DatagenJob(Watched):
+    source: Location = Field(description="URI template of the monitoring record, with {date} (YYYY-MM-DD)")
+    expected_at: LocalTime = time(8, 30)
+    tz: TimeZone = "Asia/Kolkata"
+    typical_runtime_minutes: int = Field(default=200, ge=0)
+    poll_minutes: float = Field(default=10, gt=0)
     rules: RuleSet = Field(default_factory=default_rules)
 
     @field_validator("source")
     @classmethod
     def _has_date(cls, value: str) -> str:
-        if "{date}" not in value:
-            raise ValueError("expected a template containing {date}, e.g. s3://bucket/monitoring/{date}.json")
-        return value
-
-    @property
-    def grace(self) -> timedelta:
-        return timedelta(hours=self.grace_hours)
+        return _date_template(value)
 
     def overrides(self, name: str) -> list[str]:
         """Where a rule's own setting wins over one the job sets, so nobody reads the job's value as the one used."""
@@ -318,6 +327,55 @@ class DatagenJob(Strict):
         return [f"datagen.jobs.{name}.rules.{rule.id}.grace: {format_grace(rule.grace)} overrides the job's grace_hours "
                 f"({format_grace(self.grace)}); the alert waits {format_grace(rule.grace)}"
                 for rule in self.rules if isinstance(rule, FreshnessRule) and rule.grace not in (None, self.grace)]
+
+
+def _date_template(value: str) -> str:
+    if "{date}" not in value:
+        raise ValueError("expected a template containing {date}, e.g. s3://bucket/monitoring/{date}.json")
+    return value
+
+
+DateTemplate = Annotated[Location, AfterValidator(_date_template)]
+
+
+class Monitor(Watched):
+    """`monitors.<name>`: a team check whose record, one JSON object, comes on a schedule from one of `source`,
+    `command` or `notebook`; its numbers are metrics by dotted path (`skew.user_age`), judged by `rules`."""
+
+    schedule: CronSchedule = Field(description="when to fetch or run it; the run date is the slot's day in `tz`")
+    source: DateTemplate | None = Field(default=None, description="URI template of the record, with {date}, as datagen's")
+    command: Argv = Field(default=[], description="argv printing the record on stdout; a relative program path is "
+                          "relative to the config file; run with the run date as MLOPS_RUN_DATE")
+    notebook: Location | None = Field(default=None, description="a Jupyter notebook run with papermill (the "
+                                      "`notebooks` extra), given the parameter run_date")
+    output_tag: str = Field(default="record", min_length=1, description="the notebook cell whose output is the record")
+    output_file: DateTemplate | None = Field(default=None, description="instead: the file the notebook writes the "
+                                             "record to, with {date} (it also gets it as the parameter output_file)")
+    timeout_seconds: float = Field(default=600, gt=0, description="a command or notebook running longer is stopped")
+    env: list[EnvVarName] = Field(default=[], description="environment variables the command may see, beyond the "
+                                  "allowlist")
+    rules: RuleSet = Field(default_factory=lambda: [FailedRule(id="run_failed")], description="unset: a failed "
+                           "rule, and for a `source` a freshness rule too (a file that does not come is a problem)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _source_freshness(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("source") and "rules" not in data:
+            return {**data, "rules": [FreshnessRule(id="record_missing"), FailedRule(id="run_failed")]}
+        return data
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> Monitor:
+        given = [name for name in ("source", "command", "notebook") if getattr(self, name)]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of source, command or notebook, got {', '.join(given) or 'none'}")
+        if self.output_file and not self.notebook:
+            raise ValueError("`output_file` is for a `notebook` monitor")
+        return self
+
+    @property
+    def tz(self) -> str:
+        return self.schedule.tz
 
 
 class Datagen(Strict):
@@ -395,6 +453,9 @@ class Config(Strict):
     digests: Digests = Digests()
     alertmanager: Alertmanager = Alertmanager()
     pipelines: Pipelines = Pipelines()
+    monitors: dict[Annotated[str, _pattern(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", "a monitor name (letters, digits, "
+                                            "_ . -)")], Monitor] = Field(
+        default={}, description="team checks judged by the datagen rule kinds: a file, a command or a notebook")
 
     @model_validator(mode="after")
     def _cross_refs(self) -> Config:
@@ -403,10 +464,15 @@ class Config(Strict):
         for name, model in self.models.items():
             if model.retrain and model.retrain.backend == "airflow" and self.airflow is None:
                 raise ValueError(f"models.{name}.retrain uses airflow but there is no `airflow` section")
-        for name, job in self.datagen.jobs.items():
-            for model in job.models:
-                if model not in self.models:
-                    raise ValueError(f"datagen.jobs.{name}.models: `{model}` is not one of `models`")
+        if both := sorted(set(self.datagen.jobs) & set(self.monitors)):
+            # One namespace: alerts, silences and buttons name a monitor by its name alone.
+            raise ValueError(f"monitors.{both[0]}: the name is also a datagen job's; give it another")
+        watched = [("datagen.jobs", self.datagen.jobs), ("monitors", self.monitors)]
+        for section, monitors in watched:
+            for name, job in monitors.items():
+                for model in job.models:
+                    if model not in self.models:
+                        raise ValueError(f"{section}.{name}.models: `{model}` is not one of `models`")
         return self
 
 

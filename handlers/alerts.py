@@ -39,10 +39,11 @@ def _parse_silence(runtime: Runtime, cmd: Command) -> SilenceRequest:
         if not number.isdecimal() or len(number) > 19 or int(number) > 2**63 - 1:
             raise UsageError("name the silence to end by its number, as `/mlops silence` lists them")
         return SilenceRequest(end=int(number))
-    if args[0] == "datagen":
-        jobs = runtime.config.datagen.jobs
-        if len(args) < 2 or args[1] not in jobs:
-            raise UsageError(f"name a datagen job; jobs: {', '.join(sorted(jobs)) or 'none'}")
+    if args[0] in ("datagen", "monitor"):  # one name space: a monitor's alerts are silenced as a datagen job's
+        jobs, monitors = runtime.config.datagen.jobs, runtime.config.monitors
+        if len(args) < 2 or (args[1] not in jobs and args[1] not in monitors):
+            raise UsageError(f"name a datagen job; jobs: {', '.join(sorted(jobs)) or 'none'}"
+                             + (f"; monitors: {', '.join(sorted(monitors))}" if monitors else ""))
         source, matcher, rest = "datagen", args[1], args[2:]
     elif args[0] == "pipeline":
         dags = [d.dag_id for d in runtime.config.pipelines.airflow.dags]

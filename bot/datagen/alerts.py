@@ -1,8 +1,11 @@
-"""Datagen alerts: one Slack message per (job, run date), edited in place as the breaches change.
+"""Monitor alerts: one Slack message per (monitor, run date), edited in place as the breaches change.
 
+Every monitor's alerts are these, the datagen job's and those of `monitors` (stored under source `datagen`, the
+name predating other monitors, keyed `<name>/<run date>`), so a button or a state added here works for all.
 The message shows the breaches grouped by cause (bot/datagen/causes.py); its thread lists every breach. An alert
 resolves when its day's record clears it, or a later report no longer breaches any of its (rule, metric) pairs;
-a day still without a readable record keeps its alert. Ack, Silence and "Expected" act on it from its buttons.
+a day still without a readable record keeps its alert, unless its only breach was a run that gave no record (a
+later good run clears that). Ack, Silence and "Expected" act on it from its buttons.
 """
 from __future__ import annotations
 
@@ -13,10 +16,11 @@ from dataclasses import asdict
 from datetime import date, timedelta
 from typing import Any
 
-from bot.config import DatagenJob
+from bot.config import DatagenJob, Monitor, Watched
 from bot.context import Context
 from bot.datagen import messages
-from bot.datagen.history import due_at
+from bot.datagen.history import due_at, parser_of
+from bot.datagen.record import Record
 from bot.datagen.rules import Breach, StageMove
 from bot.notifier import Message
 from bot.silences import Silences
@@ -40,18 +44,26 @@ def _breach(data: dict[str, Any]) -> Breach:
 
 
 class DatagenAlerts:
-    """The alert messages of every configured job; `DatagenService` adds how records arrive."""
+    """The alert messages of every configured monitor; `DatagenService` adds how records arrive."""
 
     def __init__(self, ctx: Context, *, silences: Silences) -> None:
         self.ctx = ctx
         self.silences = silences
         self.store = ctx.store
-        self.jobs = ctx.config.datagen.jobs
+        self.jobs: dict[str, DatagenJob | Monitor] = {**ctx.config.datagen.jobs, **ctx.config.monitors}
         # Per alert message: one writer at a time, and how many changes were asked for / already shown, so a
         # storm of changes to one alert becomes a few edits of its newest state (see _show).
         self._writers: dict[tuple[str, date], asyncio.Lock] = {}
         self._asked: dict[tuple[str, date], int] = {}
         self._shown: dict[tuple[str, date], int] = {}
+
+    def kind(self, job: str) -> str:
+        """How messages name the job: `datagen`, or `monitor` for the checks of `monitors`."""
+        return "monitor" if job in self.ctx.config.monitors else "datagen"
+
+    def parse(self, job: str, raw: bytes | str, run_date: date) -> Record:
+        """The job's record read by its own parser; ReportError when it cannot be read."""
+        return parser_of(self.jobs[job])(raw, run_date=run_date)
 
     def alert_row(self, job: str, run_date: date) -> dict[str, Any] | None:
         rows = list(self.store.db.query("SELECT * FROM alerts WHERE source = ? AND key = ?",
@@ -66,14 +78,14 @@ class DatagenAlerts:
     def _tolerance(self, job: str) -> float:
         # An alert outlives its job's removal from the config; it is then grouped by the default.
         job_config = self.jobs.get(job)
-        return job_config.fold_tolerance_pct if job_config else DatagenJob.model_fields["fold_tolerance_pct"].default
+        return job_config.fold_tolerance_pct if job_config else Watched.model_fields["fold_tolerance_pct"].default
 
     def _render(self, job: str, run_date: date, row: dict[str, Any]) -> Message:
         detail = json.loads(row["detail"])
         mover = StageMove(**detail["mover"]) if detail.get("mover") else None
         return messages.alert(job, run_date, [_breach(b) for b in detail["breaches"]], state=row["state"],
                               mover=mover, by=row["acked_by"], retrain=self.retrainable(job),
-                              tolerance_pct=self._tolerance(job))
+                              tolerance_pct=self._tolerance(job), kind=self.kind(job))
 
     async def sync_alert(self, job: str, run_date: date, breaches: list[Breach], mover: StageMove | None,
                           *, actor: str) -> None:
@@ -147,7 +159,7 @@ class DatagenAlerts:
         if row["state"] == "resolved" or detail.get("listed") or len(detail["breaches"]) < 2:
             return
         await self.ctx.notifier.reply(row["channel"], ts, messages.breach_list(
-            job, run_date, [_breach(b) for b in detail["breaches"]]))
+            job, run_date, [_breach(b) for b in detail["breaches"]], kind=self.kind(job)))
         # Only the detail that was listed is marked: a set of breaches that came in meanwhile is listed next time.
         self.store.conn.execute("UPDATE alerts SET detail = json_set(detail, '$.listed', json('true')) "
                                 "WHERE id = ? AND detail = ?", (row["id"], row["detail"]))
@@ -160,13 +172,14 @@ class DatagenAlerts:
 
     async def _resolve_older(self, job: str, run_date: date, breaches: list[Breach], reported: Collection[date]) -> None:
         """Resolve the alerts of earlier days that this report clears. A day that still has no record keeps its
-        alert: a later day's numbers say nothing about it."""
+        alert: a later day's numbers say nothing about it; but a run that gave no record is cleared by this one."""
         for row in list(self.store.db.query(
                 "SELECT * FROM alerts WHERE source = ? AND key LIKE ? AND state != 'resolved'",
                 [SOURCE, f"{job}/%"])):
             day = date.fromisoformat(row["key"].rpartition("/")[2])
             alerted = [_breach(b) for b in json.loads(row["detail"])["breaches"]]
-            if day < run_date and day in reported and cleared(alerted, breaches):
+            gone = day in reported or all(b.rule_id == messages.RUN_FAILED for b in alerted)
+            if day < run_date and gone and cleared(alerted, breaches):
                 await self._resolve(job, day, row, actor="datagen")
 
     # -- what people do with an alert -----------------------------------------------------------------------
@@ -195,13 +208,13 @@ class DatagenAlerts:
         if row is None or job not in self.jobs:
             self.ctx.audit(actor=user, verb=verb, status="refused", model=job, version=run_date.isoformat(),
                            detail={"reason": "no such alert"})
-            return f"There is no datagen alert for {job} {run_date}."
+            return f"There is no {self.kind(job)} alert for {job} {run_date}."
         if row["state"] == "resolved":
             self.ctx.audit(actor=user, verb=verb, status="refused", model=job, version=run_date.isoformat(),
                            detail={"reason": "already resolved"})
-            return f"The datagen alert for {job} {run_date} is already resolved."
+            return f"The {self.kind(job)} alert for {job} {run_date} is already resolved."
         self.store.db["alerts"].update(row["id"], {"state": state, "acked_by": user})
         self.ctx.audit(actor=user, verb=verb, status="ok", channel=row["channel"], model=job,
                        version=run_date.isoformat(), detail=extra or {})
         await self._show(job, run_date)
-        return f"Datagen alert for {job} {run_date}: {state}."
+        return f"{self.kind(job).capitalize()} alert for {job} {run_date}: {state}."

@@ -1,4 +1,5 @@
-"""PNG charts for the daily summary's thread (the `charts` extra): the funnel, and final rows over 14 days.
+"""PNG charts (the `charts` extra): the funnel and final rows over 14 days in the datagen summary's thread, and a
+monitor's breached metrics over 14 days in its alert's thread.
 
 Figures are made with matplotlib's object API, not pyplot: pyplot keeps global state, and the bot renders off
 the event loop in a worker thread (`render` takes ~100 ms of CPU, which would hold up every ack and hook).
@@ -6,10 +7,12 @@ the event loop in a worker thread (`render` takes ~100 ms of CPU, which would ho
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping, Sequence
 from datetime import date, timedelta
 
 from matplotlib.figure import Figure
 
+from bot.datagen.record import Record
 from bot.datagen.report import Report
 
 DAYS = 14
@@ -37,18 +40,27 @@ def funnel(report: Report) -> bytes:
     return _png(figure)
 
 
-def final_rows(history: dict[date, Report], run_date: date) -> bytes:
+def metric_history(title: str, metrics: Sequence[str], history: Mapping[date, Record], run_date: date) -> bytes:
+    """Each metric's value on each of the DAYS days to `run_date`, one line each."""
     days = [run_date - timedelta(days=n) for n in range(DAYS - 1, -1, -1)]
-    rows = [history[d].final_rows if d in history and history[d].final_rows is not None else None for d in days]
     figure = Figure(figsize=(8, 3))
     axes = figure.subplots()
-    axes.plot([d for d, r in zip(days, rows, strict=True) if r is not None], [r for r in rows if r is not None], marker="o")
-    for day, value in zip(days, rows, strict=True):
-        if value is None:  # a missing or failed run is a gap, marked so nobody reads it as zero
+    for metric in metrics:
+        values = [history[d].metrics().get(metric) if d in history else None for d in days]
+        axes.plot([d for d, v in zip(days, values, strict=True) if v is not None], [v for v in values if v is not None],
+                  marker="o", label=metric)
+    for day in days:
+        if day not in history or history[day].failed:  # a missing or failed run is a gap, marked so nobody reads it as zero
             axes.axvline(day, color="#d04a4a", alpha=0.3)
-    axes.set_title(f"final rows, {DAYS} days to {run_date}")
+    if len(metrics) > 1:
+        axes.legend(fontsize=7)
+    axes.set_title(title)
     axes.tick_params(axis="x", labelrotation=45, labelsize=7)
     return _png(figure)
+
+
+def final_rows(history: Mapping[date, Record], run_date: date) -> bytes:
+    return metric_history(f"final rows, {DAYS} days to {run_date}", ["final_rows"], history, run_date)
 
 
 def render(job: str, run_date: date, history: dict[date, Report]) -> list[tuple[str, str, bytes]]:

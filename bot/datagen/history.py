@@ -1,40 +1,56 @@
-"""A datagen job's stored records and when each is due: the history the rules read and the summary compares.
+"""A monitor's stored records and when each is due: the history the rules read and the summary compares.
 
-Pure rules of timing, and the reads and writes of `datagen_reports`; no Slack.
+Pure rules of timing, and the reads and writes of `datagen_reports` (which holds every monitor's records, the
+datagen job's and those of `monitors`: one name space); no Slack.
 """
 from __future__ import annotations
 
-from collections.abc import Collection
-from datetime import UTC, date, datetime, timedelta
+from collections.abc import Callable, Collection, Mapping
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
-from bot.config import DatagenJob
+from bot.config import DatagenJob, Monitor, Watched
+from bot.datagen.record import Record, parse_record
 from bot.datagen.report import Report, parse_report
 from bot.serving.artifacts import open_store
 from bot.store import Store, iso
 
+Parser = Callable[..., Record]  # (raw, *, run_date) -> the record; ReportError when it cannot be read
 
-def due_at(job: DatagenJob, run_date: date) -> datetime:
-    """When the record of `run_date` should exist: the job's start in its zone plus its typical run time."""
+
+def due_at(job: Watched, run_date: date) -> datetime:
+    """When the record of `run_date` should exist: a datagen job's start in its zone plus its typical run time;
+    a monitor's first scheduled slot of that day."""
+    if isinstance(job, Monitor):
+        midnight = datetime.combine(run_date, time(0), ZoneInfo(job.tz))
+        return job.schedule.trigger().get_next_fire_time(None, midnight).astimezone(UTC)
+    assert isinstance(job, DatagenJob)
     start = datetime.combine(run_date, job.expected_at, ZoneInfo(job.tz))
     return (start + timedelta(minutes=job.typical_runtime_minutes)).astimezone(UTC)
 
 
-def run_date_at(job: DatagenJob, now: datetime) -> date:
+def parser_of(job: Watched) -> Parser:
+    """The datagen job's record keeps its own parser; any other monitor's is one JSON object of numbers."""
+    return parse_report if isinstance(job, DatagenJob) else parse_record
+
+
+def run_date_at(job: Watched, now: datetime) -> date:
     return now.astimezone(ZoneInfo(job.tz)).date()
 
 
-def source_uri(job: DatagenJob, run_date: date) -> str:
+def source_uri(job: DatagenJob | Monitor, run_date: date) -> str:
+    assert job.source is not None  # a source monitor's, or a datagen job's
     return job.source.format(date=run_date.isoformat())
 
 
-def load_history(store: Store, job: str) -> tuple[dict[date, Report], set[date]]:
-    """Every stored report of `job` by run date, and the days marked expected."""
+def load_history(store: Store, job: str, parse: Parser = parse_report) -> tuple[dict[date, Any], set[date]]:
+    """Every stored record of `job` by run date (read by `parse`), and the days marked expected."""
     reports, expected = {}, set()
     for day_text, raw, marked in store.conn.execute(
             "SELECT run_date, raw, expected FROM datagen_reports WHERE job = ?", (job,)):
         day = date.fromisoformat(day_text)
-        reports[day] = parse_report(raw, run_date=day)
+        reports[day] = parse(raw, run_date=day)
         if marked:
             expected.add(day)
     return reports, expected
@@ -87,7 +103,7 @@ def unreported(reported: Collection[date], today: date, lookback: int) -> list[d
             if (day := today - timedelta(days=k)) > first and day not in reported]
 
 
-def usual_runtime(history: dict[date, Report], run_date: date, days: int = 14) -> timedelta | None:
+def usual_runtime(history: Mapping[date, Report], run_date: date, days: int = 14) -> timedelta | None:
     """The median run time of the successful runs in the `days` before `run_date`."""
     times = sorted(r.run_time for d, r in history.items()
                    if run_date - timedelta(days=days) <= d < run_date and not r.failed and r.run_time is not None)

@@ -19,7 +19,7 @@ from bot.context import Context
 from bot.datagen import messages
 from bot.datagen.alerts import SOURCE
 from bot.datagen.history import run_date_at, save_record
-from bot.datagen.report import ReportError, parse_report
+from bot.datagen.report import ReportError
 from bot.datagen.service import DatagenError, DatagenService
 from bot.hooks import BodyTooLarge, HookQueue, max_body_bytes, not_stored, read_body
 
@@ -89,7 +89,7 @@ class DatagenHook:
         source = f"hook:{request.remote}"
         answer: dict[str, Any] = {"job": job, "run_date": day.isoformat()}
         try:
-            parse_report(body, run_date=day)  # validate before storing; history keeps only readable records
+            self.datagen.parse(job, body, day)  # validate before storing; history keeps only readable records
         except ReportError as exc:
             # The alert saying so is posted from the queue; the audit row and the queued item commit together.
             try:
@@ -124,5 +124,5 @@ class DatagenHook:
 
     async def _unreadable_queued(self, item: dict[str, Any]) -> None:
         job, day = item["job"], date.fromisoformat(item["date"])
-        await self.datagen.sync_alert(job, day, [messages.unreadable(job, day, item["reason"], item["source"])], None,
-                                      actor="datagen.hook")
+        breach = messages.unreadable(self.datagen.kind(job), day, item["reason"], item["source"])
+        await self.datagen.sync_alert(job, day, [breach], None, actor="datagen.hook")

@@ -1,4 +1,4 @@
-"""Block Kit for datagen monitoring: the alert of one run date, the daily summary and its thread details."""
+"""Block Kit for monitoring: the alert of one run date (any monitor's), the datagen daily summary and its details."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -8,8 +8,9 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel
 
-from bot.config import RETRAIN_BUTTONS
+from bot.config import RETRAIN_BUTTONS, Monitor
 from bot.datagen.causes import Cause, explains, funnel_step, group
+from bot.datagen.record import Record
 from bot.datagen.report import Report
 from bot.datagen.rules import Breach, StageMove, slack_time
 from bot.notifier import Message
@@ -126,22 +127,22 @@ def summary_text(breaches: list[Breach], tolerance_pct: float) -> str:
 
 def alert(
     job: str, run_date: date, breaches: list[Breach], *, state: AlertState = "open", mover: StageMove | None = None,
-    by: str | None = None, note: str = "", retrain: Sequence[str] = (), tolerance_pct: float = 5,
+    by: str | None = None, note: str = "", retrain: Sequence[str] = (), tolerance_pct: float = 5, kind: str = "datagen",
 ) -> Message:
     """The one alert message of a run date: its leading cause first, one line per cause, the biggest mover where it
     explains a funnel cause, and what people can do. Every breach is in the thread (`breach_list`)."""
     causes = group(breaches, tolerance_pct)
     title = cause_title(causes[0]) if causes else "no breaches"
-    head = f"{_STATE_HEAD[state]} datagen *{job}* {run_date}: {title}"
+    head = f"{_STATE_HEAD[state]} {kind} *{job}* {run_date}: {title}"
     if state == "resolved":
-        head = f"{_STATE_HEAD[state]} ~datagen *{job}* {run_date}: {title}~ resolved"
-    text = f"datagen {job} {run_date}: " + (
+        head = f"{_STATE_HEAD[state]} ~{kind} *{job}* {run_date}: {title}~ resolved"
+    text = f"{kind} {job} {run_date}: " + (
         "resolved" if state == "resolved" else f"{breaches_count(len(breaches))} ({severity_of(breaches)})")
     shown = causes if len(causes) <= MAX_CAUSE_LINES else causes[:MAX_CAUSE_LINES - 1]
     lines = [cause_line(c) for c in shown]
     if rest := causes[len(shown):]:  # counted and pointed at, never dropped silently
         lines.append(f"…and {plural(len(rest), 'more cause')} ({breaches_count(sum(len(c.breaches) for c in rest))}) "
-                     f"in the thread and under `/mlops datagen {run_date}`")
+                     f"in the thread and under {_view(job, run_date, kind)}")
     blocks = [_section(head), _section("\n".join(lines) or "no breaches")]
     if explains(mover, causes):
         assert mover is not None
@@ -151,7 +152,7 @@ def alert(
     status = {"acked": f"Acked by <@{by}>", "silenced": f"Silenced by <@{by}>", "expected": f"Marked expected by <@{by}>",
               "resolved": "Cleared by a later report", "open": ""}[state]
     count = (f"{breaches_count(len(breaches))} from {plural(len(causes), 'cause')}: every one in the "
-             f"thread and under `/mlops datagen {run_date}`") if len(breaches) > len(shown) else ""
+             f"thread and under {_view(job, run_date, kind)}") if len(breaches) > len(shown) else ""
     if status or note or count:
         blocks.append(_context(" · ".join(x for x in (status, note, count) if x)))
     if state != "resolved":
@@ -166,24 +167,40 @@ def alert(
     return Message(text=text, blocks=blocks)
 
 
+def _view(job: str, run_date: date, kind: str) -> str:
+    return f"`/mlops datagen {run_date}`" if kind == "datagen" else f"`/mlops datagen {run_date} job={job}`"
+
+
 _SECTION_CHARS = 2900  # under Slack's 3,000 a section
 
 
-def breach_list(job: str, run_date: date, breaches: list[Breach]) -> Message:
+def breach_list(job: str, run_date: date, breaches: list[Breach], *, kind: str = "datagen") -> Message:
     """Every breach of an alert, one line each, in as many sections as they need: nothing cut. The notifier
     spreads a list past one message's blocks over several (or a file), so the whole list always arrives."""
-    sections = [f"*Every breach of datagen {job} {run_date}* ({len(breaches):,})"]
+    sections = [f"*Every breach of {kind} {job} {run_date}* ({len(breaches):,})"]
     for line in map(breach_line, breaches):
         if len(sections[-1]) + len(line) + 1 > _SECTION_CHARS:
             sections.append("")
         sections[-1] += "\n" + line[:_SECTION_CHARS]
-    return Message(text=f"datagen {job} {run_date}: every breach", blocks=[_section(t.strip()) for t in sections])
+    return Message(text=f"{kind} {job} {run_date}: every breach", blocks=[_section(t.strip()) for t in sections])
 
 
-def unreadable(job: str, run_date: date, reason: str, uri: str) -> Breach:
+def unreadable(kind: str, run_date: date, reason: str, uri: str) -> Breach:
     """A record that cannot be read, as the breach its alert lists."""
     return Breach("unreadable", "crit", None, None, None, None, None,
-                  f"datagen report for {run_date} unreadable: {reason} ({uri})")
+                  f"{kind} report for {run_date} unreadable: {reason} ({uri})")
+
+
+RUN_FAILED = "run_error"  # the rule id of a monitor run that gave no record
+
+
+def run_failed(name: str, reason: str, monitor: Monitor) -> Breach:
+    """A monitor's command or notebook that gave no record, as the one breach of its alert, with what to do."""
+    what = "notebook" if monitor.notebook else "command"
+    return Breach(RUN_FAILED, "crit", None, None, None, None, None,
+                  f"monitor {name}: {reason}. Fix `monitors.{name}.{what}` (try it by hand with MLOPS_RUN_DATE set); "
+                  f"it runs again at its next slot ({monitor.schedule.cron}, {monitor.schedule.tz}) and this alert "
+                  "resolves at the first good run")
 
 
 def _duration(delta: timedelta | None) -> str:
@@ -275,6 +292,22 @@ def comparison(job: str, report: Report, other: Report, mover: StageMove | None)
     if mover is not None:
         blocks.append(_context(f"Biggest mover: {mover.stage} ({pct(mover.pass_rate_change_pct)} pass rate)"))
     return Message(text=f"datagen {job} {report.run_date} vs {other.run_date}", blocks=blocks)
+
+
+MAX_METRICS_SHOWN = 40
+
+
+def record_view(job: str, record: Record, breaches: int) -> Message:
+    """A monitor's record of one day as `/mlops datagen DATE job=J` shows it: its status and its metrics."""
+    status = (f":x: monitor *{job}* {record.run_date} *failed*: {'; '.join(record.errors)[:500] or 'success is false'}"
+              if record.failed else f":white_check_mark: monitor *{job}* {record.run_date}: "
+              + (breaches_count(breaches) if breaches else "no breaches"))
+    values = record.metrics()
+    rows = [f"{name[:48]:<50}{num(value):>16}" for name, value in list(values.items())[:MAX_METRICS_SHOWN]]
+    if len(values) > MAX_METRICS_SHOWN:
+        rows.append(f"…and {plural(len(values) - MAX_METRICS_SHOWN, 'more metric')}")
+    blocks = [_section(status)] + ([_section("```" + "\n".join(rows) + "```")] if rows else [])
+    return Message(text=f"monitor {job} {record.run_date}: {'failed' if record.failed else 'ok'}", blocks=blocks)
 
 
 def text_only(text: str) -> Message:

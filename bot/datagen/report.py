@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from datetime import date, datetime, timedelta
 from functools import cache, cached_property
 from types import MappingProxyType
-from typing import Annotated, Any, NamedTuple
+from typing import Annotated, Any, ClassVar, NamedTuple
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
@@ -125,7 +125,7 @@ _STAGE_PREFIXES = {
     "item_loss_percentage_": "item_loss_pct",
 }
 # `error`, `ERROR`, `upload_error_message`, `exception`...; not counters such as `num_error_events`.
-_ERROR_KEY = re.compile(r"(?:^|_)(?:errors?|error_message|exception)$", re.IGNORECASE)
+ERROR_KEY = re.compile(r"(?:^|_)(?:errors?|error_message|exception)$", re.IGNORECASE)
 # What a successful run must report; a failed run may stop writing numbers anywhere.
 _REQUIRED_WHEN_OK = (
     "embedding_join_events", "embedding_join_items", "embedding_join_item_loss_pct", "final_rows",
@@ -158,7 +158,7 @@ class FunnelStep(NamedTuple):
 class MetricNames:
     """The metric names of one record layout.
 
-    Records with the same keys share one instance (see `_layout`), so a rule's glob is matched once per
+    Records with the same keys share one instance (see `layout`), so a rule's glob is matched once per
     layout instead of once per report: this keeps a year-long backtest fast.
     """
 
@@ -179,7 +179,7 @@ class MetricNames:
 _LAYOUTS: dict[tuple[str, ...], MetricNames] = {}
 
 
-def _layout(names: tuple[str, ...]) -> MetricNames:
+def layout(names: tuple[str, ...]) -> MetricNames:
     return _LAYOUTS.setdefault(names, MetricNames(names))
 
 
@@ -187,6 +187,7 @@ class Report(BaseModel):
     """One run of the datagen job. Field aliases are the record's own keys."""
 
     model_config = ConfigDict(frozen=True, extra="allow", populate_by_name=True)
+    label: ClassVar[str] = "datagen"  # how breaches name the run
 
     run_date: date
     success: bool = Field(alias="SUCCESS")
@@ -224,7 +225,7 @@ class Report(BaseModel):
             if prefix is not None:
                 name = key.removeprefix(prefix)
                 stages.setdefault(name, {"name": name})[_STAGE_PREFIXES[prefix]] = value
-            elif _ERROR_KEY.search(key):
+            elif ERROR_KEY.search(key):
                 if value:
                     errors.extend(map(str, value) if isinstance(value, list) else [str(value)])
             else:
@@ -304,7 +305,7 @@ class Report(BaseModel):
         if self.run_time is not None:
             found["runtime_minutes"] = self.run_time.total_seconds() / 60
         values = {name: float(value) for name, value in found.items() if value is not None}
-        return MappingProxyType(values), _layout(tuple(values))
+        return MappingProxyType(values), layout(tuple(values))
 
 
 _INTERVAL = re.compile(r"\(\s*(-?inf|-?\d+(?:\.\d+)?)\s*,\s*(-?inf|-?\d+(?:\.\d+)?)\s*\]")
@@ -325,12 +326,8 @@ def bucket_slug(label: str) -> str:
     return f"{low}_{high}d"
 
 
-def parse_report(raw: bytes | str | Mapping[str, Any], *, run_date: date | None = None) -> Report:
-    """Read one monitoring record. `run_date` (from the file name or URI) wins over the start time's date.
-
-    Raises ReportError with one short reason for unreadable JSON, missing keys, negative counts and text
-    fields that do not parse.
-    """
+def json_object(raw: bytes | str | Mapping[str, Any]) -> Mapping[str, Any]:
+    """A record's JSON object; ReportError with a short reason for anything else."""
     if isinstance(raw, (bytes, str)):
         try:
             raw = json.loads(raw)
@@ -342,6 +339,16 @@ def parse_report(raw: bytes | str | Mapping[str, Any], *, run_date: date | None 
             raise ReportError("unreadable JSON: nested too deeply") from None
     if not isinstance(raw, Mapping):
         raise ReportError(f"unreadable JSON: expected an object, got {type(raw).__name__}")
+    return raw
+
+
+def parse_report(raw: bytes | str | Mapping[str, Any], *, run_date: date | None = None) -> Report:
+    """Read one monitoring record. `run_date` (from the file name or URI) wins over the start time's date.
+
+    Raises ReportError with one short reason for unreadable JSON, missing keys, negative counts and text
+    fields that do not parse.
+    """
+    raw = json_object(raw)
     data = {**raw, "run_date": run_date} if run_date is not None else raw
     try:
         return Report.model_validate(data)

@@ -1,8 +1,9 @@
 """Datagen alert rules: declarative models and their pure evaluation over a history of reports.
 
-The rule models are what `datagen.jobs.<job>.rules` holds in mlops-bot.yaml (examples/datagen/rules.yaml
-has the team's defaults). A rule names metrics by the dotted names of `Report.metrics()`, or by a glob of
-them (`stage.*.events`, `*.items`; `*` also crosses dots).
+The rule models are what `datagen.jobs.<job>.rules` and `monitors.<name>.rules` hold in mlops-bot.yaml
+(examples/datagen/rules.yaml has the datagen team's defaults). A rule names metrics by the dotted names of a
+record's `metrics()` (bot/datagen/record.py), or by a glob of them (`stage.*.events`, `*.items`; `*` also
+crosses dots).
 
 Baselines skip incidents. A day is healthy when it has a successful report that breached no rule, or that
 was marked expected: its numbers are the new normal, so no day before it is a baseline for the days after
@@ -28,6 +29,7 @@ from typing import Annotated, Literal, NamedTuple
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveFloat, model_validator
 
+from bot.datagen.record import Record
 from bot.datagen.report import Duration, Report
 
 Severity = Literal["warn", "crit"]
@@ -178,7 +180,7 @@ DEFAULT_LOOKBACK = 7
 
 def evaluate(
     rules: Sequence[Rule],
-    history: Mapping[date, Report],
+    history: Mapping[date, Record],
     run_date: date,
     *,
     expected: Collection[date] = frozenset(),
@@ -186,23 +188,26 @@ def evaluate(
     expected_at: datetime | None = None,
     grace: timedelta = DEFAULT_GRACE,
     lookback: int = DEFAULT_LOOKBACK,
+    missing: str = "datagen report",
 ) -> list[Breach]:
     """Every breach of `rules` by the run of `run_date`, in rule order.
 
     `history` holds the reports by run date (it may include `run_date` itself); `expected` are the days marked
     expected. Freshness needs `now` and `expected_at` (when the report for `run_date` was due); without them a
-    missing report breaches nothing. `grace` is the job's, for freshness rules that set none.
+    missing report breaches nothing. `grace` is the job's, for freshness rules that set none; `missing` names
+    what did not come.
     """
     if run_date in history:
         return Verdicts(rules, history, expected=expected, lookback=lookback).of(run_date)
     if now is None or expected_at is None:
         return []
     rules_grace = [(r, grace if r.grace is None else r.grace) for r in rules if isinstance(r, FreshnessRule)]
-    return [_overdue(r, run_date, expected_at, wait) for r, wait in rules_grace if now >= expected_at + wait]
+    return [_overdue(r, run_date, expected_at, wait, missing) for r, wait in rules_grace
+            if now >= expected_at + wait]
 
 
 def backtest(
-    rules: Sequence[Rule], history: Mapping[date, Report], days: int, *, expected: Collection[date] = frozenset(),
+    rules: Sequence[Rule], history: Mapping[date, Record], days: int, *, expected: Collection[date] = frozenset(),
     lookback: int = DEFAULT_LOOKBACK,
 ) -> dict[str, int]:
     """On how many of the last `days` days (up to the newest report) each rule would have fired.
@@ -227,7 +232,7 @@ class Verdicts:
     """The breaches of every reported day of one history, judged once each and in date order, so that a day's
     baselines know which days before it were healthy."""
 
-    def __init__(self, rules: Sequence[Rule], history: Mapping[date, Report], *,
+    def __init__(self, rules: Sequence[Rule], history: Mapping[date, Record], *,
                  expected: Collection[date] = frozenset(), lookback: int = DEFAULT_LOOKBACK) -> None:
         self.rules, self.history, self.expected, self.lookback = rules, history, expected, lookback
         self._days, self._expected = sorted(history), sorted(expected)
@@ -340,7 +345,7 @@ class _Baselines:
         return of, f"the median of the last {weeks} {self._run_date:%A}s"
 
 
-def _changed(rule: ChangeRule, report: Report, baseline: Callable[[str], float | None],
+def _changed(rule: ChangeRule, report: Record, baseline: Callable[[str], float | None],
              against: str) -> Iterator[Breach]:
     values = report.metrics()
     for metric in report.metric_names.matching(rule.metric):
@@ -357,7 +362,7 @@ def _changed(rule: ChangeRule, report: Report, baseline: Callable[[str], float |
                      f"{severity} above {_num(threshold)}%)")
 
 
-def _recorded(rule: RecordedChangeRule, report: Report) -> Iterator[Breach]:
+def _recorded(rule: RecordedChangeRule, report: Record) -> Iterator[Breach]:
     values = report.metrics()
     for metric in report.metric_names.matching(rule.metric):
         change = values[metric]
@@ -368,7 +373,7 @@ def _recorded(rule: RecordedChangeRule, report: Report) -> Iterator[Breach]:
                      f"{metric} {_moved(change)} as reported by the job ({severity} above {_num(threshold)}%)")
 
 
-def _out_of_bounds(rule: BoundRule, report: Report) -> Iterator[Breach]:
+def _out_of_bounds(rule: BoundRule, report: Record) -> Iterator[Breach]:
     values = report.metrics()
     for metric in report.metric_names.matching(rule.metric):
         value = values[metric]
@@ -394,16 +399,16 @@ def slack_time(moment: datetime) -> str:
     return f"<!date^{int(moment.timestamp())}^{{date_short_pretty}} {{time}}|{fallback}>"
 
 
-def _overdue(rule: FreshnessRule, run_date: date, expected_at: datetime, grace: timedelta) -> Breach:
+def _overdue(rule: FreshnessRule, run_date: date, expected_at: datetime, grace: timedelta, missing: str) -> Breach:
     return Breach(rule.id, rule.severity, None, None, None, None, None,
-                  f"raw data not found: no datagen report for {run_date} by {slack_time(expected_at + grace)} "
+                  f"raw data not found: no {missing} for {run_date} by {slack_time(expected_at + grace)} "
                   f"(due {slack_time(expected_at)}, grace {format_grace(grace)})")
 
 
-def _failed(rule: FailedRule, report: Report) -> Breach:
+def _failed(rule: FailedRule, report: Record) -> Breach:
     cause = "; ".join(report.errors) or "SUCCESS is false"
     return Breach(rule.id, rule.severity, None, None, None, None, None,
-                  f"datagen run for {report.run_date} failed: {cause}")
+                  f"{report.label} run for {report.run_date} failed: {cause}")
 
 
 def _change_pct(value: float, before: float) -> float:

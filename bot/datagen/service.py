@@ -1,9 +1,15 @@
-"""Datagen monitoring: fetch each day's record, keep the history, raise one alert per run date, post the summary.
+"""Monitoring: fetch each day's record, keep the history, raise one alert per run date, post the summary.
 
-A record reaches the bot three ways (the scheduled poll of the job's source URI, the signed webhook of
-bot/datagen/hook.py and `mlops-bot datagen ingest`), and all of them end in `ingest`: store by (job, run date),
-evaluate the rules against the stored history, then bring the run date's alert message in line with what is
-breached now (bot/datagen/alerts.py) and post the day's summary once.
+Every monitor is judged here: the datagen job (`datagen.jobs`) and the team checks of `monitors`, which differ
+only in where their record comes from and how it is parsed (bot/datagen/history.py `parser_of`). A record
+reaches the bot by the scheduled poll of a source URI, by running a monitor's command or notebook on its
+schedule (bot/datagen/runner.py), by the signed webhook of bot/datagen/hook.py or by `mlops-bot datagen ingest`,
+and all of them end in `ingest`: store by (job, run date), evaluate the rules against the stored history, then
+bring the run date's alert message in line with what is breached now (bot/datagen/alerts.py). The datagen job
+also posts its daily summary once; other monitors speak only when a rule fires.
+
+A run that gives no record (a command that exits non-zero, times out or prints no JSON object) is one alert for
+its run date, edited as further runs fail, resolved by the first good run.
 
 A day without a record is alerted once ("raw data not found"): by the poll at its deadline, when the next
 record arrives, or at start (`catch_up`) for deadlines that passed while the bot was down.
@@ -11,13 +17,15 @@ record arrives, or at start (`catch_up`) for deadlines that passed while the bot
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from datetime import UTC, date, datetime, timedelta
 from functools import partial
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from apscheduler.triggers.interval import IntervalTrigger
 
+from bot.config import DatagenJob, Monitor
 from bot.context import Context
 from bot.datagen import messages
 from bot.datagen.alerts import DatagenAlerts
@@ -25,6 +33,7 @@ from bot.datagen.history import (
     due_at,
     gap_before,
     load_history,
+    parser_of,
     read_source,
     run_date_at,
     save_record,
@@ -33,14 +42,18 @@ from bot.datagen.history import (
     unreported,
     usual_runtime,
 )
-from bot.datagen.report import Report, ReportError, parse_report
+from bot.datagen.report import Report, ReportError
 from bot.datagen.rules import Breach, StageMove, Verdicts, biggest_mover, evaluate
+from bot.datagen.runner import RunFailed, notebooks_missing, run_monitor
 from bot.notifier import Message, SlackError
 from bot.scheduler import Scheduler
 from bot.serving.artifacts import ArtifactError
 from bot.silences import Silences
 
 log = logging.getLogger(__name__)
+
+MAX_CHARTED = 5  # metrics on a monitor alert's chart
+MONITOR_GRACE = timedelta(hours=6)  # a monitor's slot missed while the bot was down still runs this long after
 
 
 class DatagenError(ValueError):
@@ -58,16 +71,23 @@ class DatagenService(DatagenAlerts):
     def __init__(self, ctx: Context, *, scheduler: Scheduler, silences: Silences) -> None:
         super().__init__(ctx, silences=silences)
         self._posting: set[tuple[str, str]] = set()  # summary slots this process is posting now
-        for name, job in self.jobs.items():
+        for name, job in ctx.config.datagen.jobs.items():
             every = timedelta(minutes=job.poll_minutes)
             trigger = IntervalTrigger(minutes=job.poll_minutes, start_date=datetime(2000, 1, 1, tzinfo=UTC),
                                       timezone=UTC)
             scheduler.add(f"datagen.poll.{name}", trigger, partial(self.poll, name), grace=every)
+        for name, monitor in ctx.config.monitors.items():
+            if monitor.notebook and notebooks_missing():
+                log.warning("monitors.%s is a notebook, and papermill is not installed: not scheduled (install the "
+                            "`notebooks` extra: pip install 'mlops-chatops[notebooks]')", name)
+                continue
+            scheduler.add(f"monitor.run.{name}", monitor.schedule.trigger(), partial(self.run, name),
+                          grace=MONITOR_GRACE)
 
     # -- history --------------------------------------------------------------------------------------------
 
-    def history(self, job: str) -> tuple[dict[date, Report], set[date]]:
-        return load_history(self.store, job)
+    def history(self, job: str) -> tuple[dict[date, Any], set[date]]:
+        return load_history(self.store, job, parser_of(self.jobs[job]))
 
     # -- ingest ---------------------------------------------------------------------------------------------
 
@@ -82,11 +102,32 @@ class DatagenService(DatagenAlerts):
             if not self._announced(job_name, day):  # stored by `mlops-bot datagen ingest` without Slack
                 await self.announce(job_name, day, actor="scheduler")
             return
-        uri = source_uri(job, day)
+        await self._fetch(job_name, day, slot)
+
+    async def run(self, name: str, slot: datetime) -> None:
+        """A monitor's scheduled slot: fetch its source, or run its command or notebook, and judge the record."""
+        monitor = self.jobs[name]
+        assert isinstance(monitor, Monitor)
+        day = run_date_at(monitor, slot)
+        if monitor.source is not None:
+            await self._fetch(name, day, slot)
+            return
+        origin = f"notebook {monitor.notebook}" if monitor.notebook else f"command {' '.join(monitor.command)}"
+        try:
+            raw = await run_monitor(monitor, day)
+        except RunFailed as exc:
+            self.ctx.audit(actor="scheduler", verb="monitor.run", status="error", model=name, version=day.isoformat(),
+                           detail={"reason": exc.reason, "slot": slot.isoformat()})
+            await self.sync_alert(name, day, [messages.run_failed(name, exc.reason, monitor)], None, actor="scheduler")
+            return
+        await self.ingest(name, day, raw, origin, actor="scheduler")
+
+    async def _fetch(self, job_name: str, day: date, slot: datetime) -> None:
+        uri = source_uri(self.jobs[job_name], day)
         try:
             raw = await read_source(uri, self.ctx.config.s3.endpoint_url)
         except ArtifactError as exc:
-            log.info("datagen %s %s not there yet: %s", job_name, day, exc)
+            log.info("monitor %s %s not there yet: %s", job_name, day, exc)
             await self._overdue(job_name, day, slot, actor="scheduler")
             return
         await self.ingest(job_name, day, raw, uri, actor="scheduler")
@@ -105,7 +146,7 @@ class DatagenService(DatagenAlerts):
         job = self.jobs[job_name]
         history, expected = self.history(job_name)
         breaches = evaluate(job.rules, history, day, expected=expected, now=now, expected_at=due_at(job, day),
-                            grace=job.grace)
+                            grace=job.grace, missing=f"{self.kind(job_name)} report")
         if breaches:
             await self.sync_alert(job_name, day, breaches, None, actor=actor)
 
@@ -114,9 +155,9 @@ class DatagenService(DatagenAlerts):
         an unreadable record becomes an alert and leaves the history as it was."""
         text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
         try:
-            parse_report(raw, run_date=run_date)  # validate before storing; history keeps only readable records
+            self.parse(job_name, raw, run_date)  # validate before storing; history keeps only readable records
         except ReportError as exc:
-            breach = messages.unreadable(job_name, run_date, exc.reason, source)
+            breach = messages.unreadable(self.kind(job_name), run_date, exc.reason, source)
             self.ctx.audit(actor=actor, verb="datagen.ingest", status="unreadable", model=job_name,
                            version=run_date.isoformat(), detail={"source": source, "reason": exc.reason})
             await self.sync_alert(job_name, run_date, [breach], None, actor=actor)
@@ -142,12 +183,17 @@ class DatagenService(DatagenAlerts):
         history, expected = self.history(job_name)
         verdicts = Verdicts(job.rules, history, expected=expected, lookback=job.baseline_lookback_days)
         breaches = verdicts.of(run_date)
-        await self.sync_alert(job_name, run_date, breaches, self._mover(verdicts, run_date), actor=actor)
+        datagen = isinstance(job, DatagenJob)
+        await self.sync_alert(job_name, run_date, breaches, self._mover(verdicts, run_date) if datagen else None,
+                              actor=actor)
         await self._resolve_older(job_name, run_date, breaches, history)
         missing = gap_before(history, run_date, job.baseline_lookback_days)
         for day in missing:
             if self.alert_row(job_name, day) is None:
                 await self._overdue(job_name, day, self.ctx.clock(), actor=actor)
+        if not datagen:  # a monitor speaks only through its alerts; the datagen job also posts its day
+            await self._chart_alert(job_name, run_date, breaches, history)
+            return breaches
         slot = (f"datagen.summary.{job_name}", run_date.isoformat())
         if slot in self._posting:
             return breaches
@@ -190,19 +236,41 @@ class DatagenService(DatagenAlerts):
         except ImportError:  # the `charts` extra is not installed: the summary stands without pictures
             return
         for filename, title, png in await asyncio.to_thread(charts.render, job, run_date, history):
-            try:
-                await self.ctx.notifier.upload(channel, filename, png, title=title, thread_ts=ts)
-            except SlackError as exc:
-                self.ctx.audit(actor="datagen", verb="datagen.chart", status="error", channel=channel, model=job,
-                               version=run_date.isoformat(), detail={"file": filename, "error": str(exc)})
+            await self._upload(job, run_date, channel, ts, filename, title, png)
+
+    async def _chart_alert(self, job: str, run_date: date, breaches: list[Breach], history: dict[date, Any]) -> None:
+        """A monitor has no summary: its alert's thread gets the breached metrics over the last days, once per set
+        of breaches (the mark lives in the detail `sync_alert` rewrites, as the thread's list of breaches does)."""
+        row = self.alert_row(job, run_date)
+        metrics = sorted({b.metric for b in breaches if b.metric})[:MAX_CHARTED]
+        if row is None or row["ts"] is None or not metrics or json.loads(row["detail"]).get("charted"):
+            return
+        try:
+            from bot.datagen import charts
+        except ImportError:
+            return
+        title = f"monitor {job}: {', '.join(metrics)}, {charts.DAYS} days to {run_date}"
+        png = await asyncio.to_thread(charts.metric_history, title, metrics, history, run_date)
+        await self._upload(job, run_date, row["channel"], row["ts"], f"{job}-{run_date}-metrics.png", title, png)
+        self.store.conn.execute("UPDATE alerts SET detail = json_set(detail, '$.charted', json('true')) "
+                                "WHERE id = ? AND detail = ?", (row["id"], row["detail"]))
+
+    async def _upload(self, job: str, run_date: date, channel: str, ts: str, filename: str, title: str,
+                      png: bytes) -> None:
+        try:
+            await self.ctx.notifier.upload(channel, filename, png, title=title, thread_ts=ts)
+        except SlackError as exc:
+            self.ctx.audit(actor="datagen", verb="datagen.chart", status="error", channel=channel, model=job,
+                           version=run_date.isoformat(), detail={"file": filename, "error": str(exc)})
 
     # -- what /mlops datagen shows --------------------------------------------------------------------------
 
     def job_name(self, given: str | None) -> str:
+        """The datagen job or monitor named; unnamed, the only datagen job."""
         if given is None:
-            if len(self.jobs) != 1:
+            if len(datagen := self.ctx.config.datagen.jobs) != 1:
                 raise DatagenError(f"name the job with job=…; jobs: {', '.join(sorted(self.jobs)) or 'none'}")
-            return next(iter(self.jobs))
+            return next(iter(datagen))
         if given not in self.jobs:
             raise DatagenError(f"unknown datagen job `{given}`; jobs: {', '.join(sorted(self.jobs)) or 'none'}")
         return given
@@ -214,6 +282,11 @@ class DatagenService(DatagenAlerts):
             raise DatagenError(f"no datagen report for {job} {day or ''}".rstrip()
                                + (f"; the latest is {max(history)}" if history else ""))
         report = history[day]
+        settings = self.jobs[job]
+        if not isinstance(settings, DatagenJob):
+            if compare is not None:
+                raise DatagenError(f"`compare` is for a datagen job's funnel; {job} is a monitor")
+            return self._monitor_view(job, day, history, expected)
         if compare is not None:
             if compare not in history:
                 raise DatagenError(f"no datagen report for {job} {compare} to compare with")
@@ -222,7 +295,6 @@ class DatagenService(DatagenAlerts):
             return [messages.comparison(job, report, other, mover)]
         # The day's breaches as its record is judged now: what its summary said, and the full list its alert
         # points at, resolved or not.
-        settings = self.jobs[job]
         breaches = evaluate(settings.rules, history, day, expected=expected, lookback=settings.baseline_lookback_days)
         before, week = history.get(day - timedelta(days=1)), history.get(day - timedelta(days=7))
         shown = [messages.summary(job, report, before, week, usual_runtime=usual_runtime(history, day),
@@ -231,4 +303,12 @@ class DatagenService(DatagenAlerts):
             shown.append(messages.details(report, before, week, tz=settings.tz))
         if breaches:
             shown.append(messages.breach_list(job, day, breaches))
+        return shown
+
+    def _monitor_view(self, job: str, day: date, history: dict[date, Any], expected: set[date]) -> list[Message]:
+        settings = self.jobs[job]
+        breaches = evaluate(settings.rules, history, day, expected=expected, lookback=settings.baseline_lookback_days)
+        shown = [messages.record_view(job, history[day], len(breaches))]
+        if breaches:
+            shown.append(messages.breach_list(job, day, breaches, kind="monitor"))
         return shown

@@ -8,9 +8,11 @@ from pydantic import BaseModel
 
 from bot.notifier import Message, RowId, escape
 from bot.pipelines.model import FailedTask, ordinal
-from bot.releases.messages import btn, context, section, when
+from bot.releases.messages import btn, context, reason_modal, section, when
 
 RETRY, ACK, SILENCE = "pipelines.retry", "pipelines.ack", "pipelines.silence"
+MARK_SUCCESS = "pipelines.mark_success"  # the modal's callback id; its buttons are MARK_SUCCESS.<i>
+MARK_BUTTONS = 3  # "Mark <task> success" buttons on one alert, one per failed task (action ids are unique)
 TAIL_LINES = 15
 TAIL_CHARS = 2500
 
@@ -21,6 +23,20 @@ class PipelineRef(BaseModel):
 
     alert: RowId
     failure: int = 1
+
+
+class TaskRef(PipelineRef):
+    """A "Mark <task> success" button, and the modal it opens for the reason."""
+
+    task: str
+
+
+class Marked(BaseModel):
+    """A failed task someone marked success from the alert, and why."""
+
+    task_id: str
+    by: str
+    reason: str
 
 
 class RunAlert(BaseModel):
@@ -36,6 +52,7 @@ class RunAlert(BaseModel):
     failed_at: datetime | None = None
     failure: int = 1
     by: str | None = None  # who acked, silenced or retried it
+    marked: list[Marked] = []
 
 
 def _task_line(t: FailedTask) -> str:
@@ -59,6 +76,8 @@ def run_alert(a: RunAlert, row_id: int) -> Message:
         "retrying": f":arrows_counterclockwise: *Retrying* · {where}" + (f" · failed tasks cleared by <@{a.by}>" if a.by else ""),
         "resolved": f":white_check_mark: *Recovered* · ~{where}~ succeeded",
     }
+    if a.state == "resolved" and a.marked:
+        heads["resolved"] = f":white_check_mark: *Marked success* · ~{where}~ by <@{a.marked[-1].by}>"
     blocks: list[dict[str, Any]] = [section(heads[a.state])]
     if a.state != "resolved":
         blocks.append(section("\n".join(_task_line(t) for t in a.tasks) or "no task is marked failed; see the run in Airflow"))
@@ -68,6 +87,9 @@ def run_alert(a: RunAlert, row_id: int) -> Message:
             blocks.append(section(f"{title}\n```{_tail(a.tail)}```"))
         elif a.tail_error:
             blocks.append(context(f"no log tail: {escape(a.tail_error[:300])}"))
+    if a.marked:
+        blocks.append(context("\n".join(f"`{escape(m.task_id)}` marked success by <@{m.by}>: {escape(m.reason[:300])}"
+                                        for m in a.marked)))
     facts = [f"failed {when(a.failed_at)}" if a.failed_at else "", f"<{a.url}|open in Airflow>" if a.url else ""]
     if any(facts):
         blocks.append(context(" · ".join(f for f in facts if f)))
@@ -77,6 +99,9 @@ def run_alert(a: RunAlert, row_id: int) -> Message:
         if a.state == "open":
             buttons.append(btn("Ack", ACK, ref))
         buttons.append(btn("Silence 24h", SILENCE, ref))
+        buttons += [btn(f"Mark {t.task_id[:50]} success", f"{MARK_SUCCESS}.{i}",
+                        TaskRef(alert=row_id, failure=a.failure, task=t.task_id))
+                    for i, t in enumerate(a.tasks[:MARK_BUTTONS])]
         blocks.append({"type": "actions", "block_id": f"pipelines-{row_id}-{a.failure}", "elements": buttons})
     word = {"resolved": "recovered", "retrying": "retrying"}.get(a.state, "failed")
     return Message(text=f"Pipeline {a.dag_id} {word}: run {a.run_id}", blocks=blocks)
@@ -95,3 +120,9 @@ def unreachable(error: str, *, resolved: bool) -> Message:
     text = (":white_check_mark: The bot reaches Airflow again; watched pipelines are checked as before." if resolved
             else f":warning: The bot cannot check its watched pipelines: {escape(error[:500])}")
     return Message(text=text, blocks=[section(text)])
+
+
+def mark_success_modal(ref: TaskRef) -> dict[str, Any]:
+    return reason_modal(MARK_SUCCESS, "Mark success", f"Mark task `{escape(ref.task)}` of this run success in Airflow? "
+                        "Airflow does not run it again; once no failed task remains the run is marked success too.",
+                        "Mark success", ref)

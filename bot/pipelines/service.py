@@ -302,6 +302,38 @@ class PipelineWatch:
         tasks = ", ".join(f"`{t}`" for t in cleared) or "no task (none was failed any more)"
         return f"Cleared {tasks} of run `{alert.run_id}`; Airflow runs them again and the alert follows the run."
 
+    async def mark_success(self, alert_id: int, failure: int, task_id: str, user: str, reason: str) -> str:
+        """Mark a failed task success in Airflow, and the run too once no failed task remains: Airflow leaves a run
+        failed when its tasks are marked success, so the alert would never resolve."""
+        async with self._lock:
+            alert = self._pressed(alert_id, failure)
+            if isinstance(alert, str) or task_id not in {t.task_id for t in alert.tasks}:
+                said = alert if isinstance(alert, str) else f"Nothing to do: `{task_id}` is not failed in run `{alert.run_id}`."
+                self.ctx.audit(actor=user, verb=messages.MARK_SUCCESS, status="refused",
+                               detail={"alert": alert_id, "task": task_id, "reason": reason, "why": said})
+                return said
+            where = {"run": alert.run_id, "task": task_id, "reason": reason}
+            try:
+                await self.client.mark_task_success(alert.dag_id, alert.run_id, task_id, note=f"{reason} (by {user} from Slack)")
+                left = failed_tasks(await self.client.task_instances(alert.dag_id, alert.run_id))
+                if not left:
+                    await self.client.set_run_state(alert.dag_id, alert.run_id, "success")
+            except AirflowError as exc:
+                self.ctx.audit(actor=user, verb=messages.MARK_SUCCESS, status="failed", model=alert.dag_id,
+                               detail={**where, "error": str(exc)[:500]})
+                return f":x: Airflow did not mark `{task_id}` success: {exc}"
+            self.ctx.audit(actor=user, verb=messages.MARK_SUCCESS, status="ok", model=alert.dag_id,
+                           detail={**where, "still_failed": [t.task_id for t in left]})
+            known = {t.task_id: t for t in alert.tasks}
+            marked = [*alert.marked, messages.Marked(task_id=task_id, by=user, reason=reason)]
+            await self._show(alert.model_copy(update={
+                "tasks": [known.get(t.task_id, t) for t in left], "marked": marked,
+                "state": alert.state if left else "resolved"}))
+        if left:
+            return (f"Marked `{task_id}` success; run `{alert.run_id}` stays failed while "
+                    f"{', '.join(f'`{t.task_id}`' for t in left)} {'is' if len(left) == 1 else 'are'} failed.")
+        return f"Marked `{task_id}` success, and run `{alert.run_id}` of `{alert.dag_id}` with it."
+
     async def ack(self, alert_id: int, failure: int, user: str) -> str:
         async with self._lock:
             alert = self._pressed(alert_id, failure)

@@ -8,7 +8,8 @@ from typing import Protocol
 from bot.airflow import AirflowClient, AirflowError, client_for, ui_link
 from bot.config import RetrainConfig
 from bot.context import Context
-from bot.retrain.command import RECORD_FILE, CommandRun, scrub, start_command
+from bot.programs import scrub
+from bot.retrain.command import RECORD_FILE, CommandRun, start_command
 from bot.retrain.messages import Run
 from bot.retrain.status import RunStatus, airflow_status
 

@@ -9,22 +9,21 @@ The wrapper runs in a new session and detaches from the bot, so neither a bot re
 process group outlives its short-lived leader, so the group id is what identifies, follows and cancels
 the run, including whatever the command started.
 
-The command never sees the bot's own environment (its Slack token, signing secret, hook secrets): only an
-allowlist, the MLOPS_* variables the bot sets for it and what the model's `retrain.env` names. Whatever it
-prints is read back through `scrub()`, so a secret it got anyway never reaches Slack, the store or the log.
+The command never sees the bot's own environment (bot/programs.py): only an allowlist, the MLOPS_* variables
+the bot sets for it and what the model's `retrain.env` names; what it prints is read back through `scrub()`.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import os
-import shutil
 import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bot.programs import pipeline_env, resolve_executable, scrub, secret_values
 from bot.retrain.status import RunStatus
 
 # `sh -c WRAPPER sh EXIT_FILE CMD ARGS...`: in the background, run the command and then record its exit
@@ -37,18 +36,6 @@ WRAPPER = '''exit_file=$1; shift
 ) &'''
 
 
-# What any program needs to run as it would from a shell; nothing here can authenticate as the bot.
-BASE_ENV = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR")
-BASE_ENV_PREFIXES = ("LC_",)
-# Secrets the bot (or boto3) reads from its environment; their values are redacted from pipeline output.
-SECRET_ENV = (
-    "SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "SLACK_APP_TOKEN", "AWS_SECRET_ACCESS_KEY", "AIRFLOW_PASSWORD",
-    "AIRFLOW_TOKEN", "MLOPS_DATAGEN_HOOK_SECRET", "MLOPS_ALERTMANAGER_TOKEN",
-)
-REDACTED = "[redacted]"
-# Shorter values are not redacted: replacing every "1" or "dev" would garble the output and hide nothing.
-MIN_SECRET_LEN = 4
-
 RECORD_FILE = "run.json"
 LOG_FILE = "output.log"
 EXIT_FILE = "exitcode"
@@ -59,38 +46,9 @@ class CommandError(Exception):
     """The command could not be started; `str()` says why and where to fix it."""
 
 
-def resolve_executable(program: str, cwd: Path, path: str | None) -> Path | None:
-    """Where `program` is, the way exec would find it from `cwd`; None when it is not runnable."""
-    if os.sep in program:
-        candidate = cwd / program
-        return candidate if candidate.is_file() and os.access(candidate, os.X_OK) else None
-    found = shutil.which(program, path=path)
-    return Path(found) if found else None
-
-
 def command_line(argv: Sequence[str], args: Mapping[str, object]) -> list[str]:
     """The configured argv with the user's arguments appended as key=value."""
     return [*argv, *(f"{key}={value}" for key, value in args.items())]
-
-
-def pipeline_env(source: Mapping[str, str], names: Sequence[str] = ()) -> dict[str, str]:
-    """The part of `source` a pipeline may see: the allowlist plus the variables `names` asks for."""
-    wanted = set(BASE_ENV) | set(names)
-    return {k: v for k, v in source.items() if k in wanted or k.startswith(BASE_ENV_PREFIXES)}
-
-
-def secret_values(source: Mapping[str, str] | None = None) -> list[str]:
-    """The values to redact, longest first so one secret containing another is redacted whole."""
-    source = os.environ if source is None else source
-    values = {source.get(name, "") for name in SECRET_ENV}
-    return sorted((v for v in values if len(v) >= MIN_SECRET_LEN), key=len, reverse=True)
-
-
-def scrub(text: str, secrets: Sequence[str] | None = None) -> str:
-    """`text` with every known secret value replaced by [redacted]."""
-    for value in secret_values() if secrets is None else secrets:
-        text = text.replace(value, REDACTED)
-    return text
 
 
 def last_lines(path: Path, count: int, max_bytes: int = 64 * 1024) -> list[str]:

@@ -11,8 +11,6 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Protocol
 
-from apscheduler.triggers.cron import CronTrigger
-
 from bot.context import Context
 from bot.notifier import Message, SlackError
 from bot.releases.messages import when
@@ -37,15 +35,15 @@ class ScheduledRetrains:
         self.runs = runs
         for model, cfg in ctx.config.models.items():
             if cfg.retrain and cfg.retrain.schedule:
-                schedule = cfg.retrain.schedule
-                trigger = CronTrigger.from_crontab(schedule.cron, timezone=schedule.tz)
-                scheduler.add(f"retrain.schedule.{model}", trigger, partial(self.run, model), grace=GRACE)
+                scheduler.add(f"retrain.schedule.{model}", cfg.retrain.schedule.trigger(), partial(self.run, model),
+                              grace=GRACE)
 
     def blocker(self, model: str) -> str | None:
         """Why the scheduled retrain of `model` should not start now, or None."""
         if busy := self.runs.in_flight(model):
             return f"run `{busy.run_id}` is still {busy.state} (started {when(busy.started_at)})"
-        jobs = [name for name, job in self.ctx.config.datagen.jobs.items() if model in job.models]
+        watched = {**self.ctx.config.datagen.jobs, **self.ctx.config.monitors}
+        jobs = [name for name, job in watched.items() if model in job.models]
         for job in jobs:
             found = self.ctx.store.query(
                 "SELECT key FROM alerts WHERE source = 'datagen' AND key LIKE ? AND severity = 'crit' "

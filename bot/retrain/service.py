@@ -19,10 +19,11 @@ from pathlib import Path
 from bot.airflow import AirflowError
 from bot.context import Context
 from bot.notifier import SlackError
+from bot.programs import resolve_executable
 from bot.releases.messages import when
 from bot.retrain import messages
 from bot.retrain.backends import Backends
-from bot.retrain.command import CommandError, command_line, resolve_executable
+from bot.retrain.command import CommandError, command_line
 from bot.retrain.follow import Followers
 from bot.retrain.messages import Run
 from bot.retrain.runs import CANCELLABLE, IN_FLIGHT, RetrainError, RetrainRuns, run_of

@@ -4,7 +4,10 @@ and an Airflow that cannot be reached or a DAG that does not exist said once."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -78,7 +81,7 @@ async def test_a_failed_run_alerts_with_its_log_and_recovers_after_retry_from_sl
     assert "`refresh` failed on try 1" in shown
     assert "pagerank source timed out after reading 1200 edges (try 1)" in shown  # the failed try's log tail
     assert "open in Airflow" in shown
-    assert buttons(card) == ["Retry failed tasks", "Ack", "Silence 24h"]
+    assert buttons(card) == ["Retry failed tasks", "Ack", "Silence 24h", "Mark refresh success"]
 
     # Retry pressed twice (by two people): the failed tasks are cleared once.
     await bot.client.press_button("U0ALICE", CHANNEL, card["ts"], "Retry failed tasks")
@@ -120,6 +123,34 @@ async def test_a_task_that_keeps_failing_is_counted_and_an_upstream_skip_is_said
     assert "training diverged after 1000 rows: loss is NaN" in render_message(saying(bot, run_ids[0])())
 
 
+async def test_mark_success_asks_an_approver_why_then_marks_the_task_and_the_run_and_resolves_in_place(
+        bot: LocalBot, airflow: AirflowStandalone) -> None:
+    async with AirflowClient(airflow.base_url, username=airflow.username, password=airflow.password) as client:
+        run_id = await client.trigger("train_broken", {}, unpause=True)
+        card = await polled(bot, saying(bot, "Pipeline failed", run_id))
+        assert "Mark train success" in buttons(card)
+
+        await bot.client.press_button("U0ALICE", CHANNEL, card["ts"], "Mark train success")  # a deployer only
+        await bot.slack.wait_for(lambda: [m for m in bot.slack.ephemerals if "approvers" in m["text"]], timeout=30)
+        assert not bot.slack.views
+        await bot.client.press_button("U0BOB", CHANNEL, card["ts"], "Mark train success")
+        view = (await bot.slack.wait_for(lambda: bot.slack.views, timeout=30))[-1]["view"]
+        assert view["callback_id"] == "pipelines.mark_success"
+        await bot.client.submit_view("U0BOB", view, {"reason": {"reason": "retrained by hand, v7 published"}})
+
+        marked = await bot.slack.wait_for(saying(bot, "Marked success", run_id), timeout=60)
+        assert marked["ts"] == card["ts"] and not buttons(marked)  # edited in place, nothing left to press
+        assert "`train` marked success by @U0BOB: retrained by hand, v7 published" in render_message(marked)
+        # Airflow leaves a run failed when its task is marked success: the bot marked the run as well.
+        assert (await client.dag_run("train_broken", run_id))["state"] == "success"
+        states = {ti["task_id"]: ti["state"] for ti in await client.task_instances("train_broken", run_id)}
+        assert states == {"load_features": "success", "train": "success"}
+    [row] = [r for r in bot.runtime.store.actions() if r["verb"] == "pipelines.mark_success"]
+    assert (row["actor"], row["status"], row["detail"]["reason"]) == ("U0BOB", "ok", "retrained by hand, v7 published")
+    await bot.runtime.pipelines.poll()  # Airflow now reports the run a success: the alert stays as it is
+    assert render_message(saying(bot, run_id)() or {}) == render_message(marked)
+
+
 async def test_airflow_down_is_said_once_and_resolved_and_an_unknown_dag_once(tmp_path: Path,
                                                                             airflow: AirflowStandalone) -> None:
     down = f"http://127.0.0.1:{free_port()}"
@@ -158,3 +189,17 @@ async def test_a_silenced_pipeline_keeps_its_failures_without_posting_them(bot: 
 
     assert await polled(bot, stored) == "silenced"
     assert not [m for m in bot.slack.messages(CHANNEL) if run_id in render_message(m)]
+
+
+def test_check_config_online_names_a_watched_dag_that_airflow_does_not_have(tmp_path: Path,
+                                                                           airflow: AirflowStandalone) -> None:
+    dags = [{"dag_id": "refresh_pagerank"}, {"dag_id": "refresh_pagernak"}]
+    path = write_config(tmp_path, airflow={"base_url": airflow.base_url, "auth": "token"},
+                        pipelines={"airflow": {"dags": dags}})
+    env = {**os.environ, "AIRFLOW_USERNAME": airflow.username, "AIRFLOW_PASSWORD": airflow.password}
+    result = subprocess.run([sys.executable, "-m", "bot.cli", "check-config", "--online", str(path)],
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"{path}: pipelines.airflow.dags.1.dag_id: Airflow has no DAG 'refresh_pagernak' (404")
+    assert "pipelines.airflow.dags" in line  # what to fix

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from bot.config import ConfigError, Secrets, load_config
-from bot.retrain.command import SECRET_ENV
+from bot.programs import SECRET_ENV
 from bot.sandbox.local import BOT_TOKEN, SIGNING_SECRET, LocalBot, local_bot
 from tests.conftest import EXAMPLE_CONFIG, ROOT, write_config
 from tests.support.airflow import free_port
@@ -127,6 +127,6 @@ def test_retrain_env_names_are_checked(tmp_path: Path) -> None:
     assert caught.value.problems == [
         f"{path}: models.ranker.retrain.env.1: expected an environment variable name like FEATURE_STORE_URL, "
         "got 'feature-store'",
-        f"{path}: models.ranker.retrain.env.2: SLACK_BOT_TOKEN is the bot's own secret; a retrain command is never "
+        f"{path}: models.ranker.retrain.env.2: SLACK_BOT_TOKEN is the bot's own secret; a command the bot runs is never "
         "given it",
     ]

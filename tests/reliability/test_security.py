@@ -25,9 +25,9 @@ import pytest
 import yaml
 
 from bot.config import Secrets, load_config
+from bot.programs import SECRET_ENV
 from bot.releases.messages import ReleaseRef, RollbackRef, reason_modal
 from bot.releases.model import State
-from bot.retrain.command import SECRET_ENV
 from bot.sandbox.local import BOT_TOKEN, SIGNING_SECRET, LocalBot, local_bot
 from bot.sandbox.tritonserver import TritonServer, triton_missing
 from bot.serving.triton import Fleet
@@ -112,6 +112,7 @@ SAMPLES = {
     "ModelRef": {"model": "ranker"},
     "RetrainRef": {"job": "recsys", "run_date": "2026-11-24", "model": "ranker"},
     "PipelineRef": {"alert": 1, "failure": 1},
+    "TaskRef": {"alert": 1, "failure": 1, "task": "train"},
 }
 # The buttons anyone in the channel may press; a new button without a role must be added here on purpose.
 ANYONE = {"datagen.ack", "datagen.expected", "alerts.silence", "oncall.ack_handoff", "oncall.take", "pipelines.ack",

@@ -93,3 +93,44 @@ def test_a_rule_setting_that_overrides_the_jobs_is_warned_about(tmp_path):
     assert result.stderr.strip() == (f"{path}: warning: datagen.jobs.recsys.rules.raw_data_missing.grace: 3h overrides "
                                      "the job's grace_hours (1h); the alert waits 3h")
     assert "warning" not in check(EXAMPLE_CONFIG).stderr
+
+
+def _with_monitors(tmp_path, monitors):
+    raw = yaml.safe_load(EXAMPLE_CONFIG.read_text())
+    raw["store"] = str(tmp_path / "mlops-bot.db")
+    raw["models"]["ranker"]["registry"] = str(EXAMPLE_CONFIG.parent / raw["models"]["ranker"]["registry"])
+    raw["monitors"] = monitors
+    path = tmp_path / "monitors.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_a_monitor_takes_one_origin_and_a_name_of_its_own(tmp_path):
+    daily = {"cron": "0 7 * * *"}
+    path = _with_monitors(tmp_path, {"both": {"command": ["skew.py"], "notebook": "skew.ipynb", "schedule": daily},
+                                     "undated": {"source": "monitoring/latest.json", "schedule": daily}})
+    result = check(path)
+    assert result.returncode == 2
+    assert f"{path}: monitors.both: give exactly one of source, command or notebook, got command, notebook" in result.stderr
+    assert f"{path}: monitors.undated.source: expected a template containing {{date}}" in result.stderr
+    path = _with_monitors(tmp_path, {"recsys": {"source": "monitoring/{date}.json", "schedule": daily}})
+    result = check(path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"{path}: monitors.recsys: the name is also a datagen job's; give it another"
+
+
+def test_online_a_monitor_command_that_cannot_run_is_one_line_and_exit_1(tmp_path):
+    daily = {"cron": "0 7 * * *"}
+    path = _with_monitors(tmp_path, {
+        "feature_skew": {"command": [str(EXAMPLE_CONFIG.parent / "monitors" / "feature_skew.py")], "schedule": daily},
+        "gone": {"command": ["monitors/gone.py"], "schedule": daily},
+        "lost": {"notebook": "monitors/lost.ipynb", "schedule": daily}})
+    assert check(path).returncode == 0  # offline, nothing outside the file is looked at
+    result = subprocess.run([sys.executable, "-m", "bot.cli", "check-config", "--online", str(path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert f"{path}: monitors.gone.command: {tmp_path / 'monitors' / 'gone.py'} is not found or not executable" in lines[0]
+    assert any(f"monitors.lost.notebook: no such file {tmp_path / 'monitors' / 'lost.ipynb'}" in line for line in lines)
+    assert not any("feature_skew" in line for line in lines)
+    assert "online: " in result.stdout and "problems" in result.stdout

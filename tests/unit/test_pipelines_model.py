@@ -1,4 +1,5 @@
-"""The pipeline watch's rules: how an alert follows its run, when a DAG is late, how repeat failures are said."""
+"""The pipeline watch's rules: how an alert follows its run, when a DAG is late, how repeat failures and tasks
+marked success are said."""
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time
@@ -6,7 +7,9 @@ from datetime import UTC, date, datetime, time
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot.pipelines.model import failed_tasks, late_day, next_state, ordinal
+from bot.pipelines.messages import Marked, RunAlert, run_alert
+from bot.pipelines.model import FailedTask, failed_tasks, late_day, next_state, ordinal
+from bot.sandbox.render import render_message
 
 ALERT_STATES = [None, "open", "acked", "silenced", "retrying", "resolved"]
 RUN_STATES = ["queued", "running", "success", "failed", "restarting", "up_for_retry"]
@@ -57,3 +60,19 @@ def test_failed_tasks_put_the_one_that_failed_before_those_it_skipped() -> None:
 def test_ordinals() -> None:
     assert [ordinal(n) for n in (1, 2, 3, 4, 11, 12, 13, 21, 22, 23, 101, 111)] == [
         "1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "23rd", "101st", "111th"]
+
+
+def test_a_task_marked_success_is_said_and_the_tasks_still_failed_keep_their_buttons() -> None:
+    marked = Marked(task_id="refresh", by="U0BOB", reason="source fixed by hand")
+    still = RunAlert(dag_id="refresh_pagerank", run_id="manual__1", state="open", marked=[marked],
+                     tasks=[FailedTask(task_id="publish", try_number=1, state="upstream_failed")])
+    shown = run_alert(still, 7)
+    text = render_message({"text": shown.text, "blocks": shown.blocks})
+    assert "`publish` did not run (an upstream task failed)" in text
+    assert "`refresh` marked success by @U0BOB: source fixed by hand" in text
+    labels = [e["text"]["text"] for b in shown.blocks if b["type"] == "actions" for e in b["elements"]]
+    assert labels == ["Retry failed tasks", "Ack", "Silence 24h", "Mark publish success"]
+
+    done = run_alert(still.model_copy(update={"state": "resolved", "tasks": []}), 7)
+    assert done.blocks[0]["text"]["text"].startswith(":white_check_mark: *Marked success*")
+    assert not [b for b in done.blocks if b["type"] == "actions"]
