@@ -96,28 +96,48 @@ class Train:
             await asyncio.sleep(self.ctx.config.train.poll_seconds)
 
     async def look_all(self) -> None:
-        """One pass: every auto_deploy model's registry listed once, a few at a time."""
+        """One pass: each registry listed once, a few side by side. Models sharing a registry are listed together
+        (one listing of its root, however many models it holds); a model alone in its registry lists its folder."""
         gate = asyncio.Semaphore(LOOKS_AT_ONCE)
+        by_root: dict[str, list[str]] = {}
+        for model in self.models():
+            by_root.setdefault(self.ctx.config.models[model].registry, []).append(model)
 
-        async def one(model: str) -> None:
+        async def one(models: list[str]) -> None:
             async with gate:
-                await self.look(model)
+                if len(models) == 1:
+                    await self.look(models[0])
+                    return
+                store = self.systems.registry(models[0]).store
+                try:
+                    keys = await store.list()
+                except ArtifactError as exc:
+                    await self._unreachable(store.uri, exc)
+                    return
+                await self._reachable(store.uri)
+                of: dict[str, list[str]] = {}
+                for key in keys:
+                    of.setdefault(key.split("/", 1)[0], []).append(key)
+                for model in models:
+                    await self.look(model, keys=of.get(model, []))
 
-        await asyncio.gather(*(one(m) for m in self.models()))
+        await asyncio.gather(*(one(models) for models in by_root.values()))
 
     # -- taking versions --------------------------------------------------------------------------------------
 
-    async def look(self, model: str, *, named: str | None = None) -> None:
-        """List the model's registry once, take the versions uploaded since the last look, and move the queue.
-        `named`: the version a hook announced (taken as the hook's, and never counted as already there)."""
+    async def look(self, model: str, *, named: str | None = None, keys: list[str] | None = None) -> None:
+        """List the model's registry once (unless `keys`, its listing, is given), take the versions uploaded since
+        the last look, and move the queue. `named`: the version a hook announced (taken as the hook's, and never
+        counted as already there)."""
         async with self._looks.setdefault(model, asyncio.Lock()):
             registry = self.systems.registry(model)
-            try:
-                keys = await registry.store.list(model)
-            except ArtifactError as exc:
-                await self._unreachable(registry.store.uri, exc)
-                return
-            await self._reachable(registry.store.uri)
+            if keys is None:
+                try:
+                    keys = await registry.store.list(model)
+                except ArtifactError as exc:
+                    await self._unreachable(registry.store.uri, exc)
+                    return
+                await self._reachable(registry.store.uri)
             found = folders(keys, model)
             known = {r["version"] for r in self.records.rows("SELECT version FROM train_queue WHERE model = ?", model)}
             if not self.records.rows("SELECT 1 FROM train_watch WHERE model = ?", model):
