@@ -45,14 +45,14 @@ def config(directory: Path, endpoint_url: str, bucket: str, models: dict[str, di
     return load_config(path)
 
 
-def model(bucket: str, repos: Path, staging: str, prod: str) -> dict:
-    return {"owner": "U0ALICE", "registry": f"s3://{bucket}/registry", "slo_p99_ms": 250, "auto_deploy": "staging",
+def model(bucket: str, repos: Path, staging: str, prod: str, root: str = "registry") -> dict:
+    return {"owner": "U0ALICE", "registry": f"s3://{bucket}/{root}", "slo_p99_ms": 250, "auto_deploy": "staging",
             "environments": {"staging": {"repository": str(repos / "staging"), "endpoints": [staging]},
                              "prod": {"repository": str(repos / "prod"), "endpoints": [prod]}}}
 
 
-async def upload(bucket: str, endpoint_url: str, name: str, version: str, created_at: str) -> None:
-    store = open_store(f"s3://{bucket}/registry", s3_endpoint_url=endpoint_url)
+async def upload(bucket: str, endpoint_url: str, name: str, version: str, created_at: str, root: str = "registry") -> None:
+    store = open_store(f"s3://{bucket}/{root}", s3_endpoint_url=endpoint_url)
     for path in sorted(EXAMPLES.iterdir(), key=lambda p: p.name == "metadata.json"):  # metadata.json last
         data = path.read_bytes()
         if path.name == "metadata.json":
@@ -123,16 +123,19 @@ async def latency(moto: MotoServer, rounds: int) -> None:
     print(f"poll upload to verified: max {max(times['by poll']):.2f} s (target <= 30 s)")
 
 
-async def pass_cost(moto: MotoServer, n_models: int, versions: int) -> None:
+async def pass_cost(moto: MotoServer, n_models: int, versions: int, *, shared: bool) -> None:
+    """`shared`: every model in one registry root (one listing per pass); else each in a registry of its own."""
     work = Path(tempfile.mkdtemp(prefix="bench-train-pass-"))
-    bucket = "bench-train-pass"
+    bucket = f"bench-train-pass-{'shared' if shared else 'own'}"
     boto3.client("s3", endpoint_url=moto.endpoint_url).create_bucket(Bucket=bucket)
     names = [f"m{i:03d}" for i in range(n_models)]
+    roots = {name: "registry" if shared else f"own/{name}" for name in names}
     started = time.perf_counter()
-    await asyncio.gather(*(upload(bucket, moto.endpoint_url, name, f"v{v}", f"2026-12-01T00:{v:02d}:00Z")
+    await asyncio.gather(*(upload(bucket, moto.endpoint_url, name, f"v{v}", f"2026-12-01T00:{v:02d}:00Z", roots[name])
                            for name in names for v in range(versions)))
-    print(f"uploaded {n_models} models x {versions} versions in {time.perf_counter() - started:.1f} s")
-    models = {name: model(bucket, work, "http://127.0.0.1:9", "http://127.0.0.1:9") for name in names}
+    print(f"\n{'one registry for all' if shared else 'a registry per model'}: uploaded {n_models} models x {versions} "
+          f"versions in {time.perf_counter() - started:.1f} s")
+    models = {name: model(bucket, work, "http://127.0.0.1:9", "http://127.0.0.1:9", roots[name]) for name in names}
     cfg = config(work, moto.endpoint_url, bucket, models, 3600)  # the bench runs the passes itself
     calls: dict[str, int] = {}
 
@@ -143,7 +146,7 @@ async def pass_cost(moto: MotoServer, n_models: int, versions: int) -> None:
     _s3_client(moto.endpoint_url).meta.events.register("before-call.s3", count)
     async with local_bot(cfg, post_rate=50, post_burst=50, start=False) as bot:
         train = bot.runtime.releases.train
-        for label in ("first pass (notes what is there)", "steady pass", "steady pass", "steady pass"):
+        for label in ("first pass (notes what is there)", *["steady pass"] * 3):
             calls.clear()
             started = time.perf_counter()
             await train.look_all()
@@ -151,7 +154,7 @@ async def pass_cost(moto: MotoServer, n_models: int, versions: int) -> None:
             lists = calls.get("ListObjectsV2", 0)
             print(f"{label} over {n_models} models: {elapsed:.3f} s, {lists} S3 list calls "
                   f"({lists / n_models:.2f} per model), other S3 calls {sum(calls.values()) - lists}")
-    print("target: a pass <= 1 s, at most 1 S3 list per model")
+    print(f"target: a pass <= 1 s, at most 1 S3 list per model ({'shared' if shared else 'own'} registries)")
 
 
 async def main() -> None:
@@ -164,7 +167,8 @@ async def main() -> None:
         sys.exit(f"no tritonserver: {missing}")
     os.environ.update(AWS_ENV)
     with MotoServer() as moto:
-        await pass_cost(moto, 50 if args.quick else args.models, 2)
+        for shared in (True, False):
+            await pass_cost(moto, 50 if args.quick else args.models, 2, shared=shared)
         await latency(moto, 1 if args.quick else args.rounds)
 
 
