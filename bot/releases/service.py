@@ -17,6 +17,9 @@ The pure rules are model.py (standings and transitions) and policy.py (who may u
 """
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
 from bot.context import Context
 from bot.releases.canary.flow import Canaries
 from bot.releases.delivery import Delivery
@@ -36,6 +39,8 @@ from bot.roles import RoleDirectory
 from bot.scheduler import Scheduler
 
 __all__ = ["ReleaseError", "ReleaseService"]  # the handlers catch the one and call the other
+
+T = TypeVar("T")
 
 
 class ReleaseService:
@@ -63,12 +68,23 @@ class ReleaseService:
         self.lock_of, self.overdue_operations = operations.lock_of, operations.overdue_operations
         self.deploy, self.plan_deploy = self.train.by_hand, deploys.plan_deploy
         self.verify_release, self.verify_env = deploys.verify_release, deploys.verify_env
-        self.promote, self.check_promote = promotions.promote, promotions.check_promote
+        self.promote, self.check_promote = self._train_moves(promotions.promote), promotions.check_promote
         self.plan_promote = promotions.plan_promote
-        self.reject, self.rollback, self.plan_rollback = rollbacks.reject, rollbacks.rollback, rollbacks.plan_rollback
+        self.reject, self.plan_rollback = self._train_moves(rollbacks.reject), rollbacks.plan_rollback
+        self.rollback = self._train_moves(rollbacks.rollback)
         self.lock, self.plan_lock, self.unlock, self.plan_unlock = locks.lock, locks.plan_lock, locks.unlock, locks.plan_unlock
         self.status_rows = status.status_rows
         self.stop_canaries = self.canaries.stop
+
+    def _train_moves(self, flow: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+        """`flow`, after which the model's queued registry versions move at once, however it ended."""
+        async def moved(first: Any, *args: Any, **kwargs: Any) -> T:
+            try:
+                return await flow(first, *args, **kwargs)
+            finally:
+                self.train.ended(first if isinstance(first, str) else first.model)  # a model name, or a release
+
+        return moved
 
     async def reconcile(self) -> None:
         """At start: the canaries still running are taken out of the reconciler's hands and resumed once it has

@@ -232,6 +232,12 @@ class Train:
         except (ArtifactError, RegistryError):
             return None
 
+    def ended(self, model: str) -> None:
+        """A release of `model` may have ended its train (unblocked, rejected, rolled back): move the queue now
+        rather than at the next pass."""
+        if model in self.models():
+            self.ctx.spawn(self._advance(model), name=f"train: next of {model}")
+
     async def _advance(self, model: str) -> None:
         """Move the queue: the newest version goes when no train is on the tracks; the older ones are skipped."""
         async with self._moves.setdefault(model, asyncio.Lock()):
