@@ -41,11 +41,12 @@ LOOKS_AT_ONCE = 8  # registries listed side by side in one pass
 
 
 def folders(keys: list[str], model: str) -> dict[str, set[str]]:
-    """Each version of `model` and its files, from one listing of the model's folder."""
+    """Each version of `model` and its files, from one listing of the model's folder. A dot-folder is a version
+    still being written under a hidden name (the example pipeline renames it when done): not a version yet."""
     found: dict[str, set[str]] = {}
     for key in keys:
         parts = key.split("/", 2)
-        if len(parts) == 3 and parts[0] == model and parts[1]:
+        if len(parts) == 3 and parts[0] == model and parts[1] and not parts[1].startswith("."):
             found.setdefault(parts[1], set()).add(parts[2])
     return found
 

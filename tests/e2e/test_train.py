@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -77,9 +78,11 @@ class Train:
 
 
 def train_config(directory: Path, registry: str, repos: dict[str, Path], servers: dict[str, TritonServer],
-                 endpoint_url: str, **top: object) -> Config:
+                 endpoint_url: str | None, retrain: dict | None = None, **top: object) -> Config:
     model = yaml.safe_load(EXAMPLE_CONFIG.read_text())["models"]["ranker"]
     model.pop("retrain")
+    if retrain:
+        model["retrain"] = retrain
     model.update(registry=registry, auto_deploy="staging",
                  environments={env: {"repository": str(repos[env]), "endpoints": [servers[env].url]} for env in repos})
     channels = {"main": TEAM, "releases_failed": FAILED}
@@ -304,3 +307,29 @@ async def test_a_failed_staging_is_nudged_at_the_window_end_and_reverted_to_prod
         assert await serving([train.servers["staging"]]) == {train.servers["staging"].url: [n1]}
         assert bot.runtime.releases.environment("ranker", "staging")["version"] == "v1"
         assert audit(bot, "rollback", "succeeded")[-1]["actor"] == "mlops-bot"
+
+
+async def test_a_scheduled_retrain_reaches_staging_verified_with_nobody_typing(pair, tmp_path):
+    """The whole loop: the schedule starts the retrain as the owner, its pipeline publishes a version in the
+    (local) registry, and the train deploys and verifies it."""
+    repos, servers = pair
+    registry = tmp_path / "registry"
+    shutil.copytree(ROOT / "examples" / "registry", registry)
+    retrain = {"backend": "command", "command": [str(ROOT / "examples" / "pipelines" / "train.sh"), "15"],
+               "schedule": {"cron": "0 10 * * mon", "tz": "America/Los_Angeles"}}
+    config = train_config(tmp_path, str(registry), repos, servers, None, retrain=retrain)
+    clock = Clock(MONDAY_10_LA - timedelta(minutes=1))
+    try:
+        async with local_bot(config, clock=clock, post_rate=20, post_burst=20) as bot:
+            await bot.slack.wait_for(lambda: audit(bot, "train.watch"))  # v1..v4 were there before: left alone
+            clock.set(MONDAY_10_LA + timedelta(minutes=1))
+            await bot.runtime.scheduler.run_due()
+            new = await bot.slack.wait_for(lambda: next((m for m in bot.slack.messages(TEAM) if m["text"].startswith("ranker ")
+                                                         and m["text"].endswith(": verified")), None), timeout=90)
+            [taken] = audit(bot, "train.take", "queued")
+            assert new["text"].startswith(f"ranker {taken['version']} staging")
+            assert "train engineer <@U0ALICE>" in json.dumps(new["blocks"])
+            assert [r["actor"] for r in audit(bot, "retrain", "started")] == ["U0ALICE"]
+    finally:
+        async with Fleet([s.url for s in servers.values()]) as fleet:
+            await fleet.unload("ranker")

@@ -11,9 +11,10 @@ T = datetime(2026, 11, 23, tzinfo=UTC)
 
 def test_one_listing_gives_each_version_its_files_and_whether_its_upload_is_done():
     keys = ["ranker/v1/config.pbtxt", "ranker/v1/metadata.json", "ranker/v1/model.py", "ranker/v2/model.py",
-            "ranker/v2/config.pbtxt", "ranker/stray.txt", "rankers/v9/config.pbtxt"]
+            "ranker/v2/config.pbtxt", "ranker/stray.txt", "rankers/v9/config.pbtxt",
+            "ranker/.incoming-42/config.pbtxt", "ranker/.incoming-42/metadata.json"]
     found = folders(keys, "ranker")
-    assert sorted(found) == ["v1", "v2"]
+    assert sorted(found) == ["v1", "v2"]  # a dot-folder is a version still being written
     assert uploaded(found["v1"]) and not uploaded(found["v2"])  # v2's metadata.json is not there yet
 
 
