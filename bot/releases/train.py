@@ -144,9 +144,9 @@ class Train:
             if not self.records.rows("SELECT 1 FROM train_watch WHERE model = ?", model):
                 self._first_look(model, [v for v in found if v not in known and v != named])
                 known = set(found) - {named}
-            for version in sorted(v for v in found if v not in known and uploaded(found[v])):
-                await self._take(model, version, "hook" if version == named else "poll")
-            await self._advance(model)
+            taken = [version for version in sorted(v for v in found if v not in known and uploaded(found[v]))
+                     if await self._take(model, version, "hook" if version == named else "poll")]
+            await self._advance(model, taken)
 
     def _first_look(self, model: str, there: list[str]) -> None:
         now = iso(self.ctx.clock())
@@ -157,18 +157,18 @@ class Train:
             self.ctx.audit(actor=BOT, verb="train.watch", status="started", model=model,
                            detail={"already_there": sorted(there)})
 
-    async def _take(self, model: str, version: str, source: str) -> None:
-        """Record one new, fully uploaded version: queued (with its engineer), or broken (with why)."""
+    async def _take(self, model: str, version: str, source: str) -> bool:
+        """Record one new, fully uploaded version: queued (with its engineer; True), or broken (with why)."""
         registry = self.systems.registry(model)
         try:
             await registry.validate(model, version)
             metadata = await registry.metadata(model, version)
         except ArtifactError as exc:  # the registry stopped answering mid-look: the next pass takes it
             log.info("could not read %s %s yet: %s", model, version, exc)
-            return
+            return False
         except RegistryError as exc:
             await self._broken(model, version, source, exc)
-            return
+            return False
         engineer, why = await self.engineer(model, metadata)
         with self.ctx.store.transaction() as conn:
             conn.execute("INSERT OR IGNORE INTO train_queue (model, version, created_at, seen_at, source, engineer, state, "
@@ -176,6 +176,7 @@ class Train:
                          (model, version, iso(metadata.created_at), iso(self.ctx.clock()), source, engineer, why))
             self.ctx.audit(actor=BOT, verb="train.take", status="queued", model=model, env="staging", version=version,
                            detail={"source": source, "engineer": engineer, **({"note": why} if why else {})})
+        return True
 
     async def _broken(self, model: str, version: str, source: str, exc: RegistryError) -> None:
         owner = self.ctx.config.models[model].owner
@@ -239,13 +240,14 @@ class Train:
         if model in self.models():
             self.ctx.spawn(self._advance(model), name=f"train: next of {model}")
 
-    async def _advance(self, model: str) -> None:
-        """Move the queue: the newest version goes when no train is on the tracks; the older ones are skipped."""
+    async def _advance(self, model: str, taken: list[str] | None = None) -> None:
+        """Move the queue: the newest version goes when no train is on the tracks; the older ones are skipped.
+        `taken`: versions just queued, said in the thread of the train they wait behind."""
         async with self._moves.setdefault(model, asyncio.Lock()):
             if model not in self._departing:
-                await self._move(model)
+                await self._move(model, taken or [])
 
-    async def _move(self, model: str) -> None:
+    async def _move(self, model: str, taken: list[str]) -> None:
         rows = {r["version"]: r for r in self.queued(model)}
         if not rows:
             return
@@ -253,7 +255,8 @@ class Train:
         queued = [Version(v, parse_dt(r["created_at"]) or self.ctx.clock()) for v, r in rows.items()]
         decided = plan(queued, on_tracks=tracks is not None, live_created=None if tracks else await self._live_created(model))
         if tracks is not None:
-            await self._show_waiting(tracks, decided)
+            if taken:
+                await self._show_waiting(tracks, taken)
             return
         go = rows[decided.go.version] if decided.go else None
         ended = self.records.rows("SELECT * FROM releases WHERE model = ? ORDER BY id DESC LIMIT 1", model)
@@ -276,19 +279,14 @@ class Train:
             self._departing.add(model)
             self.ctx.spawn(self._deploy(go, decided), name=f"train: deploy {model} {go['version']}")
 
-    async def _show_waiting(self, tracks: Release, decided: Plan) -> None:
-        """The card of the release on the tracks lists what waits behind it; a version newly waiting is said."""
-        said = {r["version"] for r in self.records.rows(
-            "SELECT version FROM actions WHERE model = ? AND verb = 'train.wait'", tracks.model)}
-        new = [v.version for v in decided.waiting if v.version not in said]
-        if not new:
-            return
-        for version in new:
+    async def _show_waiting(self, tracks: Release, taken: list[str]) -> None:
+        """The card of the release on the tracks lists what waits behind it; versions newly waiting are said."""
+        for version in taken:
             self.ctx.audit(actor=BOT, verb="train.wait", status="queued", model=tracks.model, env="staging",
                            version=version, detail={"behind": tracks.version, "release": tracks.id})
         await self.delivery.card(tracks, "prod" if tracks.prod_state else "staging")
-        await self.delivery.thread(tracks, f":railway_car: {', '.join(new)} of {tracks.model} "
-                                           f"{'waits' if len(new) == 1 else 'wait'} behind {tracks.version}: one train at a "
+        await self.delivery.thread(tracks, f":railway_car: {', '.join(taken)} of {tracks.model} "
+                                           f"{'waits' if len(taken) == 1 else 'wait'} behind {tracks.version}: one train at a "
                                            "time. The newest goes to staging when this one ends.")
 
     async def _deploy(self, row: dict[str, Any], decided: Plan) -> None:
