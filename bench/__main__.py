@@ -112,6 +112,25 @@ def replication(out: str) -> list[Row]:
                     _judge(ratio, lambda v: v >= 0.9))]
 
 
+def train(out: str) -> list[Row]:
+    hook, poll = _num(r"^hook over deploy\+verify: ([\d.-]+) s", out), _num(r"^poll upload to verified: max ([\d.]+) s", out)
+    # The first block is the models in one registry, the second each in its own.
+    shared, own = (out.split("a registry per model", 1) + [""])[:2]
+
+    def worst(block: str) -> tuple[float | None, float | None]:
+        return max(((float(m.group(1)), float(m.group(2))) for m in re.finditer(
+            r"^steady pass over \d+ models: ([\d.]+) s, \d+ S3 list calls \(([\d.]+) per model\)", block, re.MULTILINE)),
+            default=(None, None))
+
+    one, apart = worst(shared), worst(own)
+    return [(f"upload to verified by hook, over deploy+verify by hand: {hook} s", "<= 10 s", _judge(hook, lambda v: v <= 10)),
+            (f"upload to verified by poll (default interval), worst: {poll} s", "<= 30 s", _judge(poll, lambda v: v <= 30)),
+            (f"a poll pass over 200 models in one registry, worst: {one[0]} s ({one[1]} S3 lists per model)", "<= 1 s",
+             _judge(one[0], lambda v: v <= 1)),
+            (f"the same, each model in a registry of its own: {apart[0]} s ({apart[1]} S3 lists per model)", "<= 1 s",
+             _judge(apart[0], lambda v: v <= 1))]
+
+
 @dataclass(frozen=True)
 class Bench:
     name: str
@@ -122,7 +141,7 @@ class Bench:
 
 BENCHES = [Bench("ack_latency", ack_latency), Bench("datagen_rules", datagen_rules, quick=False),
            Bench("datagen", datagen), Bench("fleet_deploy", fleet_deploy), Bench("canary", canary),
-           Bench("replication", replication), Bench("soak", soak)]
+           Bench("replication", replication), Bench("train", train), Bench("soak", soak)]
 
 
 def run(bench: Bench, quick: bool, soak_minutes: float | None) -> tuple[list[str], list[Row], float, int]:

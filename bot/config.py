@@ -100,6 +100,12 @@ class Channels(Strict):
     main: ChannelId
     alerts_info: ChannelId | None = None
     alerts_error: ChannelId | None = None
+    releases_failed: ChannelId | None = Field(default=None, description="failed staging deploys are also said here "
+                                                                        "(else in `main`)")
+
+    @property
+    def failed_releases(self) -> str:
+        return self.releases_failed or self.main
 
     @property
     def info(self) -> str:
@@ -242,6 +248,8 @@ class ModelConfig(Strict):
     environments: dict[EnvName, EnvironmentConfig]
     retrain: RetrainConfig | None = None
     canary: CanaryConfig = CanaryConfig()
+    auto_deploy: Literal["staging"] | None = Field(
+        default=None, description="`staging`: each new registry version deploys to staging by itself, as its author")
 
     @model_validator(mode="after")
     def _has_staging(self) -> ModelConfig:
@@ -272,6 +280,20 @@ class DeployPolicy(Strict):
     lock_ttl_hours: float = Field(default=4, gt=0)
     endpoint_concurrency: int = Field(default=8, ge=1, le=256)
     load_timeout_s: float = Field(default=120, gt=0)
+
+
+class Train(Strict):
+    """The release train running itself: how often the registries of `auto_deploy` models are looked at."""
+
+    poll_seconds: float = Field(default=15, gt=0, description="seconds between looks at each auto_deploy registry")
+
+
+class StagingHygiene(Strict):
+    """Nothing broken or unverified stays on staging overnight."""
+
+    revert_at: LocalTime | None = Field(default=None, description="each day at this local time, a staging that failed "
+                                                                  "or was never verified goes back to what prod serves")
+    tz: TimeZone = "UTC"
 
 
 class S3Config(Strict):
@@ -446,6 +468,8 @@ class Config(Strict):
     store_lease_s: float = Field(default=30, gt=0, le=3600, description="how long the active instance's lease lasts unrenewed")
     models: dict[ModelName, ModelConfig] = {}
     deploy: DeployPolicy = DeployPolicy()
+    train: Train = Train()
+    staging: StagingHygiene = StagingHygiene()
     s3: S3Config = S3Config()
     airflow: AirflowConfig | None = None
     datagen: Datagen = Datagen()
@@ -488,6 +512,7 @@ class Secrets(BaseModel):
     airflow_token: str | None = None
     datagen_hook_secret: str | None = None
     alertmanager_token: str | None = None
+    registry_hook_secret: str | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Secrets:
@@ -502,6 +527,7 @@ class Secrets(BaseModel):
             airflow_token=env.get("AIRFLOW_TOKEN"),
             datagen_hook_secret=env.get("MLOPS_DATAGEN_HOOK_SECRET"),
             alertmanager_token=env.get("MLOPS_ALERTMANAGER_TOKEN"),
+            registry_hook_secret=env.get("MLOPS_REGISTRY_HOOK_SECRET"),
         )
 
 

@@ -337,6 +337,16 @@ class Notifier:
             raise ValueError("refusing to empty a user group")
         await self._call("usergroups.users.update", usergroup=group, users=",".join(users))
 
+    async def user_by_email(self, email: str) -> str | None:
+        """The id of the workspace member with this email (users.lookupByEmail), or None when there is none."""
+        try:
+            resp = await self._call("users.lookupByEmail", email=email)
+        except SlackError as exc:
+            if exc.error == "users_not_found":
+                return None
+            raise
+        return str(resp["user"]["id"])
+
     async def open_view(self, trigger_id: str, view: dict[str, Any]) -> None:
         await self._call("views.open", trigger_id=trigger_id, view=view)
 

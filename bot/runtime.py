@@ -29,6 +29,7 @@ from bot.metrics import Metrics, request_kind
 from bot.notifier import Notifier, web_client
 from bot.oncall.service import OnCallService
 from bot.pipelines.service import PipelineWatch
+from bot.releases.registry_hook import RegistryHook
 from bot.releases.service import ReleaseService
 from bot.replication import ReplicaError, Replicator, lease
 from bot.retrain.scheduled import ScheduledRetrains
@@ -69,7 +70,8 @@ class Runtime:
         self.ctx = Context(config=config, secrets=secrets, store=self.store, notifier=self.notifier, clock=clock,
                            audit=self.audit, spawn=self.spawn)
         # Domain services (each registers its scheduled jobs in its constructor).
-        self.releases = ReleaseService(self.ctx, roles=self.roles)
+        self.releases = ReleaseService(self.ctx, roles=self.roles, scheduler=self.scheduler)
+        self.registry_hook = RegistryHook(self.ctx, hooks=self.hooks, train=self.releases.train)
         self.silences = Silences(self.ctx)
         self.datagen = DatagenService(self.ctx, scheduler=self.scheduler, silences=self.silences)
         self.datagen_hook = DatagenHook(self.ctx, hooks=self.hooks, datagen=self.datagen)
@@ -130,9 +132,11 @@ class Runtime:
         await self.scheduler.run_due()  # catch up on slots missed while the bot was down
         await self.datagen.catch_up()  # and on datagen deadlines that passed meanwhile
         self.hooks.start()  # including what the webhooks accepted before a stop or a crash
+        self.releases.train.start()  # the registries of auto_deploy models, polled
 
     async def stop(self) -> None:
         self.scheduler.shutdown()
+        await self.releases.train.stop()  # the poll; a deploy it started is one of the tasks drained below
         await self.hooks.stop()  # what it cuts short stays queued for the next start
         await self.retrain.stop()  # followers only; the runs go on and are followed again at the next start
         await self.pipelines.close()
@@ -168,6 +172,7 @@ class Runtime:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_post("/hooks/datagen", self.datagen_hook.handle)
         app.router.add_post("/hooks/alertmanager", self.alertmanager.hook)
+        app.router.add_post("/hooks/registry", self.registry_hook.handle)
         return app
 
     async def _slack_events(self, request: web.Request) -> web.Response:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -48,6 +48,18 @@ class StagedRelease:
 
 
 @dataclass(frozen=True)
+class TrainRow:
+    """A release between staging and prod, with who drives it (its train engineer) and what waits behind it."""
+
+    engineer: str | None
+    model: str
+    version: str
+    state: str  # as people read it
+    since: datetime | None
+    waiting: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class OpenAlert:
     source: str
     key: str
@@ -74,6 +86,7 @@ class DailyFacts:
     unverified_hours: float
     alerts: list[OpenAlert]
     actions: list[Mapping[str, Any]]
+    trains: list[TrainRow] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -94,6 +107,14 @@ def unverified_for(releases: Iterable[StagedRelease], now: datetime, hours: floa
     """Versions sitting on staging unverified (or failed) for longer than `hours`."""
     cutoff = now - timedelta(hours=hours)
     return [r for r in releases if r.state in UNVERIFIED and r.deployed_at is not None and r.deployed_at <= cutoff]
+
+
+def by_engineer(trains: Iterable[TrainRow]) -> list[tuple[str | None, list[TrainRow]]]:
+    """The trains grouped by their engineer, engineers in name order, each one's trains oldest first."""
+    grouped: dict[str | None, list[TrainRow]] = {}
+    for train in trains:
+        grouped.setdefault(train.engineer, []).append(train)
+    return sorted(grouped.items(), key=lambda item: item[0] or "")
 
 
 def alert_rules(source: str, detail: Mapping[str, Any]) -> list[str]:

@@ -10,15 +10,26 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from bot.digest.facts import DailyFacts, DatagenStatus, ModelRow, OnCall, OpenAlert, StagedRelease, WeeklyFacts
+from bot.digest.facts import (
+    DailyFacts,
+    DatagenStatus,
+    ModelRow,
+    OnCall,
+    OpenAlert,
+    StagedRelease,
+    TrainRow,
+    WeeklyFacts,
+    by_engineer,
+)
 from bot.notifier import Message
 from bot.releases.messages import ReleaseRef, btn, context, lock_line, section, when
 from bot.releases.model import State
+from bot.releases.queue import waiting_text
 
 MAX_SECTION = 3000
 # Audit rows that only echo another row (the press before its outcome) or are plumbing, not news.
 QUIET_STATUSES = ("accepted",)
-QUIET_VERBS = ("help", "datagen.chart", "slack.request")
+QUIET_VERBS = ("help", "datagen.chart", "slack.request", "train.watch", "train.wait")
 # Work the bot does on its own schedule: counted in one line when it went well, listed when it did not.
 ROUTINE = {  # verb: what one of them is, and many
     "datagen.ingest": ("datagen record stored", "datagen records stored"),
@@ -89,6 +100,20 @@ def unverified_line(r: StagedRelease, now: datetime) -> str:
     return f"*{r.model} {r.version}* has been on staging for {since} ({State(r.state).words}): {who}, verify it or roll it back"
 
 
+def train_lines(trains: list[TrainRow]) -> list[str]:
+    """One line per train engineer: the trains they drive between staging and prod."""
+    def one(t: TrainRow) -> str:
+        return (f"*{t.model} {t.version}* {t.state} since {when(t.since)}"
+                + (f" ({waiting_text(list(t.waiting))})" if t.waiting else ""))
+
+    return [f"{f'<@{engineer}>' if engineer else 'no engineer'}: " + "; ".join(one(t) for t in trains)
+            for engineer, trains in by_engineer(trains)]
+
+
+TRAINS = "Trains on the tracks, by engineer"
+NO_TRAINS = "no release between staging and prod"
+
+
 def alert_line(a: OpenAlert) -> str:
     icon = ":red_circle:" if a.severity in ("crit", "critical", "page") else ":large_orange_circle:"
     summary = a.summary if len(a.summary) <= 200 else a.summary[:199] + "…"
@@ -123,6 +148,7 @@ def daily(facts: DailyFacts) -> Message:
         {"type": "header", "text": {"type": "plain_text", "text": f"Daily digest · {facts.now:%a %d %b %Y}"}},
         *sections("Models in service", [model_line(r) for r in facts.models], "no models configured"),
         *sections("Datagen", [datagen_line(s) for s in facts.datagen], "no datagen jobs configured"),
+        *sections(TRAINS, train_lines(facts.trains), NO_TRAINS),
         *sections("Approvals pending", [pending_line(r) for r in facts.pending], "nothing waiting for an approver"),
         *sections(f"On staging unverified for more than {facts.unverified_hours:g} h",
                   [unverified_line(r, facts.now) for r in facts.unverified], "nothing left unverified on staging"),
@@ -179,12 +205,14 @@ def home_view(
     alerts: list[OpenAlert],
     approvals: list[StagedRelease],
     operations: list[Mapping[str, Any]],
+    trains: list[TrainRow] | None = None,
 ) -> dict[str, Any]:
     """The App Home of `user`: the model table, on call, open alerts, their approvals and running work."""
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": "MLOps dashboard"}},
         context(f"for <@{user}> · as of {when(now)}"),
         *sections("Models in service", [model_line(r) for r in models], "no models configured"),
+        *sections(TRAINS, train_lines(trains or []), NO_TRAINS),
         *sections("On call", [oncall_line(o) for o in oncall], "no rotations configured"),
         *sections(
             "Open alerts",

@@ -25,6 +25,7 @@ from bot.digest.facts import (
     OnCall,
     OpenAlert,
     StagedRelease,
+    TrainRow,
     WeeklyFacts,
     unverified_for,
     weekly_facts,
@@ -33,6 +34,8 @@ from bot.digest.messages import daily, home_view, weekly
 from bot.oncall.schedule import next_shift, who_is_on_call
 from bot.oncall.service import OnCallService
 from bot.releases.model import State
+from bot.releases.queue import on_the_tracks
+from bot.releases.records import release_of
 from bot.roles import RoleDirectory
 from bot.scheduler import Scheduler
 from bot.scheduler import daily as daily_trigger
@@ -123,6 +126,22 @@ class DigestService:
             f"SELECT * FROM releases WHERE state IN ({', '.join('?' * len(states))}) "
             "AND coalesce(prod_state, '') NOT IN ('live', 'promoting') ORDER BY id", *states)]
 
+    def trains(self) -> list[TrainRow]:
+        """Every release between staging and prod, with its engineer (who deployed it: the author, for the train's
+        own deploys) and the registry versions queued behind it."""
+        found = []
+        for release in map(release_of, self._rows(
+                "SELECT * FROM releases WHERE state IN ('deploying', 'staged', 'verifying', 'verified') "
+                "OR prod_state IN ('promoting', 'canary') ORDER BY id")):
+            if not on_the_tracks(release):
+                continue
+            waiting = tuple(r["version"] for r in self._rows(
+                "SELECT version FROM train_queue WHERE model = ? AND state = 'queued' ORDER BY created_at, version",
+                release.model))
+            found.append(TrainRow(release.deployed_by, release.model, release.version,
+                                  (release.prod_state or release.state).words, release.deployed_at, waiting))
+        return found
+
     def open_alerts(self) -> list[OpenAlert]:
         return [OpenAlert(r["source"], r["key"], r["state"], r["severity"], r["summary"], _dt(r["opened_at"]))
                 for r in self._rows("SELECT * FROM alerts WHERE state IN ('open', 'acked', 'retrying') ORDER BY id")]
@@ -132,7 +151,7 @@ class DigestService:
         return DailyFacts(
             now=now, models=await self.models(), datagen=self.datagen(now), pending=self.staged([State.VERIFIED]),
             unverified=unverified_for(self.staged(UNVERIFIED), now, hours), unverified_hours=hours,
-            alerts=self.open_alerts(),
+            alerts=self.open_alerts(), trains=self.trains(),
             actions=[{**r, "ts": _dt(r["ts"])} for r in self.ctx.store.actions(since=now - timedelta(days=1))
                      if _dt(r["ts"]) <= now],
         )
@@ -216,6 +235,7 @@ class DigestService:
             alerts=self.open_alerts(),
             approvals=await self.approvals_for(user),
             operations=self.operations_of(user),
+            trains=self.trains(),
         )
 
     async def publish(self, user: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bot.context import Context
@@ -41,6 +42,8 @@ class Delivery:
         self._unshown_of: dict[int, _Unshown] = {}  # by release: what Slack refused, tried again in the background
         self._slack_locks: dict[int, asyncio.Lock] = {}  # one Slack write at a time per release, so none is doubled
         self._redelivering: set[int] = set()
+        # A line about the release's place in the train (its engineer, versions waiting behind it), set by the train.
+        self.train_line: Callable[[Release], str] = lambda release: ""
 
     async def card(self, release: Release, env: str, *, report: dict | None = None, note: str = "") -> None:
         """Post or edit the release's card as it stands now, with `note` on it (and `report`, else the stored one)."""
@@ -67,6 +70,12 @@ class Delivery:
             self.ctx.audit(actor="mlops-bot", verb="release.note", status="unshown", channel=channel,
                            detail={"error": exc.error, "text": text[:500]})
 
+    async def failed(self, release: Release, what: str) -> None:
+        """A failed staging deploy, said in the failed-releases channel too (the main one when none is set)."""
+        await self.say(self.ctx.config.channels.failed_releases,
+                       f":x: *{release.model} {release.version}* on staging, deployed by <@{release.deployed_by}>: {what}. "
+                       "Its card's thread says what to fix.")
+
     def blocker(self, release: Release, report: dict | None) -> str | None:
         """Why a verified card offers no Unblock button; the registry digest is the one seen at verify."""
         if release.state is not State.VERIFIED:
@@ -87,7 +96,8 @@ class Delivery:
         release = self.records.get(release_id)
         ts = self._card_ts(release)
         shown_report = report if report is not None else self.records.report(release)
-        card = messages.card(release, env=env, verify_report=shown_report, note=note, blocker=self.blocker(release, shown_report))
+        card = messages.card(release, env=env, verify_report=shown_report, note=note, blocker=self.blocker(release, shown_report),
+                             train=self.train_line(release))
         try:
             shown = await (self.ctx.notifier.edit_or_repost(release.channel, ts, card) if ts
                            else self.ctx.notifier.post(release.channel, card))

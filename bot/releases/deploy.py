@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from bot.releases import messages
@@ -50,8 +51,11 @@ class Deploys(Flow):
                            version=version, detail={"error": str(exc)})
             raise ReleaseError(str(exc)) from None
 
-    async def deploy(self, model: str, version: str | None, actor: str, channel: str) -> Release:
-        """Copy a version to staging, load it on the staging fleet, then verify it; all on one card."""
+    async def deploy(self, model: str, version: str | None, actor: str, channel: str, *, note: str = "",
+                     started: Callable[[Release], None] | None = None) -> Release:
+        """Copy a version to staging, load it on the staging fleet, then verify it; all on one card. `note` goes on
+        the first rendering of the card; `started` is called with the new release inside the transaction that
+        records it (the train notes which release took a registry version)."""
         version, digest = await self._checked_version(model, version, actor, channel)
 
         def insert() -> Release:
@@ -60,11 +64,15 @@ class Deploys(Flow):
                 "INSERT INTO releases (model, version, digest, state, deployed_by, deployed_at, channel, updated_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (model, version, digest, State.DEPLOYING.value, actor, now, channel, now),
             ).lastrowid
-            return self.records.get(release_id)
+            release = self.records.get(release_id)
+            if started is not None:
+                started(release)
+            return release
 
         async with self.ops.operation("deploy", model, "staging", actor, f"deploying {version}", start=insert,
                                       detail={"digest": digest}, channel=channel) as release:
-            await self.delivery.card(release, "staging", note=f"Deploying to staging for <@{actor}>…")
+            first = f"Deploying to staging for <@{actor}>…" + (f"\n{note}" if note else "")
+            await self.delivery.card(release, "staging", note=first)
             release = await self._deploy_staging(release, actor)
         await self.delivery.thread(release, f":package: {model} {version} is serving on staging. Verifying…")
         return await self.verify_release(release, actor, env="staging")
@@ -95,6 +103,7 @@ class Deploys(Flow):
                                version=version, detail={"release": release.id, "error": failure_text(exc), "restored": restored})
             await self.delivery.card(release, "staging", note=f":x: Deploy failed: {failure_text(exc)}\n{restored} "
                                                               "Fix what is named above and deploy again.")
+            await self.delivery.failed(release, f"deploy failed: {failure_text(exc)}")
             raise ReleaseError(f"deploy of {model} {version} to staging failed: {failure_text(exc)}") from None
         supersedable = [s.value for s in sources("staging", Event.SUPERSEDE) if s]
         superseded = [release_of(r) for r in self.records.rows(
@@ -189,6 +198,8 @@ class Deploys(Flow):
             else ":white_check_mark: Verified: ready to unblock for prod." if passed
             else f":x: Verification failed: {reason}. Roll back staging or deploy a fixed version."))
         await self.delivery.card(release, env, report=report)
+        if not passed and env == "staging":
+            await self.delivery.failed(release, f"verification failed: {reason}")
         return release
 
     async def verify_live(self, release: Release, actor: str) -> Release:

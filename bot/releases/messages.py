@@ -8,6 +8,7 @@ from pydantic import BaseModel
 
 from bot.notifier import Message, RowId, escape
 from bot.releases.model import Release, State
+from bot.releases.queue import waiting_text
 
 ICONS = {
     State.DEPLOYING: ":hourglass_flowing_sand:",
@@ -116,7 +117,7 @@ def verify_lines(report: dict[str, Any] | None) -> str:
 
 
 def card(release: Release, *, env: str, verify_report: dict[str, Any] | None = None, note: str = "",
-         blocker: str | None = None) -> Message:
+         blocker: str | None = None, train: str = "") -> Message:
     """The release as `env` sees it, with its standing in the other environment beside it."""
     standing = release.standing(env) or release.state
     other = f" · prod: *{release.prod_state.words}*" if env != "prod" and release.prod_state else (
@@ -128,6 +129,8 @@ def card(release: Release, *, env: str, verify_report: dict[str, Any] | None = N
         f"digest `{release.digest.removeprefix('sha256:')[:12]}` · triton version {release.triton_version}",
     ]
     blocks = [section(head), context(" · ".join(f for f in facts if f))]
+    if train:
+        blocks.append(context(train))
     if note:
         blocks.append(section(note))
     if blocker and release.state is State.VERIFIED:
@@ -152,7 +155,7 @@ def lock_line(lock: Any) -> str:
 
 
 def status_table(rows: list[dict[str, Any]]) -> Message:
-    """rows: model, env, version, state (words), deployed_by, approved_by, updated_at, verify, lock, drift."""
+    """rows: model, env, version, state (words), deployed_by, approved_by, updated_at, verify, lock, drift, waiting."""
     if not rows:
         return note("No model is deployed anywhere yet. Start with `/mlops deploy <model>`.")
     blocks = [section("*Models in service*")]
@@ -167,6 +170,8 @@ def status_table(rows: list[dict[str, Any]]) -> Message:
             lines.append(f"last verify: {r['verify']}")
         if lock:
             lines.append(lock_line(lock))
+        if r.get("waiting"):
+            lines.append(f":railway_car: {waiting_text(r['waiting'])} (one train at a time)")
         lines += [f":warning: {d}" for d in r.get("drift") or []]
         blocks.append(section("\n".join(lines)))
     return Message(text="Models in service", blocks=blocks)

@@ -91,6 +91,7 @@ class SlackEmulator(SlackMethods):
             "usergroups.users.list": self._usergroups_users_list,
             "usergroups.users.update": self._usergroups_users_update,
             "users.info": self._users_info,
+            "users.lookupByEmail": self._users_lookup_by_email,
             "views.open": self._views_open,
             "views.push": self._views_push,
             "views.update": self._views_update,

@@ -109,8 +109,9 @@ class SlackMethods:
         return {
             "id": user_id, "team_id": TEAM_ID, "name": name, "real_name": real_name, "is_bot": False,
             "tz": given.get("tz", "UTC"),
-            "profile": {"real_name": real_name, "display_name": given.get("display_name", name)},
-            **{k: v for k, v in given.items() if k not in ("name", "real_name", "tz", "display_name")},
+            "profile": {"real_name": real_name, "display_name": given.get("display_name", name),
+                        **({"email": given["email"]} if "email" in given else {})},
+            **{k: v for k, v in given.items() if k not in ("name", "real_name", "tz", "display_name", "email")},
         }
 
     def channel_name(self, channel: str) -> str:
@@ -338,6 +339,15 @@ class SlackMethods:
             return {"user": self.user(required(args, "user", "user_not_found"))}
         except LookupError:
             raise SlackApiError("user_not_found") from None
+
+    def _users_lookup_by_email(self, args: Json) -> Json:
+        """As Slack's users.lookupByEmail: the user whose profile has the email (case-insensitive), else
+        `users_not_found`; bots never match."""
+        email = required(args, "email", "invalid_email").strip().lower()
+        for user_id, given in (self._users or {}).items():
+            if str(given.get("email", "")).lower() == email:
+                return {"user": self.user(user_id)}
+        raise SlackApiError("users_not_found")
 
     def _views_open(self, args: Json) -> Json:
         grant = self._take_trigger(args.get("trigger_id"))

@@ -280,6 +280,32 @@ MIGRATIONS: list[str] = [
         expires_at TEXT NOT NULL
     );
     """,
+    # 9: the train running itself (bot/releases/train.py): each registry version an auto_deploy model's watch
+    # took, once, and what became of it (queued, deployed as a release, skipped, broken); the models whose
+    # registry was first looked at (versions there before auto_deploy was turned on are not deployed); and
+    # the unverified staging releases whose engineer was nudged at the end of a deploy window.
+    """
+    CREATE TABLE train_watch (
+        model TEXT PRIMARY KEY,
+        since TEXT NOT NULL
+    );
+    CREATE TABLE train_queue (
+        model TEXT NOT NULL,
+        version TEXT NOT NULL,
+        created_at TEXT,
+        seen_at TEXT NOT NULL,
+        source TEXT NOT NULL,
+        engineer TEXT,
+        state TEXT NOT NULL,
+        release_id INTEGER,
+        reason TEXT,
+        PRIMARY KEY (model, version)
+    );
+    CREATE TABLE staging_nudges (
+        release_id INTEGER PRIMARY KEY,
+        nudged_at TEXT NOT NULL
+    );
+    """,
 ]
 
 

@@ -100,6 +100,9 @@ async def test_daily_digest_content_and_one_post_per_slot_across_a_restart(tmp_p
     assert "*scorer* · staging: `v3` verification failed · deployed by @U0BOB" in digest
     assert "recsys* 2026-11-19: ran" in digest  # the poll at start picked up the day's record
     assert "*Approvals pending*\n*ranker v2* verified" in digest
+    # The trains between staging and prod, by their engineer (issue 19); the failed one is not on the tracks.
+    assert "*Trains on the tracks, by engineer*\n@U0ALICE: *ranker v2* verified since" in digest
+    assert "scorer v3" not in digest.split("Trains on the tracks")[1].split("*Approvals pending*")[0]
     # Counted from the 09:00 slot the digest is for: deployed at 13:05 the day before.
     assert ("*On staging unverified for more than 12 h*\n*scorer v3* has been on staging for 19 h 55 min (verification failed):"
             " @U0BOB, verify it or roll it back") in digest
@@ -191,6 +194,7 @@ async def test_app_home_shows_the_viewer_their_pending_approvals(tmp_path: Path)
     assert ":warning: http://127.0.0.1:8000: unreachable" in staging
     # Alice deployed it: four-eyes keeps it off her list; she is not an approver anyway.
     alice = render_view(views["U0ALICE"])
+    assert "*Trains on the tracks, by engineer*\n@U0ALICE: *ranker v2* verified since" in alice
     assert "Unblock prod" not in alice and "*Waiting for you to unblock*\n_nothing_" in alice
 
 

@@ -32,8 +32,9 @@ class MotoServer:
     def endpoint_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30.0) -> MotoServer:
-        self.port = free_port()
+    def start(self, timeout: float = 30.0, *, port: int | None = None) -> MotoServer:
+        """`port`: start again on the port of a server stopped before (its contents are gone)."""
+        self.port = port or free_port()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
             env={**os.environ, **AWS_ENV},
