@@ -70,6 +70,7 @@ class Runtime:
                            audit=self.audit, spawn=self.spawn)
         # Domain services (each registers its scheduled jobs in its constructor).
         self.releases = ReleaseService(self.ctx, roles=self.roles)
+        self.releases.healer.schedule(self.scheduler)  # the fleet reconcile loop, in the active instance only
         self.silences = Silences(self.ctx)
         self.datagen = DatagenService(self.ctx, scheduler=self.scheduler, silences=self.silences)
         self.datagen_hook = DatagenHook(self.ctx, hooks=self.hooks, datagen=self.datagen)

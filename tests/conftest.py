@@ -42,6 +42,9 @@ def write_config(directory: Path, **overrides) -> Path:
             model["retrain"]["command"][0] = str(ROOT / "examples" / model["retrain"]["command"][0])
     for job in raw["datagen"]["jobs"].values():
         job["source"] = str(ROOT / "examples" / job["source"])
+    # The fleet reconcile loop would heal or report what tests about something else set up on purpose; its own
+    # tests (e2e/test_fleet_heal.py) turn it on.
+    raw["fleet"] = {"reconcile_seconds": 0}
     raw.update(overrides)
     path = directory / "mlops-bot.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))

@@ -9,7 +9,8 @@ each in its own module, built here on the parts they share:
 - restore.py: putting an environment back on what the bot records it serves
 - operations.py: one operation at a time per (model, env), its lock, and none left running
 - deploy.py (deploy and verify), promotion.py, rollback.py (and reject), locks.py (manual locks),
-  status.py, reconcile.py (at start), canary/ (a version on part of prod, judged by Triton's metrics)
+  status.py, reconcile.py (at start), heal.py (the fleet reconcile loop: endpoints kept on the record),
+  canary/ (a version on part of prod, judged by Triton's metrics)
 
 The pure rules are model.py (standings and transitions) and policy.py (who may unblock prod, and when).
 """
@@ -19,6 +20,7 @@ from bot.context import Context
 from bot.releases.canary.flow import Canaries
 from bot.releases.delivery import Delivery
 from bot.releases.deploy import Deploys
+from bot.releases.heal import Healer
 from bot.releases.locks import ManualLocks
 from bot.releases.operations import Operations
 from bot.releases.promotion import Promotions
@@ -46,6 +48,7 @@ class ReleaseService:
         rollbacks = Rollbacks(ctx, records=records, systems=systems, operations=operations, delivery=delivery, restorer=restorer)
         locks = ManualLocks(ctx, records=records, systems=systems, operations=operations)
         status = Status(ctx, records=records, systems=systems, operations=operations)
+        self.healer = Healer(ctx, records=records, systems=systems, operations=operations, delivery=delivery)
         self._reconciler = Reconciler(ctx, records=records, systems=systems, delivery=delivery, restorer=restorer)
         self.canaries = Canaries(ctx, records=records, systems=systems, operations=operations, delivery=delivery,
                                  restorer=restorer, promotions=promotions, deploys=deploys)
