@@ -119,6 +119,11 @@ async def deploy_files(
     return triton_config_json(config, model, n)
 
 
+def ready_in(index: list[dict[str, Any]], model: str) -> list[int]:
+    """The versions of `model` READY in one endpoint's repository index."""
+    return sorted(int(e["version"]) for e in index if e.get("name") == model and e.get("state") == "READY")
+
+
 class Fleet:
     """The Triton endpoints of one environment, called concurrently (at most `concurrency` at once).
 
@@ -228,6 +233,18 @@ class Fleet:
 
         return await self._everywhere(index)
 
+    async def indexes(self) -> dict[str, list[dict[str, Any]] | str]:
+        """Each endpoint's repository index (every model it knows, with its versions' states), or why it could not
+        be asked; never raises. One request an endpoint, however many models it serves."""
+
+        async def one(endpoint: str) -> list[dict[str, Any]] | str:
+            try:
+                return await self._call(endpoint, lambda c: c.get_model_repository_index())
+            except FleetError as exc:
+                return exc.failures[endpoint]
+
+        return await self._everywhere(one)
+
     async def observe(self, model: str, *, settle: bool = False) -> dict[str, list[int] | str]:
         """What each endpoint serves of `model` (its READY versions), or why it could not be asked; never raises.
 
@@ -242,10 +259,9 @@ class Fleet:
                     index = await self._call(endpoint, lambda c: c.get_model_repository_index())
                 except FleetError as exc:
                     return exc.failures[endpoint]
-                mine = [e for e in index if e.get("name") == model]
-                busy = any(e.get("state") in ("LOADING", "UNLOADING") for e in mine)
+                busy = any(e.get("state") in ("LOADING", "UNLOADING") for e in index if e.get("name") == model)
                 if not (settle and busy) or time.monotonic() > deadline:
-                    return sorted(int(e["version"]) for e in mine if e.get("state") == "READY")
+                    return ready_in(index, model)
                 await asyncio.sleep(0.1)
 
         return await self._everywhere(one)
