@@ -12,7 +12,6 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 from urllib.parse import urlsplit
 
 from apscheduler.triggers.interval import IntervalTrigger
@@ -21,9 +20,9 @@ from bot.context import Context
 from bot.releases.delivery import Delivery
 from bot.releases.operations import Operations
 from bot.releases.records import Records, ReleaseError
+from bot.releases.served import Snapshot
 from bot.releases.systems import EXPECTED, Systems, failure_text
 from bot.scheduler import Scheduler
-from bot.serving.triton import ready_in
 
 log = logging.getLogger(__name__)
 
@@ -70,27 +69,6 @@ def triton_versions(versions: list[int] | tuple[int, ...] | str) -> str:
     return f"triton version{'s' * (len(versions) > 1)} {', '.join(map(str, versions))}"
 
 
-class _Indexes:
-    """What one pass has read: each fleet's endpoints (names looked up) and each endpoint's repository index."""
-
-    def __init__(self, systems: Systems):
-        self.systems = systems
-        self._endpoints: dict[tuple[str, ...], list[str]] = {}
-        self._index: dict[str, list[dict[str, Any]] | str] = {}
-
-    async def served(self, model: str, env: str) -> dict[str, list[int] | str]:
-        specs = tuple(self.systems.model_config(model).environments[env].endpoints)
-        if specs not in self._endpoints:
-            async with self.systems.fleet(model, env, timeout=OBSERVE_TIMEOUT_S) as fleet:
-                self._endpoints[specs] = fleet.endpoints
-                self._index.update(fleet.unresolved)  # a name that gave no address: why, in place of its index
-        if unread := [e for e in self._endpoints[specs] if e not in self._index]:
-            async with self.systems.fleet(model, env, timeout=OBSERVE_TIMEOUT_S, endpoints=unread) as fleet:
-                self._index.update(await fleet.indexes())
-        return {e: ready_in(i, model) if isinstance(i, list) else i
-                for e in self._endpoints[specs] for i in [self._index[e]]}
-
-
 def where(endpoint: str) -> str:
     """An endpoint as people read it: its address and port."""
     return urlsplit(endpoint).netloc or endpoint
@@ -122,7 +100,7 @@ class Healer:
         """One pass over every (model, env) of the config. Each endpoint's repository index is read once a pass
         (fleets are shared by many models), and each name looked up once; only what differs is asked again."""
         async with self._pass:
-            indexes = _Indexes(self.systems)
+            indexes = Snapshot(self.systems, timeout=OBSERVE_TIMEOUT_S)
             for model, cfg in sorted(self.ctx.config.models.items()):
                 for env in cfg.environments:
                     try:
@@ -130,7 +108,7 @@ class Healer:
                     except EXPECTED as exc:  # the registry unreadable, say: this environment waits for the next pass
                         log.warning("fleet reconcile of %s %s: %s", model, env, exc)
 
-    async def _environment(self, model: str, env: str, indexes: _Indexes) -> None:
+    async def _environment(self, model: str, env: str, indexes: Snapshot) -> None:
         if self.ops.lock_of(model, env) is not None:
             return
         heal = self.systems.model_config(model).environments[env].heal
