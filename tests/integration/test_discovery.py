@@ -6,9 +6,11 @@ import pytest
 import yaml
 
 from bot.config import ConfigError, load_config
+from bot.sandbox.local import local_bot
 from bot.serving.discovery import resolve
 from bot.serving.triton import Fleet, FleetError
-from tests.conftest import EXAMPLE_CONFIG
+from tests.conftest import EXAMPLE_CONFIG, write_config
+from tests.e2e.test_release_train import MONDAY_10_LA, Clock
 from tests.support.dns import LoopbackDNS
 
 
@@ -74,3 +76,13 @@ def test_the_config_takes_a_dns_name_with_its_port_and_refuses_one_without(tmp_p
     assert any("models.ranker.environments.prod.endpoints.0: expected an http(s)://host:port URL, or dns+http(s)://name:port"
                in p for p in raised.value.problems), raised.value.problems
     assert any("fleet.nameservers.0: expected a DNS server as host or host:port" in p for p in raised.value.problems)
+
+
+async def test_a_canary_on_a_prod_found_by_dns_is_refused_saying_why(tmp_path):
+    raw = yaml.safe_load(EXAMPLE_CONFIG.read_text())["models"]["ranker"]
+    raw["environments"]["prod"] = {"repository": str(tmp_path / "prod"), "endpoints": ["dns+http://triton-prod.ml.svc:8000"]}
+    config = load_config(write_config(tmp_path, models={"ranker": raw}))
+    async with local_bot(config, clock=Clock(MONDAY_10_LA)) as bot:
+        await bot.client.command("U0CAROL", "canary ranker")
+        said = await bot.slack.wait_for(lambda: next((e["text"] for e in bot.slack.ephemerals if "DNS" in e["text"]), None))
+    assert "prod endpoints are found by DNS (dns+http://triton-prod.ml.svc:8000)" in said and "listed one by one" in said
