@@ -131,6 +131,22 @@ def train(out: str) -> list[Row]:
              _judge(apart[0], lambda v: v <= 1))]
 
 
+def scale(out: str) -> list[Row]:
+    if missing := re.search(r"^cannot run: (.*)$", out, re.MULTILINE):
+        return [(f"not run: {missing.group(1)}", "", "")]
+    sizes = re.findall(r"^(\d+) models x 2 environments, (\d+) endpoints", out, re.MULTILINE)
+    models, endpoints = max(sizes, key=lambda s: (int(s[0]), int(s[1]))) if sizes else ("?", "?")
+    block = out.split(f"{models} models x 2 environments, {endpoints} endpoints", 1)[-1]
+    at = {what: _num(rf"^  {what}\s+([\d.]+) s", block) for what in ("status", "digest", "home", "reconcile pass")}
+    blocks, view = _num(r"largest message: (\d+) blocks", out), _num(r"largest App Home view: (\d+) blocks", out)
+    chars = _num(r"largest section: (\d+) characters", out)
+    return [(f"{models} models x 2 envs, {endpoints} endpoints: status {at['status']} s, digest {at['digest']} s, "
+             f"App Home {at['home']} s, reconcile pass {at['reconcile pass']} s", "", ""),
+            (f"largest message {blocks:.0f} blocks, App Home view {view:.0f}, section {chars:.0f} characters"
+             if None not in (blocks, view, chars) else "largest message: ?", "<= 50 / 100 / 3,000",
+             _judge(None if None in (blocks, view, chars) else max(blocks / 50, view / 100, chars / 3000), lambda v: v <= 1))]
+
+
 @dataclass(frozen=True)
 class Bench:
     name: str
@@ -141,7 +157,8 @@ class Bench:
 
 BENCHES = [Bench("ack_latency", ack_latency), Bench("datagen_rules", datagen_rules, quick=False),
            Bench("datagen", datagen), Bench("fleet_deploy", fleet_deploy), Bench("canary", canary),
-           Bench("replication", replication), Bench("train", train), Bench("soak", soak)]
+           Bench("replication", replication), Bench("train", train), Bench("scale", scale, timeout=1800),
+           Bench("soak", soak)]
 
 
 def run(bench: Bench, quick: bool, soak_minutes: float | None) -> tuple[list[str], list[Row], float, int]:

@@ -134,9 +134,11 @@ class Roles(Strict):
 
 class EnvironmentConfig(Strict):
     repository: Location = Field(description="Triton model repository: s3://bucket/prefix or a local directory")
-    endpoints: list[Annotated[str, _pattern(r"https?://[^\s/]+(:\d+)?/?", "an http(s)://host:port URL")]] = (
-        Field(min_length=1)
-    )
+    endpoints: list[Annotated[str, _pattern(r"https?://[^\s/]+(:\d+)?/?|dns\+https?://[A-Za-z0-9_.-]+:\d+/?",
+                                            "an http(s)://host:port URL, or dns+http(s)://name:port for every address "
+                                            "the name has")]] = Field(min_length=1)
+    heal: bool = Field(default=False, description="the fleet reconcile loop also loads the recorded version on an "
+                                                  "endpoint serving another one (drift), instead of only reporting it")
     metrics: dict[str, Annotated[str, _pattern(r"https?://\S+", "an http(s):// URL")]] = Field(
         default={}, description="endpoint → its Triton metrics URL; by default the endpoint's host on port 8002")
 
@@ -458,6 +460,23 @@ class Pipelines(Strict):
     airflow: AirflowPipelines = AirflowPipelines()
 
 
+def _nameserver(value: str) -> str:
+    match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(:(\d{1,5}))?", value)
+    if match is None or (match.group(3) and not 0 < int(match.group(3)) < 65536):
+        raise ValueError(f"expected a DNS server as host or host:port, got {value!r}")
+    return value
+
+
+class FleetConfig(Strict):
+    """How fleets are found (dns+http:// endpoints) and kept on what the bot records (the reconcile loop)."""
+
+    reconcile_seconds: float = Field(default=60, ge=0, description="how often each endpoint is compared with the "
+                                                                   "record and healed; 0 turns the loop off")
+    nameservers: list[Annotated[str, AfterValidator(_nameserver)]] = Field(
+        default=[], description="DNS servers (host or host:port) for dns+ endpoints; the system's resolv.conf unless set")
+    dns_timeout_s: float = Field(default=5, gt=0, le=60, description="how long one lookup of a name may take")
+
+
 class Config(Strict):
     channels: Channels
     roles: Roles = Roles()
@@ -480,6 +499,7 @@ class Config(Strict):
     monitors: dict[Annotated[str, _pattern(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", "a monitor name (letters, digits, "
                                             "_ . -)")], Monitor] = Field(
         default={}, description="team checks judged by the datagen rule kinds: a file, a command or a notebook")
+    fleet: FleetConfig = FleetConfig()
 
     @model_validator(mode="after")
     def _cross_refs(self) -> Config:

@@ -72,6 +72,7 @@ class Runtime:
         # Domain services (each registers its scheduled jobs in its constructor).
         self.releases = ReleaseService(self.ctx, roles=self.roles, scheduler=self.scheduler)
         self.registry_hook = RegistryHook(self.ctx, hooks=self.hooks, train=self.releases.train)
+        self.releases.healer.schedule(self.scheduler)  # the fleet reconcile loop, in the active instance only
         self.silences = Silences(self.ctx)
         self.datagen = DatagenService(self.ctx, scheduler=self.scheduler, silences=self.silences)
         self.datagen_hook = DatagenHook(self.ctx, hooks=self.hooks, datagen=self.datagen)

@@ -54,6 +54,9 @@ def write_config(directory: Path, **overrides) -> Path:
     # The example's monitors run programs at their slots, a notebook among them (seconds each, and audit rows):
     # tests about something else go without them; tests of monitors pass their own.
     raw["monitors"] = {}
+    # The fleet reconcile loop would heal or report what tests about something else set up on purpose; its own
+    # tests (e2e/test_fleet_heal.py) turn it on.
+    raw["fleet"] = {"reconcile_seconds": 0}
     raw.update(overrides)
     path = directory / "mlops-bot.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))

@@ -1,7 +1,8 @@
 """The digests and the App Home in Block Kit, from the plain values of `facts`.
 
 Sections stay under Slack's 3000 characters; a digest of more than 50 blocks continues in its own thread
-(`Notifier.post`).
+(`Notifier.post`). The App Home, one view of at most 100 blocks, pages its model table instead (Previous /
+Next buttons), so no row is ever cut off.
 """
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from collections import Counter
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
+
+from pydantic import BaseModel, Field
 
 from bot.digest.facts import (
     DailyFacts,
@@ -27,6 +30,7 @@ from bot.releases.model import State
 from bot.releases.queue import waiting_text
 
 MAX_SECTION = 3000
+MAX_HOME_BLOCKS = 100  # Slack's limit for a Home tab view
 # Audit rows that only echo another row (the press before its outcome) or are plumbing, not news.
 QUIET_STATUSES = ("accepted",)
 QUIET_VERBS = ("help", "datagen.chart", "slack.request", "train.watch", "train.wait")
@@ -196,6 +200,34 @@ def operation_line(op: Mapping[str, Any]) -> str:
     return f":hourglass_flowing_sand: {op['what']} since {when(op['since'])}"
 
 
+class HomePage(BaseModel):
+    """The value of the App Home's Previous / Next buttons: which page of the model table to show."""
+
+    page: int = Field(default=0, ge=0, le=100_000)
+
+
+def pages(lines: list[str], title: str, budget: int) -> list[list[dict[str, Any]]]:
+    """`title` and its lines as pages of at most `budget` blocks each, packed as `sections` packs them; when there
+    are several, each page's title says which rows it holds."""
+    if not lines:
+        return [sections(title, [], "no models configured")]
+    widest = f"{title} · page {len(lines)} of {len(lines)} (rows {len(lines)}–{len(lines)} of {len(lines)}) (continued)"
+    cuts, start, blocks, used = [], 0, 1, len(widest) + 2
+    for i, line in enumerate(lines):
+        size = 1 + min(len(line), MAX_SECTION - len(title) - 8)
+        if used + size > MAX_SECTION:  # the next section of the page
+            if blocks == budget and i > start:  # the next page
+                cuts.append((start, i))
+                start, blocks = i, 0
+            blocks, used = blocks + 1, len(widest) + 2
+        used += size
+    cuts.append((start, len(lines)))
+    if len(cuts) == 1:
+        return [sections(title, lines, "")]
+    return [sections(f"{title} · page {n + 1} of {len(cuts)} (rows {a + 1}–{b} of {len(lines)})", lines[a:b], "")
+            for n, (a, b) in enumerate(cuts)]
+
+
 def home_view(
     *,
     user: str,
@@ -206,12 +238,11 @@ def home_view(
     approvals: list[StagedRelease],
     operations: list[Mapping[str, Any]],
     trains: list[TrainRow] | None = None,
+    page: int = 0,
 ) -> dict[str, Any]:
-    """The App Home of `user`: the model table, on call, open alerts, their approvals and running work."""
-    blocks: list[dict[str, Any]] = [
-        {"type": "header", "text": {"type": "plain_text", "text": "MLOps dashboard"}},
-        context(f"for <@{user}> · as of {when(now)}"),
-        *sections("Models in service", [model_line(r) for r in models], "no models configured"),
+    """The App Home of `user`: the model table (page `page` of it, when it does not fit with the rest), the trains
+    on the tracks, on call, open alerts, their approvals and running work."""
+    rest: list[dict[str, Any]] = [
         *sections(TRAINS, train_lines(trains or []), NO_TRAINS),
         *sections("On call", [oncall_line(o) for o in oncall], "no rotations configured"),
         *sections(
@@ -223,8 +254,17 @@ def home_view(
         section("*Waiting for you to unblock*" if approvals else "*Waiting for you to unblock*\n_nothing_"),
     ]
     for r in approvals[:10]:
-        blocks.append(
+        rest.append(
             {**section(pending_line(r)), "accessory": btn("Unblock prod", "release.promote", ReleaseRef(release=r.id), "primary")}
         )
-    blocks += sections("Your running operations", [operation_line(op) for op in operations], "none")
-    return {"type": "home", "blocks": blocks[:100]}
+    if len(approvals) > 10:
+        rest.append(context(f"and {len(approvals) - 10} more: the daily digest lists every approval pending"))
+    rest += sections("Your running operations", [operation_line(op) for op in operations], "none")
+    head = [{"type": "header", "text": {"type": "plain_text", "text": "MLOps dashboard"}},
+            context(f"for <@{user}> · as of {when(now)}")]
+    table = pages([model_line(r) for r in models], "Models in service", max(1, MAX_HOME_BLOCKS - len(head) - len(rest) - 1))
+    page = min(page, len(table) - 1)
+    nav = [btn(label, "home.page", HomePage(page=to)) for label, to, shown in
+           (("Previous models", page - 1, page > 0), ("Next models", page + 1, page < len(table) - 1)) if shown]
+    blocks = [*head, *table[page], *([{"type": "actions", "elements": nav}] if nav else []), *rest]
+    return {"type": "home", "blocks": blocks}

@@ -225,7 +225,7 @@ class DigestService:
             found.append(OnCall(rotation.name, who_is_on_call(rotation, now, overrides), next_shift(rotation, now, overrides)))
         return found
 
-    async def home(self, user: str) -> dict[str, Any]:
+    async def home(self, user: str, page: int = 0) -> dict[str, Any]:
         now = self.ctx.clock()
         return home_view(
             user=user,
@@ -236,7 +236,8 @@ class DigestService:
             approvals=await self.approvals_for(user),
             operations=self.operations_of(user),
             trains=self.trains(),
+            page=page,
         )
 
-    async def publish(self, user: str) -> None:
-        await self.ctx.notifier.publish_home(user, await self.home(user))
+    async def publish(self, user: str, page: int = 0) -> None:
+        await self.ctx.notifier.publish_home(user, await self.home(user, page))

@@ -28,8 +28,10 @@ class Restorer:
                 return await self._unrestorable(model, env, back, n, exc)
         failed: dict[str, str] = {}
         stuck: dict[str, dict[str, str]] = {}
+        endpoints: list[str] = []
         try:
             async with self.systems.fleet(model, env) as fleet:
+                endpoints = fleet.endpoints  # a DNS name's records, as looked up now
                 try:
                     await (fleet.load(model, n, config) if back and config else fleet.unload(model))
                 finally:
@@ -38,7 +40,7 @@ class Restorer:
         except FleetError as exc:
             failed = exc.failures
         # An endpoint that is down serves nothing, so putting the others back is still worth doing and saying.
-        done = [e for e in self.systems.model_config(model).environments[env].endpoints if e not in failed]
+        done = [e for e in endpoints if e not in failed]
         status = "partial" if failed and done else "failed" if failed else "succeeded"
         self.ctx.audit(actor="mlops-bot", verb="rollback", status=status, model=model, env=env, version=back,
                        detail={"automatic": True, "failed": failed, **({"not_ready": stuck} if stuck else {})})

@@ -9,7 +9,8 @@ each in its own module, built here on the parts they share:
 - restore.py: putting an environment back on what the bot records it serves
 - operations.py: one operation at a time per (model, env), its lock, and none left running
 - deploy.py (deploy and verify), promotion.py, rollback.py (and reject), locks.py (manual locks),
-  status.py, reconcile.py (at start), canary/ (a version on part of prod, judged by Triton's metrics)
+  status.py, reconcile.py (at start), heal.py (the fleet reconcile loop: endpoints kept on the record),
+  canary/ (a version on part of prod, judged by Triton's metrics)
 - train.py: new registry versions to staging by themselves, one train per model (queue.py holds its rules);
   registry_hook.py is its webhook; hygiene.py (nothing broken or unverified left on staging overnight)
 
@@ -24,6 +25,7 @@ from bot.context import Context
 from bot.releases.canary.flow import Canaries
 from bot.releases.delivery import Delivery
 from bot.releases.deploy import Deploys
+from bot.releases.heal import Healer
 from bot.releases.hygiene import StagingHygiene
 from bot.releases.locks import ManualLocks
 from bot.releases.operations import Operations
@@ -56,6 +58,7 @@ class ReleaseService:
         rollbacks = Rollbacks(ctx, records=records, systems=systems, operations=operations, delivery=delivery, restorer=restorer)
         locks = ManualLocks(ctx, records=records, systems=systems, operations=operations)
         status = Status(ctx, records=records, systems=systems, operations=operations)
+        self.healer = Healer(ctx, records=records, systems=systems, operations=operations, delivery=delivery)
         self._reconciler = Reconciler(ctx, records=records, systems=systems, delivery=delivery, restorer=restorer)
         self.train = Train(ctx, records=records, systems=systems, delivery=delivery, deploys=deploys)
         self.hygiene = StagingHygiene(ctx, scheduler=scheduler, records=records, delivery=delivery, rollbacks=rollbacks)

@@ -7,6 +7,7 @@ from typing import Any
 from bot.context import Context
 from bot.releases.operations import Operations
 from bot.releases.records import Records, parse_dt
+from bot.releases.served import Snapshot
 from bot.releases.systems import Systems
 
 STATUS_TIMEOUT_S = 5  # a status answer waits this long at most for an endpoint to say what it serves
@@ -23,6 +24,7 @@ class Status:
         """Every (model, env): what the bot records, its standing, the lock, and what the endpoints serve when
         that differs from the record."""
         rows = []
+        served = Snapshot(self.systems, timeout=STATUS_TIMEOUT_S)  # each endpoint asked once for all its models
         for name, cfg in sorted(self.ctx.config.models.items()):
             if model and name != model:
                 continue
@@ -37,21 +39,19 @@ class Status:
                     "deployed_by": current.get("deployed_by"), "approved_by": current.get("approved_by"),
                     "updated_at": parse_dt(current.get("updated_at")),
                     "verify": ("passed" if report.get("passed") else f"failed: {report.get('reason')}") if report else None,
-                    "lock": lock, "drift": await self._drift(name, env, current.get("triton_version")),
+                    "lock": lock, "drift": await self._drift(name, env, current.get("triton_version"), served),
                     "waiting": [r["version"] for r in self.records.rows(
                         "SELECT version FROM train_queue WHERE model = ? AND state = 'queued' ORDER BY created_at, version",
                         name)] if env == "staging" else [],
                 })
         return rows
 
-    async def _drift(self, model: str, env: str, recorded: int | None) -> list[str]:
+    async def _drift(self, model: str, env: str, recorded: int | None, snapshot: Snapshot) -> list[str]:
         """Where the endpoints serve something other than the record, as lines for people."""
         if self.ops.running and self.ops.lock_of(model, env):  # mid-operation the difference is the operation itself
             return []
-        async with self.systems.fleet(model, env, timeout=STATUS_TIMEOUT_S) as fleet:
-            served = await fleet.observe(model)
         lines = []
-        for endpoint, versions in served.items():
+        for endpoint, versions in (await snapshot.served(model, env)).items():
             if isinstance(versions, str):
                 lines.append(f"{endpoint}: {versions}")  # what the fleet says: "unreachable (connection refused)", …
             elif versions != ([recorded] if recorded else []):

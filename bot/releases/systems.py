@@ -46,7 +46,8 @@ class Systems:
         """`env`'s endpoints, or the part of them `endpoints` names (a canary's groups)."""
         environment = self.model_config(model).environments[env]
         return Fleet(list(environment.endpoints if endpoints is None else endpoints),
-                     concurrency=self.config.deploy.endpoint_concurrency, timeout=timeout or self.config.deploy.load_timeout_s)
+                     concurrency=self.config.deploy.endpoint_concurrency, timeout=timeout or self.config.deploy.load_timeout_s,
+                     nameservers=self.config.fleet.nameservers, dns_timeout=self.config.fleet.dns_timeout_s)
 
     def metrics_urls(self, model: str, env: str) -> dict[str, str]:
         """Each endpoint's Triton metrics URL: as configured, else its host on Triton's default metrics port."""

@@ -132,23 +132,27 @@ class TritonServer:
     the server can find and remove the ones a killed server leaves behind.
     """
 
-    def __init__(self, repository: str, *, env: dict[str, str] | None = None, shm_prefix: str | None = None) -> None:
+    def __init__(self, repository: str, *, env: dict[str, str] | None = None, shm_prefix: str | None = None,
+                 host: str = "127.0.0.1", port: int = 0) -> None:
         self.repository = repository
         self.env = env
         self.shm_prefix = shm_prefix
-        self.port = 0
+        # A fixed HTTP port on its own loopback address (127.0.0.2, …): the servers behind one DNS name share a port.
+        self.host = host
+        self.fixed_port = port
+        self.port = port
         self.metrics_port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = Path(tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def metrics_url(self) -> str:
         """Triton's Prometheus metrics (its own counters per model version), on a port of their own."""
-        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+        return f"http://{self.host}:{self.metrics_port}/metrics"
 
     def start(self, timeout: float = 60.0) -> TritonServer:
         """Start on free loopback ports and wait until /v2/health/live answers; retries if a port was taken."""
@@ -164,17 +168,17 @@ class TritonServer:
     def _spawn(self) -> None:
         root = wheel_dir()
         assert root is not None, triton_missing()
-        self.port, grpc_port, self.metrics_port = free_port(), free_port(), free_port()
+        self.port, grpc_port, self.metrics_port = self.fixed_port or free_port(), free_port(), free_port()
         command = [
             str(root / "bin" / "tritonserver"),
             f"--model-repository={self.repository}",
             "--model-control-mode=explicit",
             f"--backend-directory={backends_dir()}",
-            "--http-address=127.0.0.1",
+            f"--http-address={self.host}",
             f"--http-port={self.port}",
             "--grpc-address=127.0.0.1",
             f"--grpc-port={grpc_port}",
-            "--metrics-address=127.0.0.1",
+            f"--metrics-address={self.host}",
             f"--metrics-port={self.metrics_port}",
             "--allow-gpu-metrics=false",
             # No GPU here: skip the pinned host pool Triton reserves for device copies.

@@ -22,6 +22,7 @@ from tritonclient.http import InferInput
 from tritonclient.http.aio import InferenceServerClient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+from bot.serving import discovery
 from bot.serving.artifacts import ArtifactStore, copy
 from bot.serving.registry import CONFIG, REGISTRY_FILES, Registry, triton_config_json
 
@@ -118,16 +119,42 @@ async def deploy_files(
     return triton_config_json(config, model, n)
 
 
-class Fleet:
-    """The Triton endpoints of one environment, called concurrently (at most `concurrency` at once)."""
+def ready_in(index: list[dict[str, Any]], model: str) -> list[int]:
+    """The versions of `model` READY in one endpoint's repository index."""
+    return sorted(int(e["version"]) for e in index if e.get("name") == model and e.get("state") == "READY")
 
-    def __init__(self, endpoints: list[str], *, concurrency: int = 8, timeout: float = 120.0) -> None:
-        self.endpoints = list(endpoints)
+
+class Fleet:
+    """The Triton endpoints of one environment, called concurrently (at most `concurrency` at once).
+
+    Endpoints given as `dns+http://name:port` are looked up once per fleet (`resolve`, done on entering it and
+    before any call), so each operation works on the records of its start. A name that gives no record stays
+    an endpoint of its own that fails every call with the reason, so it is named wherever the fleet is used.
+    """
+
+    def __init__(self, endpoints: list[str], *, concurrency: int = 8, timeout: float = 120.0,
+                 nameservers: list[str] | tuple[str, ...] = (), dns_timeout: float = 5.0) -> None:
+        self.specs = list(endpoints)
+        self.endpoints = list(endpoints)  # the specs until `resolve` has looked their names up
+        self.unresolved: dict[str, str] = {}
         self.concurrency = concurrency
         self.timeout = timeout
+        self._nameservers = list(nameservers)
+        self._dns_timeout = dns_timeout
+        self._resolved = not any(discovery.is_dns(e) for e in self.specs)
         self._clients: dict[str, InferenceServerClient] = {}
 
+    async def resolve(self) -> list[str]:
+        """The endpoints, each DNS name replaced by its records (looked up the first time only)."""
+        if not self._resolved:
+            found, self.unresolved = await discovery.resolve(self.specs, nameservers=self._nameservers,
+                                                             timeout=self._dns_timeout)
+            self.endpoints = found + list(self.unresolved)
+            self._resolved = True
+        return self.endpoints
+
     async def __aenter__(self) -> Fleet:
+        await self.resolve()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -147,6 +174,8 @@ class Fleet:
 
     async def _call(self, endpoint: str, request: Callable[[InferenceServerClient], Awaitable[T]]) -> T:
         """One request to one endpoint; every way it can fail becomes a FleetError naming the endpoint."""
+        if endpoint in self.unresolved:
+            raise FleetError({endpoint: self.unresolved[endpoint]})
         try:
             return await request(self._client(endpoint))
         except InferenceServerException as error:
@@ -164,6 +193,7 @@ class Fleet:
 
     async def _everywhere(self, work: Callable[[str], Awaitable[T]]) -> dict[str, T]:
         """Run `work` on every endpoint, `concurrency` at a time; one FleetError collects every failure."""
+        await self.resolve()
         semaphore = asyncio.Semaphore(self.concurrency)
 
         async def bounded(endpoint: str) -> T:
@@ -203,6 +233,18 @@ class Fleet:
 
         return await self._everywhere(index)
 
+    async def indexes(self) -> dict[str, list[dict[str, Any]] | str]:
+        """Each endpoint's repository index (every model it knows, with its versions' states), or why it could not
+        be asked; never raises. One request an endpoint, however many models it serves."""
+
+        async def one(endpoint: str) -> list[dict[str, Any]] | str:
+            try:
+                return await self._call(endpoint, lambda c: c.get_model_repository_index())
+            except FleetError as exc:
+                return exc.failures[endpoint]
+
+        return await self._everywhere(one)
+
     async def observe(self, model: str, *, settle: bool = False) -> dict[str, list[int] | str]:
         """What each endpoint serves of `model` (its READY versions), or why it could not be asked; never raises.
 
@@ -217,10 +259,9 @@ class Fleet:
                     index = await self._call(endpoint, lambda c: c.get_model_repository_index())
                 except FleetError as exc:
                     return exc.failures[endpoint]
-                mine = [e for e in index if e.get("name") == model]
-                busy = any(e.get("state") in ("LOADING", "UNLOADING") for e in mine)
+                busy = any(e.get("state") in ("LOADING", "UNLOADING") for e in index if e.get("name") == model)
                 if not (settle and busy) or time.monotonic() > deadline:
-                    return sorted(int(e["version"]) for e in mine if e.get("state") == "READY")
+                    return ready_in(index, model)
                 await asyncio.sleep(0.1)
 
         return await self._everywhere(one)
@@ -250,6 +291,7 @@ class Fleet:
         Each endpoint keeps serving its previous version until `n` is READY there, then unloads it; a failed
         load leaves the previous version serving.
         """
+        await self.resolve()
         total, started, ready = len(self.endpoints), 0, 0
 
         async def load_one(endpoint: str) -> None:
@@ -291,6 +333,7 @@ class Fleet:
 
     async def unload(self, model: str, *, on_progress: ProgressCallback | None = None) -> None:
         """Stop serving every version of `model` on every endpoint."""
+        await self.resolve()
         total, done = len(self.endpoints), 0
 
         async def unload_one(endpoint: str) -> None:

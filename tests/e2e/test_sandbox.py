@@ -173,7 +173,8 @@ def test_forms_stable_buttons_a_refusal_the_audit_and_a_handoff_after_moving_the
     reminder = moved.index("you are on call for recsys from")
     assert reminder < moved.index("*On-call handoff (recsys): @") and "@S0ONCALL now reaches @" in moved
     later = handoff.astimezone(UTC) + timedelta(hours=1, minutes=30)
-    assert f"(the bot's clock: {later:%a %Y-%m-%d %H:%M} UTC; ran datagen.poll.recsys ×2, oncall.recsys.tick ×2)" in moved
+    ran = "datagen.poll.recsys ×2, fleet.reconcile ×2, oncall.recsys.tick ×2"
+    assert f"(the bot's clock: {later:%a %Y-%m-%d %H:%M} UTC; ran {ran})" in moved
 
     # The terminal had warnings only; the log file in the state directory has the rest.
     assert "INFO" not in result.stderr and "not there yet" not in out + result.stderr

@@ -11,6 +11,7 @@ from bot.datagen.service import save_record
 from bot.digest.messages import action_line, news_lines
 from bot.sandbox.local import local_bot
 from bot.sandbox.render import render_message, render_view
+from bot.sandbox.slack_api import dm_id
 from bot.store import Store, iso
 from tests.conftest import ROOT, Clock, write_config
 
@@ -207,3 +208,14 @@ def test_routine_rows_are_counted_as_a_person_says_them() -> None:
     lines = news_lines(rows)
     assert lines[-1] == "Routine: 2 datagen records stored, 1 daily digest"
     assert lines[:-1] == [action_line(rows[3])]  # the handoff that failed is news, not routine
+
+
+async def test_the_app_homes_page_buttons_publish_the_page_they_name(tmp_path: Path) -> None:
+    async with local_bot(_config(tmp_path), clock=Clock(DIGEST_TIME), post_rate=1000, post_burst=1000) as bot:
+        await bot.client.home_opened("U0BOB")
+        await bot.slack.wait_for(lambda: bot.slack.home.get("U0BOB"))
+        # A table this small is one page, so a press for page 3 (a view left open while the table shrank) shows it.
+        await bot.client.press("U0BOB", "home.page", json.dumps({"page": 3}), channel=dm_id("U0BOB"), message_ts="")
+        published = await bot.slack.wait_for(lambda: len(bot.slack.calls_to("views.publish")) == 2 or None)
+        assert published and "*ranker* · prod" in render_view(bot.slack.home["U0BOB"])
+        assert [r for r in bot.runtime.store.actions() if r["verb"] == "home.page" and r["status"] == "accepted"]

@@ -116,7 +116,7 @@ SAMPLES = {
 }
 # The buttons anyone in the channel may press; a new button without a role must be added here on purpose.
 ANYONE = {"datagen.ack", "datagen.expected", "alerts.silence", "oncall.ack_handoff", "oncall.take", "pipelines.ack",
-          "pipelines.silence"} | {
+          "pipelines.silence", "home.page"} | {  # home.page: anyone sees their own App Home
     a for a in BUTTONS if a.startswith("datagen.silence.")}
 
 

@@ -28,6 +28,7 @@ from bot.releases.records import Records, ReleaseError
 from bot.releases.restore import Restorer
 from bot.releases.systems import EXPECTED, Systems, failure_text
 from bot.releases.verify import verify
+from bot.serving.discovery import is_dns
 from bot.serving.triton import deploy_files
 from bot.serving.triton_metrics import Counters, read
 from bot.store import iso
@@ -57,6 +58,9 @@ class Canaries(Flow):
         """(the release, the baseline prod serves, canary endpoints, baseline endpoints), or ReleaseError saying why not."""
         environments = self.systems.model_config(model).environments
         endpoints = list(environments["prod"].endpoints) if "prod" in environments else []
+        if names := [e for e in endpoints if is_dns(e)]:  # its split is by endpoint, and a name's records come and go
+            raise ReleaseError(f"{model}'s prod endpoints are found by DNS ({', '.join(names)}): a canary needs them "
+                               "listed one by one in the config; unblock to every endpoint instead")
         try:
             k = canary_count(percent, len(endpoints))
         except CanaryRefused as exc:
