@@ -1,7 +1,9 @@
 """Shared fixtures: a config written from examples/mlops-bot.yaml into a temp dir, and the bot on loopback."""
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -9,7 +11,7 @@ import pytest
 import yaml
 
 from bot.config import Config, load_config
-from bot.sandbox.tritonserver import DEFAULT_PORTS, triton_missing
+from bot.sandbox.tritonserver import DEFAULT_PORTS, TritonServer, triton_missing
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_CONFIG = ROOT / "examples" / "mlops-bot.yaml"
@@ -81,6 +83,20 @@ def airflow():
     server = start_or_skip()
     yield server
     server.stop()
+
+
+@contextlib.contextmanager
+def staging_and_prod(root: Path) -> Iterator[tuple[dict[str, Path], dict[str, TritonServer]]]:
+    """A tritonserver over an empty repository of its own under `root`, for staging and for prod."""
+    repos = {env: root / env for env in ("staging", "prod")}
+    for path in repos.values():
+        path.mkdir()
+    servers = {env: TritonServer(str(path)).start() for env, path in repos.items()}
+    try:
+        yield repos, servers
+    finally:
+        for server in servers.values():
+            server.stop()
 
 
 @pytest.fixture(scope="module")

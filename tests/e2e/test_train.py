@@ -25,7 +25,7 @@ from bot.sandbox.slack_emulator import SlackEmulator
 from bot.sandbox.tritonserver import TritonServer
 from bot.serving.artifacts import ArtifactStore, open_store
 from bot.serving.triton import Fleet
-from tests.conftest import EXAMPLE_CONFIG, ROOT, write_config
+from tests.conftest import EXAMPLE_CONFIG, ROOT, staging_and_prod, write_config
 from tests.e2e.test_release_train import MONDAY_10_LA, Clock, serving
 from tests.integration.test_serving import new_bucket
 from tests.support.s3 import AWS_ENV, MotoServer
@@ -50,14 +50,8 @@ def moto() -> Iterator[MotoServer]:
 @pytest.fixture(scope="module")
 def pair(triton_here, tmp_path_factory) -> Iterator[tuple[dict[str, Path], dict[str, TritonServer]]]:
     """One staging and one prod tritonserver for the whole module."""
-    root = tmp_path_factory.mktemp("train-repos")
-    repos = {env: root / env for env in ("staging", "prod")}
-    for path in repos.values():
-        path.mkdir()
-    servers = {env: TritonServer(str(path)).start() for env, path in repos.items()}
-    yield repos, servers
-    for server in servers.values():
-        server.stop()
+    with staging_and_prod(tmp_path_factory.mktemp("train-repos")) as running:
+        yield running
 
 
 @dataclass

@@ -16,7 +16,7 @@ from bot.config import load_config
 from bot.sandbox.local import LocalBot, local_bot
 from bot.sandbox.tritonserver import TritonServer, triton_missing
 from bot.serving.triton import Fleet
-from tests.conftest import EXAMPLE_CONFIG, ROOT, write_config
+from tests.conftest import EXAMPLE_CONFIG, ROOT, staging_and_prod, write_config
 from tests.support.airflow import free_port
 
 MONDAY_10_LA = datetime(2026, 11, 23, 18, 0, tzinfo=UTC)  # inside deploy hours
@@ -56,14 +56,8 @@ def triton(tmp_path_factory) -> Iterator[tuple[dict[str, Path], dict[str, Triton
         if os.environ.get("CI") == "true":  # CI installs the triton extra: missing there is a broken build
             pytest.fail(f"tritonserver is needed for the release dry runs: {reason}")
         pytest.skip(reason)
-    root = tmp_path_factory.mktemp("options")
-    repos = {env: root / env for env in ("staging", "prod")}
-    for path in repos.values():
-        path.mkdir()
-    servers = {env: TritonServer(str(path)).start() for env, path in repos.items()}
-    yield repos, servers
-    for server in servers.values():
-        server.stop()
+    with staging_and_prod(tmp_path_factory.mktemp("options")) as running:
+        yield running
 
 
 @pytest.fixture
