@@ -21,7 +21,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 from bot.config import load_config
-from bot.datagen.rules import Breach
+from bot.monitors.rules import Breach
 from bot.sandbox.local import local_bot
 from tests.conftest import write_config
 

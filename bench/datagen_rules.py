@@ -7,8 +7,8 @@ from __future__ import annotations
 import time
 from datetime import UTC, date, datetime, timedelta
 
-from bot.datagen.report import parse_report
-from bot.datagen.rules import BoundRule, ChangeRule, RecordedChangeRule, Rule, default_rules, evaluate
+from bot.monitors.datagen import parse_report
+from bot.monitors.rules import BoundRule, ChangeRule, RecordedChangeRule, Rule, default_rules, evaluate
 from tests.support.datagen_history import make_history, real_record
 
 DAYS = 365

@@ -198,9 +198,9 @@ def _datagen_job(config: Config, given: str | None) -> str:
 
 
 def cmd_datagen_ingest(args: argparse.Namespace) -> int:
-    from bot.datagen.history import load_history, parser_of, save_record
-    from bot.datagen.report import ReportError
-    from bot.datagen.rules import evaluate
+    from bot.monitors.datagen import ReportError
+    from bot.monitors.history import load_history, parser_of, save_record
+    from bot.monitors.rules import evaluate
     from bot.store import Store, utcnow
 
     config = _load(args)
@@ -233,8 +233,8 @@ def cmd_datagen_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_datagen_backtest(args: argparse.Namespace) -> int:
-    from bot.datagen.history import load_history, parser_of
-    from bot.datagen.rules import backtest
+    from bot.monitors.history import load_history, parser_of
+    from bot.monitors.rules import backtest
 
     config = _load(args)
     job = _datagen_job(config, args.job)

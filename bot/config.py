@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from bot.datagen.rules import FailedRule, FreshnessRule, RuleSet, default_rules, format_grace
+from bot.monitors.rules import FailedRule, FreshnessRule, RuleSet, default_rules, format_grace
 from bot.oncall.schedule import WEEKDAYS, Rotation, Weekday
 
 # A datagen alert has one Retrain button per model of its job, each with its own action id (ids must be unique

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bot.airflow import AirflowError, client_for
 from bot.config import Config, Secrets
-from bot.datagen.runner import notebooks_missing
+from bot.monitors.sources import notebooks_missing
 from bot.programs import resolve_executable
 
 

@@ -20,12 +20,12 @@ from slack_bolt.request.async_request import AsyncBoltRequest
 from bot.alertmanager import AlertmanagerIntake
 from bot.config import Config, Secrets
 from bot.context import Clock, Context
-from bot.datagen.hook import DatagenHook
-from bot.datagen.service import DatagenService
 from bot.digest.service import DigestService
 from bot.hooks import HookQueue
 from bot.ingress import RefuseWhileStoreUnwritable, Rejections, unsigned
 from bot.metrics import Metrics, request_kind
+from bot.monitors.hook import DatagenHook
+from bot.monitors.service import DatagenService
 from bot.notifier import Notifier, web_client
 from bot.oncall.service import OnCallService
 from bot.pipelines.service import PipelineWatch

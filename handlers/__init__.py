@@ -13,14 +13,14 @@ from slack_bolt.middleware.async_middleware import AsyncMiddleware
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_bolt.response import BoltResponse
 
-from handlers import alerts, audit, buttons, datagen, environments, home, modals, oncall, pipelines, releases, retrain, router
+from handlers import alerts, audit, buttons, environments, home, modals, monitors, oncall, pipelines, releases, retrain, router
 from handlers.payloads import EVENTS, BlockActions, EventCallback, SlashCommand, ViewSubmission
 
 if TYPE_CHECKING:
     from bot.runtime import Runtime
 
 # Imported for what they declare: their verbs, buttons and modals fill the router's, buttons' and modals' tables.
-DOMAINS = (alerts, audit, datagen, environments, oncall, pipelines, releases, retrain)
+DOMAINS = (alerts, audit, environments, monitors, oncall, pipelines, releases, retrain)
 
 # The payloads the bot listens to, each with the model of the fields its handler reads.
 SHAPES: dict[str, type[BaseModel]] = {

@@ -14,9 +14,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo
 
 from bot.context import Context
-from bot.datagen.history import due_at
-from bot.datagen.report import parse_report
-from bot.datagen.service import DatagenService
 from bot.digest.facts import (
     UNVERIFIED,
     DailyFacts,
@@ -31,6 +28,9 @@ from bot.digest.facts import (
     weekly_facts,
 )
 from bot.digest.messages import daily, home_view, weekly
+from bot.monitors.datagen import parse_report
+from bot.monitors.history import due_at
+from bot.monitors.service import DatagenService
 from bot.oncall.schedule import next_shift, who_is_on_call
 from bot.oncall.service import OnCallService
 from bot.releases.model import State

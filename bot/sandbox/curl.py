@@ -1,7 +1,7 @@
 """Ready-made curl lines for the bot's webhooks, as the sandbox prints them: signed the way the bot checks.
 
 The datagen hook's signature covers a timestamp the bot allows 300 s of skew on, so its line computes the
-signature when it is run (openssl), not when it is printed (see bot.datagen.hook.sign for the format).
+signature when it is run (openssl), not when it is printed (see bot.monitors.hook.sign for the format).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from bot.config import Config
-from bot.datagen.history import run_date_at
+from bot.monitors.history import run_date_at
 
 DATAGEN_SECRET = "sandbox-datagen-secret"
 ALERTMANAGER_TOKEN = "sandbox-alertmanager-token"

@@ -19,8 +19,8 @@ from datetime import date
 from pathlib import Path
 
 from bot.config import Config, ConfigError, EnvironmentConfig, Secrets, load_config
-from bot.datagen.rules import evaluate
-from bot.datagen.service import save_record
+from bot.monitors.rules import evaluate
+from bot.monitors.service import save_record
 from bot.runtime import Runtime
 from bot.sandbox.clock import SandboxClock
 from bot.sandbox.curl import ALERTMANAGER_TOKEN, DATAGEN_SECRET, hook_lines

@@ -13,8 +13,8 @@ import pytest
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.config import Secrets, load_config
-from bot.datagen.history import due_at
-from bot.datagen.hook import sign
+from bot.monitors.history import due_at
+from bot.monitors.hook import sign
 from bot.sandbox.local import BOT_TOKEN, local_bot
 from tests.conftest import Clock, write_config
 from tests.support.datagen_history import make_history, real_record

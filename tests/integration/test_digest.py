@@ -7,8 +7,8 @@ from pathlib import Path
 
 from bot.alertmanager import parse
 from bot.config import load_config
-from bot.datagen.service import save_record
 from bot.digest.messages import action_line, news_lines
+from bot.monitors.service import save_record
 from bot.sandbox.local import local_bot
 from bot.sandbox.render import render_message, render_view
 from bot.sandbox.slack_api import dm_id

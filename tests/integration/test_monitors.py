@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bot.config import load_config
-from bot.datagen.runner import notebooks_missing
+from bot.monitors.sources import notebooks_missing
 from bot.sandbox.local import local_bot
 from tests.conftest import ROOT, Clock, write_config
 

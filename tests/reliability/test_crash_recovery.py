@@ -32,7 +32,7 @@ import pytest
 import yaml
 
 from bot.config import load_config
-from bot.datagen.hook import sign
+from bot.monitors.hook import sign
 from bot.oncall.schedule import WEEKDAYS
 from bot.retrain.command import CommandRun, process_group_alive
 from bot.sandbox.local import workspace

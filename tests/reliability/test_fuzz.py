@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 from bot.alertmanager import AlertmanagerError, Group, group, message, parse
 from bot.config import ConfigError, load_config
-from bot.datagen.report import Report, ReportError, parse_report
+from bot.monitors.datagen import Report, ReportError, parse_report
 from bot.sandbox.block_kit import MAX_MESSAGE_BLOCKS, MAX_MESSAGE_TEXT, block_problems
 from bot.sandbox.local import LocalBot, local_bot
 from handlers.buttons import BUTTONS

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
-from bot.datagen.report import Report, format_count_pct, format_run_time, parse_report
+from bot.monitors.datagen import Report, format_count_pct, format_run_time, parse_report
 
 # The real record lives next to the repository, shared by every checkout of the project.
 REAL_RECORD = Path(__file__).resolve().parents[1] / "fixtures" / "datagen" / "2023-09-14.json"  # a copy of shared/fixtures

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from datetime import date
 
-from bot.datagen import messages
-from bot.datagen.report import parse_report
-from bot.datagen.rules import Breach
+from bot.monitors import messages
+from bot.monitors.datagen import parse_report
+from bot.monitors.rules import Breach
 from tests.support.datagen_history import real_record
 
 DAY = date(2026, 11, 21)

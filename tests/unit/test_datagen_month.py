@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.datagen import messages
-from bot.datagen.causes import group
-from bot.datagen.history import gap_before, unreported
-from bot.datagen.report import Report, parse_report
-from bot.datagen.rules import Breach, FreshnessRule, Verdicts, biggest_mover, default_rules, evaluate
+from bot.monitors import messages
+from bot.monitors.causes import group
+from bot.monitors.datagen import Report, parse_report
+from bot.monitors.history import gap_before, unreported
+from bot.monitors.rules import Breach, FreshnessRule, Verdicts, biggest_mover, default_rules, evaluate
 from bot.notifier import Message
 from tests.support.datagen_history import make_history, real_record
 from tests.support.datagen_month import (

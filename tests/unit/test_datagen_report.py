@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot.datagen.report import (
+from bot.monitors.datagen import (
     ReportError,
     format_count_pct,
     format_run_time,

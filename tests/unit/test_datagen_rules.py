@@ -8,8 +8,8 @@ import pytest
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
-from bot.datagen.report import Report, parse_report
-from bot.datagen.rules import (
+from bot.monitors.datagen import Report, parse_report
+from bot.monitors.rules import (
     BoundRule,
     ChangeRule,
     FreshnessRule,

@@ -11,8 +11,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from bot.config import DatagenJob, Monitor, Watched
-from bot.datagen.record import Record, parse_record
-from bot.datagen.report import Report, parse_report
+from bot.monitors.datagen import Report, parse_report
+from bot.monitors.record import Record, parse_record
 from bot.serving.artifacts import open_store
 from bot.store import Store, iso
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
-from bot.datagen.messages import RETRAIN_BUTTONS, SILENCE_CHOICES, AlertRef, RetrainRef, SilenceRef
-from bot.datagen.service import DatagenError
+from bot.monitors.messages import RETRAIN_BUTTONS, SILENCE_CHOICES, AlertRef, RetrainRef, SilenceRef
+from bot.monitors.service import DatagenError
 from bot.notifier import Message
 from handlers.buttons import Press, answer_press, button
 from handlers.grammar import Command, UsageError, quoted

@@ -1,6 +1,6 @@
 """What the rules judge: a record of one run as metrics by dotted name, whatever monitor it comes from.
 
-The datagen job's record has its own parser (bot/datagen/report.py: stages, buckets, text counts); any other
+The datagen job's record has its own parser (bot/monitors/datagen.py: stages, buckets, text counts); any other
 monitor's record is one JSON object whose numbers are its metrics by their dotted path (`skew.user_age`,
 `ndcg.at_10`, `slices.0.auc`). Either way the rules see the same thing: `metrics()`, `failed` and `errors`.
 A generic record has failed when `success` (or `SUCCESS`, `ok`) is false or an error field is non-empty.
@@ -14,7 +14,7 @@ from datetime import date
 from types import MappingProxyType
 from typing import Any, ClassVar, Protocol
 
-from bot.datagen.report import ERROR_KEY, MetricNames, ReportError, json_object, layout
+from bot.monitors.datagen import ERROR_KEY, MetricNames, ReportError, json_object, layout
 
 _SUCCESS_KEYS = ("success", "SUCCESS", "ok")
 

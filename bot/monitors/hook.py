@@ -13,12 +13,12 @@ from typing import Any
 from aiohttp import web
 
 from bot.context import Context
-from bot.datagen import messages
-from bot.datagen.alerts import SOURCE
-from bot.datagen.history import run_date_at, save_record
-from bot.datagen.report import ReportError
-from bot.datagen.service import DatagenError, DatagenService
 from bot.hooks import BodyTooLarge, HookQueue, max_body_bytes, not_stored, read_body, sign, signed
+from bot.monitors import messages
+from bot.monitors.alerts import SOURCE
+from bot.monitors.datagen import ReportError
+from bot.monitors.history import run_date_at, save_record
+from bot.monitors.service import DatagenError, DatagenService
 
 __all__ = ["DatagenHook", "sign"]  # its senders (and tests) sign with the hooks' one signature
 

@@ -12,7 +12,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bot.datagen.rules import Breach, StageMove
+from bot.monitors.rules import Breach, StageMove
 
 _FUNNEL = re.compile(r"(?P<step>raw|stage\.(?P<stage>[^.]+)|post_filters|embedding_join)\.(?P<measure>events|items)")
 _BUCKET = re.compile(r"bucket\.[^.]+\.(?P<field>[a-z0-9_]+)")

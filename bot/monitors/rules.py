@@ -2,7 +2,7 @@
 
 The rule models are what `datagen.jobs.<job>.rules` and `monitors.<name>.rules` hold in mlops-bot.yaml
 (examples/datagen/rules.yaml has the datagen team's defaults). A rule names metrics by the dotted names of a
-record's `metrics()` (bot/datagen/record.py), or by a glob of them (`stage.*.events`, `*.items`; `*` also
+record's `metrics()` (bot/monitors/record.py), or by a glob of them (`stage.*.events`, `*.items`; `*` also
 crosses dots).
 
 Baselines skip incidents. A day is healthy when it has a successful report that breached no rule, or that
@@ -29,8 +29,8 @@ from typing import Annotated, Literal, NamedTuple
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveFloat, model_validator
 
-from bot.datagen.record import Record
-from bot.datagen.report import Duration, Report
+from bot.monitors.datagen import Duration, Report
+from bot.monitors.record import Record
 
 Severity = Literal["warn", "crit"]
 Direction = Literal["up", "down", "both"]

@@ -1,11 +1,11 @@
 """Monitoring: fetch each day's record, keep the history, raise one alert per run date, post the summary.
 
 Every monitor is judged here: the datagen job (`datagen.jobs`) and the team checks of `monitors`, which differ
-only in where their record comes from and how it is parsed (bot/datagen/history.py `parser_of`). A record
+only in where their record comes from and how it is parsed (bot/monitors/history.py `parser_of`). A record
 reaches the bot by the scheduled poll of a source URI, by running a monitor's command or notebook on its
-schedule (bot/datagen/runner.py), by the signed webhook of bot/datagen/hook.py or by `mlops-bot datagen ingest`,
+schedule (bot/monitors/sources.py), by the signed webhook of bot/monitors/hook.py or by `mlops-bot datagen ingest`,
 and all of them end in `ingest`: store by (job, run date), evaluate the rules against the stored history, then
-bring the run date's alert message in line with what is breached now (bot/datagen/alerts.py). The datagen job
+bring the run date's alert message in line with what is breached now (bot/monitors/alerts.py). The datagen job
 also posts its daily summary once; other monitors speak only when a rule fires.
 
 A run that gives no record (a command that exits non-zero, times out or prints no JSON object) is one alert for
@@ -27,9 +27,10 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from bot.config import DatagenJob, Monitor
 from bot.context import Context
-from bot.datagen import messages
-from bot.datagen.alerts import DatagenAlerts
-from bot.datagen.history import (
+from bot.monitors import messages
+from bot.monitors.alerts import DatagenAlerts
+from bot.monitors.datagen import Report, ReportError
+from bot.monitors.history import (
     due_at,
     gap_before,
     load_history,
@@ -42,9 +43,8 @@ from bot.datagen.history import (
     unreported,
     usual_runtime,
 )
-from bot.datagen.report import Report, ReportError
-from bot.datagen.rules import Breach, StageMove, Verdicts, biggest_mover, evaluate
-from bot.datagen.runner import RunFailed, notebooks_missing, run_monitor
+from bot.monitors.rules import Breach, StageMove, Verdicts, biggest_mover, evaluate
+from bot.monitors.sources import RunFailed, notebooks_missing, run_monitor
 from bot.notifier import Message, SlackError
 from bot.scheduler import Scheduler
 from bot.serving.artifacts import ArtifactError
@@ -232,7 +232,7 @@ class DatagenService(DatagenAlerts):
 
     async def _charts(self, job: str, run_date: date, history: dict[date, Report], channel: str, ts: str) -> None:
         try:
-            from bot.datagen import charts
+            from bot.monitors import charts
         except ImportError:  # the `charts` extra is not installed: the summary stands without pictures
             return
         for filename, title, png in await asyncio.to_thread(charts.render, job, run_date, history):
@@ -246,7 +246,7 @@ class DatagenService(DatagenAlerts):
         if row is None or row["ts"] is None or not metrics or json.loads(row["detail"]).get("charted"):
             return
         try:
-            from bot.datagen import charts
+            from bot.monitors import charts
         except ImportError:
             return
         title = f"monitor {job}: {', '.join(metrics)}, {charts.DAYS} days to {run_date}"

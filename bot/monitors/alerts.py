@@ -2,7 +2,7 @@
 
 Every monitor's alerts are these, the datagen job's and those of `monitors` (stored under source `datagen`, the
 name predating other monitors, keyed `<name>/<run date>`), so a button or a state added here works for all.
-The message shows the breaches grouped by cause (bot/datagen/causes.py); its thread lists every breach. An alert
+The message shows the breaches grouped by cause (bot/monitors/causes.py); its thread lists every breach. An alert
 resolves when its day's record clears it, or a later report no longer breaches any of its (rule, metric) pairs;
 a day still without a readable record keeps its alert, unless its only breach was a run that gave no record (a
 later good run clears that). Ack, Silence and "Expected" act on it from its buttons.
@@ -18,10 +18,10 @@ from typing import Any
 
 from bot.config import DatagenJob, Monitor, Watched
 from bot.context import Context
-from bot.datagen import messages
-from bot.datagen.history import due_at, parser_of
-from bot.datagen.record import Record
-from bot.datagen.rules import Breach, StageMove
+from bot.monitors import messages
+from bot.monitors.history import due_at, parser_of
+from bot.monitors.record import Record
+from bot.monitors.rules import Breach, StageMove
 from bot.notifier import Message
 from bot.silences import Silences
 from bot.store import iso

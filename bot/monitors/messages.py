@@ -9,10 +9,10 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel
 
 from bot.config import RETRAIN_BUTTONS, Monitor
-from bot.datagen.causes import Cause, explains, funnel_step, group
-from bot.datagen.record import Record
-from bot.datagen.report import Report
-from bot.datagen.rules import Breach, StageMove, slack_time
+from bot.monitors.causes import Cause, explains, funnel_step, group
+from bot.monitors.datagen import Report
+from bot.monitors.record import Record
+from bot.monitors.rules import Breach, StageMove, slack_time
 from bot.notifier import Message
 
 AlertState = Literal["open", "acked", "silenced", "expected", "resolved"]

@@ -12,8 +12,8 @@ from datetime import date, timedelta
 
 from matplotlib.figure import Figure
 
-from bot.datagen.record import Record
-from bot.datagen.report import Report
+from bot.monitors.datagen import Report
+from bot.monitors.record import Record
 
 DAYS = 14
 

@@ -23,7 +23,7 @@ from datetime import date
 from pathlib import Path
 
 from bot.config import Monitor
-from bot.datagen.report import ReportError, json_object
+from bot.monitors.datagen import ReportError, json_object
 from bot.programs import pipeline_env, resolve_executable, scrub
 
 STDERR_LINES = 5
