@@ -81,7 +81,7 @@ class DatagenService(DatagenAlerts):
                 log.warning("monitors.%s is a notebook, and papermill is not installed: not scheduled (install the "
                             "`notebooks` extra: pip install 'mlops-chatops[notebooks]')", name)
                 continue
-            scheduler.add(f"monitor.run.{name}", monitor.schedule.trigger(), partial(self.run, name),
+            scheduler.add(f"monitor.run.{name}", monitor.schedule.trigger(), partial(self._scheduled, name),
                           grace=MONITOR_GRACE)
 
     # -- history --------------------------------------------------------------------------------------------
@@ -103,6 +103,11 @@ class DatagenService(DatagenAlerts):
                 await self.announce(job_name, day, actor="scheduler")
             return
         await self._fetch(job_name, day, slot)
+
+    async def _scheduled(self, name: str, slot: datetime) -> None:
+        """The scheduler's wake-up starts the run in the background: a notebook may take minutes, and must hold up
+        neither the bot's start, which runs the due jobs, nor the other jobs."""
+        self.ctx.spawn(self.run(name, slot), name=f"monitor {name}")
 
     async def run(self, name: str, slot: datetime) -> None:
         """A monitor's scheduled slot: fetch its source, or run its command or notebook, and judge the record."""

@@ -2,6 +2,7 @@
 Slack emulator and SQLite, with the scheduler driven by an injected clock."""
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -41,6 +42,14 @@ def _script(path: Path, body: str) -> str:
     return str(path)
 
 
+async def run_due(bot, now: datetime) -> None:
+    """The slots due at `now`, and the monitor runs they started in the background, to their end."""
+    await bot.runtime.scheduler.run_due(now)
+    async with asyncio.timeout(120):
+        while bot.runtime.tasks.running:
+            await asyncio.sleep(0.02)
+
+
 async def test_a_command_monitor_fires_on_a_bound_and_resolves_in_place_when_back_in_bounds(tmp_path: Path) -> None:
     drifted = DAY.date()
     config = _config(tmp_path, {"feature_skew": {
@@ -49,7 +58,7 @@ async def test_a_command_monitor_fires_on_a_bound_and_resolves_in_place_when_bac
         "rules": [{"id": "feature_psi", "kind": "bound", "metric": "psi.*", "gt": 0.2}]}})
     clock = Clock(DAY)
     async with local_bot(config, clock=clock, start=False) as bot:
-        await bot.runtime.scheduler.run_due(clock.now)
+        await run_due(bot, clock.now)
         [alert] = _monitor_alerts(bot.slack, INFO, "feature_skew")
         assert "monitor *feature_skew* 2026-12-03" in _flat(alert) and "psi.item_ctr_7d" in _flat(alert)
         assert "above 0.20" in _flat(alert)
@@ -59,7 +68,7 @@ async def test_a_command_monitor_fires_on_a_bound_and_resolves_in_place_when_bac
         await bot.slack.wait_for(lambda: "Acked by <@U0BOB>" in _flat(_monitor_alerts(bot.slack, INFO, "feature_skew")[0]))
 
         clock.now += timedelta(days=1)  # the next day's skew is back under 0.2 on every feature
-        await bot.runtime.scheduler.run_due(clock.now)
+        await run_due(bot, clock.now)
         [resolved] = _monitor_alerts(bot.slack, INFO, "feature_skew")
         assert resolved["ts"] == alert["ts"] and resolved["edited"] and resolved["text"].endswith("resolved")
         assert not any(b["type"] == "actions" for b in resolved["blocks"])
@@ -87,15 +96,15 @@ async def test_a_source_monitor_whose_record_does_not_come_is_alerted_then_resol
     day = DAY.date()
     clock = Clock(datetime(2026, 12, 3, 0, 5, tzinfo=UTC))  # due at the day's first slot, 00:00, plus an hour's grace
     async with local_bot(config, clock=clock, start=False) as bot:
-        await bot.runtime.scheduler.run_due(clock.now)
+        await run_due(bot, clock.now)
         assert not _monitor_alerts(bot.slack, ERROR, "online_skew")  # not there yet, but within the grace
         clock.now += timedelta(hours=1)
-        await bot.runtime.scheduler.run_due(clock.now)
+        await run_due(bot, clock.now)
         [alert] = _monitor_alerts(bot.slack, ERROR, "online_skew")
         assert f"raw data not found: no monitor report for {day}" in _flat(alert)
         (records / f"{day}.json").write_text(json.dumps({"psi": {"user_age_days": 0.01}}))
         clock.now += timedelta(minutes=30)
-        await bot.runtime.scheduler.run_due(clock.now)
+        await run_due(bot, clock.now)
         [resolved] = _monitor_alerts(bot.slack, ERROR, "online_skew")
         assert resolved["ts"] == alert["ts"] and resolved["text"].endswith("resolved")
 
@@ -114,7 +123,7 @@ async def test_a_command_that_fails_or_prints_garbage_is_one_clear_alert_and_a_g
     clock = Clock(DAY)
     async with local_bot(config, clock=clock, start=False) as bot:
         for _ in range(2):  # two slots fail alike: still one message each
-            await bot.runtime.scheduler.run_due(clock.now)
+            await run_due(bot, clock.now)
             clock.now += timedelta(hours=1)
         [alert] = _monitor_alerts(bot.slack, ERROR, "broken")
         text = _flat(alert)
@@ -128,10 +137,25 @@ async def test_a_command_that_fails_or_prints_garbage_is_one_clear_alert_and_a_g
         assert sorted(runs) == [(name, "error") for name in ("broken", "broken", "garbage", "garbage", "slow", "slow")]
 
         _script(tmp_path / "broken.sh", """echo '{"psi": {"user_age_days": 0.01}}'""")  # fixed
-        await bot.runtime.scheduler.run_due(clock.now)
+        await run_due(bot, clock.now)
         [fixed] = _monitor_alerts(bot.slack, ERROR, "broken")
         assert fixed["ts"] == alert["ts"] and fixed["text"].endswith("resolved")
         assert len(_monitor_alerts(bot.slack, ERROR, "garbage")) == 1  # still failing, still one message
+
+
+async def test_a_slow_monitor_holds_up_neither_the_start_nor_commands_and_a_stop_ends_it(tmp_path: Path) -> None:
+    pid_file = tmp_path / "slow.pid"
+    slow = _script(tmp_path / "slow.sh", f"echo $$ > {pid_file}\nsleep 60")
+    config = _config(tmp_path, {"slow": {"command": [slow], "schedule": {"cron": "0 * * * *", "tz": "UTC"},
+                                         "timeout_seconds": 120}})
+    async with local_bot(config, clock=Clock(DAY)) as bot:  # its start runs the slot due now
+        assert "monitor slow" in bot.runtime.tasks.names  # started, and still running
+        helped = await bot.client.command("U0ALICE", "help")
+        assert helped.status == 200 and "/mlops deploy" in helped.body  # answered while the monitor runs
+        pid = int(await bot.slack.wait_for(lambda: pid_file.exists() and pid_file.read_text().strip()))
+        bot.runtime.shutdown_grace = 0.2  # the stop waits this long for running work, then cancels it
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # the command the monitor ran went with the bot
 
 
 @pytest.mark.skipif(notebooks_missing() and os.environ.get("CI") != "true",
@@ -148,7 +172,7 @@ async def test_a_notebook_monitor_runs_through_papermill(tmp_path: Path) -> None
                          "output_file": str(tmp_path / "ranking-{date}.json")}})
     clock = Clock(DAY)
     async with local_bot(config, clock=clock, start=False) as bot:
-        await bot.runtime.scheduler.run_due(clock.now)
+        await run_due(bot, clock.now)
         for name in ("ranking_metrics", "ranking_file"):
             [alert] = _monitor_alerts(bot.slack, ERROR, name)
             assert "ndcg_at_10" in _flat(alert) and "below 0.99" in _flat(alert)
