@@ -151,7 +151,7 @@ def daily(facts: DailyFacts) -> Message:
     blocks = [
         {"type": "header", "text": {"type": "plain_text", "text": f"Daily digest · {facts.now:%a %d %b %Y}"}},
         *sections("Models in service", [model_line(r) for r in facts.models], "no models configured"),
-        *sections("Datagen", [datagen_line(s) for s in facts.datagen], "no datagen jobs configured"),
+        *sections("Datagen and monitors", [datagen_line(s) for s in facts.datagen], "no datagen jobs or monitors configured"),
         *sections(TRAINS, train_lines(facts.trains), NO_TRAINS),
         *sections("Approvals pending", [pending_line(r) for r in facts.pending], "nothing waiting for an approver"),
         *sections(f"On staging unverified for more than {facts.unverified_hours:g} h",

@@ -28,8 +28,7 @@ from bot.digest.facts import (
     weekly_facts,
 )
 from bot.digest.messages import daily, home_view, weekly
-from bot.monitors.datagen import parse_report
-from bot.monitors.history import due_at
+from bot.monitors.history import due_at, parser_of
 from bot.monitors.service import DatagenService
 from bot.oncall.schedule import next_shift, who_is_on_call
 from bot.oncall.service import OnCallService
@@ -104,8 +103,9 @@ class DigestService:
         return rows
 
     def datagen(self, now: datetime) -> list[DatagenStatus]:
+        """The newest run of every monitor, the datagen jobs first."""
         statuses = []
-        for name, job in self.ctx.config.datagen.jobs.items():
+        for name, job in self._datagen.jobs.items():
             expected = now.astimezone(ZoneInfo(job.tz)).date()
             if due_at(job, expected) > now:
                 expected -= timedelta(days=1)
@@ -116,7 +116,7 @@ class DigestService:
                 continue
             day = date.fromisoformat(row["run_date"])
             alert = self._datagen.alert_row(name, day)
-            statuses.append(DatagenStatus(name, day, expected, parse_report(row["raw"], run_date=day).failed,
+            statuses.append(DatagenStatus(name, day, expected, parser_of(job)(row["raw"], run_date=day).failed,
                                           alert["state"] if alert else None))
         return statuses
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from bot.config import load_config
+from bot.digest.messages import daily
 from bot.monitors.sources import notebooks_missing
 from bot.sandbox.local import local_bot
 from tests.conftest import ROOT, Clock, write_config
@@ -64,6 +65,8 @@ async def test_a_command_monitor_fires_on_a_bound_and_resolves_in_place_when_bac
         assert "above 0.20" in _flat(alert)
         pictures = [f["name"] for f in bot.slack.files if f["thread_ts"] == alert["ts"]]
         assert pictures == [f"feature_skew-{drifted}-metrics.png"]  # the breached metric over the last days
+        digest = daily(await bot.runtime.digests.daily_facts(clock.now))  # the morning digest lists the monitor
+        assert f"*feature_skew* {drifted}: ran, alert open" in json.dumps(digest.blocks)
         await bot.client.press_button("U0BOB", INFO, alert["ts"], "Ack")
         await bot.slack.wait_for(lambda: "Acked by <@U0BOB>" in _flat(_monitor_alerts(bot.slack, INFO, "feature_skew")[0]))
 
