@@ -338,6 +338,7 @@ class PipelineWatch:
         async with self._lock:
             alert = self._pressed(alert_id, failure)
             if isinstance(alert, str):
+                self.ctx.audit(actor=user, verb=messages.ACK, status="refused", detail={"alert": alert_id, "reason": alert})
                 return alert
             self.ctx.audit(actor=user, verb=messages.ACK, status="ok", model=alert.dag_id, detail={"run": alert.run_id})
             await self._show(alert.model_copy(update={"state": "acked", "by": user}))
@@ -347,6 +348,7 @@ class PipelineWatch:
         async with self._lock:
             alert = self._pressed(alert_id, failure)
             if isinstance(alert, str):
+                self.ctx.audit(actor=user, verb=messages.SILENCE, status="refused", detail={"alert": alert_id, "reason": alert})
                 return alert
             until = self.ctx.clock() + SILENCE_FOR
             self.silences.add(SOURCE, alert.dag_id, until, user)

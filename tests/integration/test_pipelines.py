@@ -17,6 +17,7 @@ import pytest
 
 from bot.airflow import AirflowClient
 from bot.config import Secrets, load_config
+from bot.pipelines.messages import PipelineRef
 from bot.sandbox.local import LocalBot, local_bot
 from bot.sandbox.render import render_message
 from tests.conftest import Clock, write_config
@@ -96,6 +97,13 @@ async def test_a_failed_run_alerts_with_its_log_and_recovers_after_retry_from_sl
 
     recovered = await polled(bot, saying(bot, "Recovered", run_id))
     assert recovered["ts"] == card["ts"] and not buttons(recovered)  # the same message, edited in place
+    # Ack and Silence pressed on a copy of the card from before it recovered: nothing to do, said and audited.
+    for label, act in (("Ack", bot.runtime.pipelines.ack), ("Silence 24h", bot.runtime.pipelines.silence)):
+        ref = PipelineRef.model_validate_json(next(e["value"] for b in card["blocks"] if b["type"] == "actions"
+                                                   for e in b["elements"] if e["text"]["text"] == label))
+        assert "Nothing to do" in await act(ref.alert, ref.failure, "U0CAROL")
+    refused = [r["verb"] for r in bot.runtime.store.actions() if r["actor"] == "U0CAROL" and r["status"] == "refused"]
+    assert refused == ["pipelines.ack", "pipelines.silence"]
     on_time = await polled(bot, saying(bot, "on time again", "refresh_pagerank"))
     assert on_time["ts"] == late["ts"]
     assert len([m for m in bot.slack.messages(CHANNEL) if "refresh_pagerank" in render_message(m)]) == 2
