@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from apscheduler.triggers.interval import IntervalTrigger
 
 from bot.context import Context
+from bot.notices import Notices
 from bot.releases.delivery import Delivery
 from bot.releases.operations import Operations
 from bot.releases.records import Records, ReleaseError
@@ -81,9 +82,13 @@ class Healer:
         self.systems = systems
         self.ops = operations
         self.delivery = delivery
-        self._said: dict[tuple[str, str], dict[str, Drift]] = {}  # per (model, env): drift already reported
+        self._drift = Notices(ctx, "fleet.drift")  # per "model/env": the drift already reported, across restarts
         self._failed: dict[tuple[str, str, str], str] = {}  # (model, env, endpoint) → the heal failure already said
         self._pass = asyncio.Lock()  # one pass at a time: each decides from what the one before it said
+
+    def _said(self, model: str, env: str) -> dict[str, Drift]:
+        said = self._drift.get(f"{model}/{env}") or {}
+        return {endpoint: (recorded, tuple(served)) for endpoint, (recorded, served) in said.items()}
 
     def schedule(self, scheduler: Scheduler) -> None:
         every = self.ctx.config.fleet.reconcile_seconds
@@ -112,23 +117,22 @@ class Healer:
         if self.ops.lock_of(model, env) is not None:
             return
         heal = self.systems.model_config(model).environments[env].heal
-        key = (model, env)
         current = self.records.environment(model, env)
         recorded = current["triton_version"] if current else None
-        decision = decide(recorded, await indexes.served(model, env), self._said.get(key, {}), heal=heal)
+        decision = decide(recorded, await indexes.served(model, env), self._said(model, env), heal=heal)
         if decision.load or decision.report:  # the index may be from before an operation that just ended: ask again
             current = self.records.environment(model, env)
             recorded = current["triton_version"] if current else None
             async with self.systems.fleet(model, env, timeout=OBSERVE_TIMEOUT_S) as fleet:
                 served = await fleet.observe(model)
-            decision = decide(recorded, served, self._said.get(key, {}), heal=heal)
+            decision = decide(recorded, served, self._said(model, env), heal=heal)
         if decision.load and current:
             try:
                 async with self.ops.operation("heal", model, env, "mlops-bot", f"healing {len(decision.load)} endpoint(s)"):
                     decision = await self._heal(model, env, current, heal)  # decided again under the lock
             except ReleaseError:  # someone took the environment in between: the next pass looks again
                 return
-        self._said[key] = decision.drifting
+        self._drift.set(f"{model}/{env}", {e: [was, list(now)] for e, (was, now) in decision.drifting.items()})
         if decision.report:
             await self._report(model, env, current, decision.report, heal)
 
@@ -138,7 +142,7 @@ class Healer:
         version, n = current["version"], current["triton_version"]
         async with self.systems.fleet(model, env, timeout=OBSERVE_TIMEOUT_S) as fleet:
             served = await fleet.observe(model)
-        decision = decide(n, served, self._said.get((model, env), {}), heal=heal)
+        decision = decide(n, served, self._said(model, env), heal=heal)
         if not decision.load:
             return decision
         config = await self.systems.config_for(model, version, n)

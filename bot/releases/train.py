@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from bot.context import Context
+from bot.notices import Notices
 from bot.notifier import SlackError
 from bot.releases.delivery import Delivery
 from bot.releases.deploy import Deploys
@@ -66,7 +67,7 @@ class Train:
         self._looks: dict[str, asyncio.Lock] = {}  # one look at a model's registry at a time (poll and hook)
         self._moves: dict[str, asyncio.Lock] = {}  # one move of a model's queue at a time
         self._departing: set[str] = set()  # models whose next version is starting, its release not recorded yet
-        self._down: dict[str, str] = {}  # registry URI -> why it cannot be reached, said once until it answers
+        self._down = Notices(ctx, "train.registry")  # registry URI -> why it cannot be reached, said once until it answers
         self._poll: asyncio.Task[None] | None = None
         delivery.train_line = self.card_line
 
@@ -344,17 +345,18 @@ class Train:
     # -- an unreachable registry, said once --------------------------------------------------------------------
 
     async def _unreachable(self, uri: str, exc: ArtifactError) -> None:
-        if uri in self._down:
+        if self._down.get(uri) is not None:
             return
-        self._down[uri] = str(exc)
+        self._down.set(uri, str(exc))
         self.ctx.audit(actor=BOT, verb="train.registry", status="unreachable", detail={"registry": uri, "error": str(exc)})
         await self.delivery.say(self.ctx.config.channels.main, (
             f":warning: The registry {uri} cannot be read: {exc}. New versions there wait until it answers; the bot "
             f"keeps looking every {self.ctx.config.train.poll_seconds:g} s and says so here when it does."))
 
     async def _reachable(self, uri: str) -> None:
-        if self._down.pop(uri, None) is None:
+        if self._down.get(uri) is None:
             return
+        self._down.set(uri, None)
         self.ctx.audit(actor=BOT, verb="train.registry", status="reachable", detail={"registry": uri})
         await self.delivery.say(self.ctx.config.channels.main,
                                 f":white_check_mark: The registry {uri} answers again; new versions there go to staging.")

@@ -306,6 +306,17 @@ MIGRATIONS: list[str] = [
         nudged_at TEXT NOT NULL
     );
     """,
+    # 10: what the bot said once about a standing condition (bot/notices.py), so a restart or a failover does not
+    # say it again: the fleet's drift per environment, a registry that cannot be reached.
+    """
+    CREATE TABLE notices (
+        topic TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        said_at TEXT NOT NULL,
+        PRIMARY KEY (topic, key)
+    );
+    """,
 ]
 
 

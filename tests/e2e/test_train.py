@@ -260,6 +260,11 @@ async def test_an_unreachable_registry_is_said_once_and_again_when_it_answers(tm
             await bot.runtime.releases.train.look_all()  # a pass more, still down: nothing more is said
             down = [m["text"] for m in bot.slack.messages(TEAM) if "cannot be read" in m["text"]]
             assert len(down) == 1 and "cannot reach the S3 endpoint" in down[0]
+        # Restarted while the registry is still down (a Slack workspace of its own, so whatever it says is new):
+        # not said again, and said when it answers.
+        async with local_bot(config, clock=Clock(MONDAY_10_LA), post_rate=20, post_burst=20) as bot:
+            await bot.runtime.releases.train.look_all()
+            assert not [m for m in bot.slack.messages(TEAM) if "cannot be read" in m["text"]]
             own.start(port=own.port)
             new_bucket_named(own, bucket)
             await bot.slack.wait_for(lambda: any("answers again" in m["text"] for m in bot.slack.messages(TEAM)), timeout=30)
