@@ -270,25 +270,29 @@ class PipelineWatch:
 
     # -- buttons ---------------------------------------------------------------------------------------------
 
-    def _pressed(self, alert_id: int, failure: int) -> RunAlert | str:
-        """The run alert a button names, or why there is nothing to do."""
+    def _pressed(self, alert_id: int, failure: int, user: str, verb: str, **detail: str) -> RunAlert | str:
+        """The run alert a button names, or why there is nothing to do (audited as `verb` refused)."""
         row = self._by_id(alert_id)
         try:
             alert = RunAlert.model_validate_json(row["detail"]) if row else None
         except ValidationError:  # a late or "cannot reach" alert: no run to act on
             alert = None
         if alert is None:
-            return "That alert is not known to this bot any more; see the run in Airflow."
-        if alert.state not in ("open", "acked", "silenced") or alert.failure != failure:
-            return f"Nothing to do: run `{alert.run_id}` of `{alert.dag_id}` is {alert.state} now (see its message)."
-        return alert
+            why = "That alert is not known to this bot any more; see the run in Airflow."
+        elif alert.state not in ("open", "acked", "silenced") or alert.failure != failure:
+            why = f"Nothing to do: run `{alert.run_id}` of `{alert.dag_id}` is {alert.state} now (see its message)."
+        elif "task" in detail and detail["task"] not in {t.task_id for t in alert.tasks}:
+            why = f"Nothing to do: `{detail['task']}` is not failed in run `{alert.run_id}`."
+        else:
+            return alert
+        self.ctx.audit(actor=user, verb=verb, status="refused", detail={"alert": alert_id, **detail, "why": why})
+        return why
 
     async def retry(self, alert_id: int, failure: int, user: str) -> str:
         """Clear the run's failed task instances, so Airflow's scheduler runs them again."""
         async with self._lock:
-            alert = self._pressed(alert_id, failure)
+            alert = self._pressed(alert_id, failure, user, messages.RETRY)
             if isinstance(alert, str):
-                self.ctx.audit(actor=user, verb=messages.RETRY, status="refused", detail={"alert": alert_id, "reason": alert})
                 return alert
             try:
                 cleared = await self.client.clear_failed(alert.dag_id, alert.run_id)
@@ -306,12 +310,9 @@ class PipelineWatch:
         """Mark a failed task success in Airflow, and the run too once no failed task remains: Airflow leaves a run
         failed when its tasks are marked success, so the alert would never resolve."""
         async with self._lock:
-            alert = self._pressed(alert_id, failure)
-            if isinstance(alert, str) or task_id not in {t.task_id for t in alert.tasks}:
-                said = alert if isinstance(alert, str) else f"Nothing to do: `{task_id}` is not failed in run `{alert.run_id}`."
-                self.ctx.audit(actor=user, verb=messages.MARK_SUCCESS, status="refused",
-                               detail={"alert": alert_id, "task": task_id, "reason": reason, "why": said})
-                return said
+            alert = self._pressed(alert_id, failure, user, messages.MARK_SUCCESS, task=task_id, reason=reason)
+            if isinstance(alert, str):
+                return alert
             where = {"run": alert.run_id, "task": task_id, "reason": reason}
             try:
                 await self.client.mark_task_success(alert.dag_id, alert.run_id, task_id, note=f"{reason} (by {user} from Slack)")
@@ -336,9 +337,8 @@ class PipelineWatch:
 
     async def ack(self, alert_id: int, failure: int, user: str) -> str:
         async with self._lock:
-            alert = self._pressed(alert_id, failure)
+            alert = self._pressed(alert_id, failure, user, messages.ACK)
             if isinstance(alert, str):
-                self.ctx.audit(actor=user, verb=messages.ACK, status="refused", detail={"alert": alert_id, "reason": alert})
                 return alert
             self.ctx.audit(actor=user, verb=messages.ACK, status="ok", model=alert.dag_id, detail={"run": alert.run_id})
             await self._show(alert.model_copy(update={"state": "acked", "by": user}))
@@ -346,9 +346,8 @@ class PipelineWatch:
 
     async def silence(self, alert_id: int, failure: int, user: str) -> str:
         async with self._lock:
-            alert = self._pressed(alert_id, failure)
+            alert = self._pressed(alert_id, failure, user, messages.SILENCE)
             if isinstance(alert, str):
-                self.ctx.audit(actor=user, verb=messages.SILENCE, status="refused", detail={"alert": alert_id, "reason": alert})
                 return alert
             until = self.ctx.clock() + SILENCE_FOR
             self.silences.add(SOURCE, alert.dag_id, until, user)
