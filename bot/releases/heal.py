@@ -83,7 +83,7 @@ class Healer:
         self.ops = operations
         self.delivery = delivery
         self._drift = Notices(ctx, "fleet.drift")  # per "model/env": the drift already reported, across restarts
-        self._failed: dict[tuple[str, str, str], str] = {}  # (model, env, endpoint) → the heal failure already said
+        self._failed = Notices(ctx, "fleet.heal_failed")  # "model/env/endpoint" → the heal failure already said
         self._pass = asyncio.Lock()  # one pass at a time: each decides from what the one before it said
 
     def _said(self, model: str, env: str) -> dict[str, Drift]:
@@ -161,11 +161,11 @@ class Healer:
         notes = [f":adhesive_bandage: healed endpoint {where(e)}: it served {triton_versions(served[e])}; "
                  f"{version} (triton version {n}) loaded" for e in healed]
         for endpoint, error in failed.items():
-            if self._failed.get((model, env, endpoint)) != error:  # a heal that keeps failing is said once
+            if self._failed.get(f"{model}/{env}/{endpoint}") != error:  # a heal that keeps failing is said once
                 notes.append(f":x: could not heal endpoint {where(endpoint)} with {version}: {error}")
-            self._failed[(model, env, endpoint)] = error
+            self._failed.set(f"{model}/{env}/{endpoint}", error)
         for endpoint in healed:
-            self._failed.pop((model, env, endpoint), None)
+            self._failed.set(f"{model}/{env}/{endpoint}", None)
         for note in notes:
             if release is not None:
                 await self.delivery.thread(release, note)
