@@ -64,6 +64,7 @@ class Releases(Protocol):
 
     async def status_rows(self) -> list[dict[str, Any]]: ...
     def registry(self, model: str) -> Registry: ...
+    def queued(self, model: str) -> list[dict[str, Any]]: ...
 
 
 class DigestService:
@@ -135,9 +136,7 @@ class DigestService:
                 "OR prod_state IN ('promoting', 'canary') ORDER BY id")):
             if not on_the_tracks(release):
                 continue
-            waiting = tuple(r["version"] for r in self._rows(
-                "SELECT version FROM train_queue WHERE model = ? AND state = 'queued' ORDER BY created_at, version",
-                release.model))
+            waiting = tuple(r["version"] for r in self.releases.queued(release.model))
             found.append(TrainRow(release.deployed_by, release.model, release.version,
                                   (release.prod_state or release.state).words, release.deployed_at, waiting))
         return found

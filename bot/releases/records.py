@@ -41,6 +41,10 @@ class Records:
     def rows(self, sql: str, *params: Any) -> list[dict[str, Any]]:
         return self.store.query(sql, params)
 
+    def queued(self, model: str) -> list[dict[str, Any]]:
+        """The registry versions waiting behind the model's train (train_queue), oldest first."""
+        return self.rows("SELECT * FROM train_queue WHERE model = ? AND state = 'queued' ORDER BY created_at, version", model)
+
     def get(self, release_id: int) -> Release:
         rows = self.rows("SELECT * FROM releases WHERE id = ?", release_id)
         if not rows:

@@ -66,7 +66,7 @@ class ReleaseService:
                                  restorer=restorer, promotions=promotions, deploys=deploys)
 
         # What is called from outside, each answered by the part that does it.
-        self.get, self.environment, self.serving = records.get, records.environment, records.serving
+        self.get, self.environment, self.serving, self.queued = records.get, records.environment, records.serving, records.queued
         self.registry = systems.registry
         self.lock_of, self.overdue_operations = operations.lock_of, operations.overdue_operations
         self.deploy, self.plan_deploy = self.train.by_hand, deploys.plan_deploy

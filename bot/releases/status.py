@@ -40,9 +40,7 @@ class Status:
                     "updated_at": parse_dt(current.get("updated_at")),
                     "verify": ("passed" if report.get("passed") else f"failed: {report.get('reason')}") if report else None,
                     "lock": lock, "drift": await self._drift(name, env, current.get("triton_version"), served),
-                    "waiting": [r["version"] for r in self.records.rows(
-                        "SELECT version FROM train_queue WHERE model = ? AND state = 'queued' ORDER BY created_at, version",
-                        name)] if env == "staging" else [],
+                    "waiting": [r["version"] for r in self.records.queued(name)] if env == "staging" else [],
                 })
         return rows
 

@@ -218,10 +218,6 @@ class Train:
                                  "'verifying', 'verified') OR prod_state IN ('promoting', 'canary')) ORDER BY id DESC", model)
         return next((r for r in map(release_of, rows) if on_the_tracks(r)), None)
 
-    def queued(self, model: str) -> list[dict[str, Any]]:
-        return self.records.rows("SELECT * FROM train_queue WHERE model = ? AND state = 'queued' "
-                                 "ORDER BY created_at, version", model)
-
     async def _live_created(self, model: str) -> datetime | None:
         """When what prod serves was made (its metadata), so nothing older is ever sent after it."""
         live = self.records.serving(model, "prod")
@@ -249,7 +245,7 @@ class Train:
                 await self._move(model, taken or [])
 
     async def _move(self, model: str, taken: list[str]) -> None:
-        rows = {r["version"]: r for r in self.queued(model)}
+        rows = {r["version"]: r for r in self.records.queued(model)}
         if not rows:
             return
         tracks = self.on_tracks(model)
@@ -316,7 +312,7 @@ class Train:
         if model not in self.models():
             return await self.deploys.deploy(model, version, actor, channel)
         tracks = self.on_tracks(model)
-        waiting = [r["version"] for r in self.queued(model)]
+        waiting = [r["version"] for r in self.records.queued(model)]
         jumped = ", ".join(([f"{tracks.version} on the tracks"] if tracks else []) +
                            ([waiting_text(waiting)] if waiting else []))
         reason = f":fast_forward: Deployed by hand: jumped the queue ({jumped})." if jumped else None
@@ -338,7 +334,7 @@ class Train:
             parts.append(f":railway_car: train engineer <@{taken[0]['engineer']}> · from the registry ({taken[0]['source']})")
         elif taken and taken[0]["reason"]:
             parts.append(":fast_forward: jumped the queue")
-        if on_the_tracks(release) and (waiting := [r["version"] for r in self.queued(release.model)]):
+        if on_the_tracks(release) and (waiting := [r["version"] for r in self.records.queued(release.model)]):
             parts.append(waiting_text(waiting))
         return " · ".join(parts)
 
