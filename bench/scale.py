@@ -72,7 +72,7 @@ def config(directory: Path, registry: Path, repos: dict[str, Path], endpoints: d
     model = {"owner": "U0ALICE", "registry": str(registry), "slo_p99_ms": 250,
              "environments": {env: {"repository": str(repos[env]), "endpoints": endpoints[env]} for env in repos}}
     raw.update(store=str(directory / "mlops-bot.db"), models={name(i): model for i in range(models)},
-               datagen={"jobs": {}}, oncall={"rotations": []}, fleet={"reconcile_seconds": 0})
+               datagen={"jobs": {}}, monitors={}, oncall={"rotations": []}, fleet={"reconcile_seconds": 0})
     path = directory / "mlops-bot.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return load_config(path)

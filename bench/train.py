@@ -36,7 +36,7 @@ SECRET = "bench-registry-secret"
 
 def config(directory: Path, endpoint_url: str, bucket: str, models: dict[str, dict], poll_seconds: float | None) -> Config:
     raw = yaml.safe_load((ROOT / "examples" / "mlops-bot.yaml").read_text())
-    raw.update(store=str(directory / "bench.db"), models=models, datagen={"jobs": {}}, oncall={"rotations": []},
+    raw.update(store=str(directory / "bench.db"), models=models, datagen={"jobs": {}}, monitors={}, oncall={"rotations": []},
                digests={"daily": None, "weekly": None}, s3={"endpoint_url": endpoint_url, "region": "us-east-1"})
     if poll_seconds is not None:
         raw["train"] = {"poll_seconds": poll_seconds}
