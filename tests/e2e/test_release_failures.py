@@ -36,7 +36,9 @@ from tests.support.s3 import AWS_ENV, MotoServer
 
 pytestmark = pytest.mark.skipif(triton_missing() is not None, reason=triton_missing() or "")
 
-SLOW_LOAD_S = 3
+# Long enough that a test polling the repository index sees the load under way even when two busy CI workers
+# slow its polls down (at 3 s, a load once finished unseen).
+SLOW_LOAD_S = 6
 
 
 @pytest.fixture(scope="module")
