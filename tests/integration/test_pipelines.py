@@ -91,8 +91,9 @@ async def test_a_failed_run_alerts_with_its_log_and_recovers_after_retry_from_sl
     retried = await bot.slack.wait_for(saying(bot, "Retrying", run_id), timeout=30)
     assert "failed tasks cleared by @U0ALICE" in render_message(retried) and not buttons(retried)
     retries = [r for r in bot.runtime.store.actions() if r["verb"] == "pipelines.retry"]
-    assert [(r["actor"], r["status"]) for r in retries] == [("U0ALICE", "accepted"), ("U0BOB", "duplicate"),
-                                                             ("U0ALICE", "ok")]
+    # The second press's row and the first's work race each other: their order in the log is not the point.
+    assert sorted((r["actor"], r["status"]) for r in retries) == [("U0ALICE", "accepted"), ("U0ALICE", "ok"),
+                                                                  ("U0BOB", "duplicate")]
     assert retries[-1]["detail"]["cleared"] == ["refresh"]
 
     recovered = await polled(bot, saying(bot, "Recovered", run_id))
